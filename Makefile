@@ -1,0 +1,41 @@
+# contrastlab: everything runs from a virtual environment this Makefile makes (.venv).
+PY ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+# torch/torchvision: the versions this project is developed and tested with (see README)
+TORCH ?= torch==2.14.1 torchvision==0.29.1
+
+.PHONY: install demo test test-slow test-dist bench clean
+
+$(BIN)/contrastlab: pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install -q $(TORCH)
+	$(BIN)/pip install -q -e '.[test]'
+	@touch $@
+
+install: $(BIN)/contrastlab
+
+## The main job: SimCLR on the embedded digit scenes (CPU preset), kNN + linear eval, report.
+demo: install
+	$(BIN)/contrastlab train simclr trainer.out_dir=runs/demo trainer.resume=never
+	$(BIN)/contrastlab eval knn runs/demo
+	$(BIN)/contrastlab eval linear runs/demo
+	$(BIN)/contrastlab report runs/demo
+
+## Unit, method, CLI and error tests (under 15 minutes on 2 CPU cores).
+test: install
+	$(BIN)/python -m pytest -q
+
+## Learning checks that take minutes each.
+test-slow: install
+	$(BIN)/python -m pytest -q -m slow
+
+test-dist: install
+	$(BIN)/python -m pytest -q -m distributed
+
+bench: install
+	$(BIN)/pip install -q 'lightly>=1.5'
+	$(BIN)/python benchmarks/run_all.py
+
+clean:
+	rm -rf runs .pytest_cache

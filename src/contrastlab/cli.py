@@ -1,0 +1,206 @@
+"""The ``contrastlab`` command: train | eval | report | list."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+from .config import ConfigError, UserError
+
+EVAL_DEFAULTS = {
+    "knn": {"label": None, "k": 20, "temperature": 0.1, "features": "model", "device": "auto", "batch_size": 512},
+    "linear": {"label": None, "epochs": 100, "weight_decay": 0.0, "features": "model", "device": "auto",
+               "batch_size": 512, "groups": "thirds"},
+}  # fmt: skip
+FEATURE_KINDS = ("model", "random", "pixels")
+
+
+def _parse_kv(items, allowed: dict, what: str) -> tuple[dict, list[str]]:
+    """Split ``key=value`` items into known options (typed like their defaults) and data.* overrides."""
+    from .config import _parse_value
+
+    opts, data_overrides = dict(allowed), []
+    for item in items:
+        if "=" not in item:
+            raise ConfigError(f"{what}: argument {item!r} is not of the form key=value")
+        key, text = item.split("=", 1)
+        if key.startswith("data."):
+            data_overrides.append(item)
+            continue
+        if key not in allowed:
+            raise ConfigError(f"{what}: unknown option {key!r}; valid options: {', '.join(allowed)}, data.<key>")
+        value = _parse_value(text)
+        default = allowed[key]
+        if isinstance(default, bool) and not isinstance(value, bool):
+            raise ConfigError(f"{what}: {key} expects true or false, got {text!r}")
+        if isinstance(default, int) and not isinstance(default, bool) and not isinstance(value, int):
+            raise ConfigError(f"{what}: {key} expects an integer, got {text!r}")
+        if isinstance(default, float) and not isinstance(value, (int, float)):
+            raise ConfigError(f"{what}: {key} expects a number, got {text!r}")
+        opts[key] = value
+    return opts, data_overrides
+
+
+def cmd_train(args) -> int:
+    from .config import load_config
+    from .engine.trainer import fit
+
+    cfg = load_config(args.recipe, args.overrides)
+    res = fit(cfg)
+    if res.metrics:
+        print(json.dumps({"run_dir": str(res.run_dir), **res.metrics}))
+    return 0
+
+
+def load_run(checkpoint: str, data_overrides: list[str]):
+    """(cfg, method with weights) from a checkpoint path or run folder."""
+    from .config import apply_overrides, build_dataclass, Config
+    from .engine.checkpoint import load_checkpoint
+    from .methods import build_method
+
+    ckpt = load_checkpoint(checkpoint)
+    tree = apply_overrides(ckpt["config"], data_overrides)
+    cfg = build_dataclass(Config, tree)
+    method = build_method(cfg)
+    method.load_state_dict(ckpt["model"])
+    return cfg, method, ckpt
+
+
+def _device(name: str):
+    import torch
+
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def eval_features(cfg, method, opts):
+    """Features of train and test for an eval protocol: the model's, a random-init model's of the
+    same architecture, or raw pixels (baselines)."""
+    import torch
+
+    from .data import build_datasets
+    from .eval.features import extract_features
+    from .methods import build_method
+
+    train, test = build_datasets(cfg.data)
+    if test is None:
+        raise UserError(f"the {cfg.data.name} data set has no test split (data.test_dir) to evaluate on")
+    label = opts["label"] or train.default_label
+    if label not in train.labels:
+        raise UserError(f"label={label!r} is not a label of {cfg.data.name}; available: {', '.join(train.labels)}")
+    kind = opts["features"]
+    if kind not in FEATURE_KINDS:
+        raise ConfigError(f"features must be one of {', '.join(FEATURE_KINDS)}, got {kind!r}")
+    device = _device(opts["device"])
+    if kind == "pixels":
+        encoder = torch.nn.Flatten()
+        encoder.out_dim = 3 * cfg.data.image_size**2
+        encoder.parameters = lambda: iter([torch.zeros(1, device=device)])
+    else:
+        if kind == "random":
+            torch.manual_seed(cfg.seed + 1)
+            method = build_method(cfg)
+        encoder = method.encoder.to(device)
+    ftr = extract_features(encoder, train, device=device, batch_size=opts["batch_size"])
+    fte = extract_features(encoder, test, device=device, batch_size=opts["batch_size"])
+    ytr, yte = train.labels[label], test.labels[label]
+    n_classes = len(train.classes.get(label, [])) or int(ytr.max()) + 1
+    return train, test, label, ftr, fte, ytr, yte, n_classes
+
+
+def cmd_eval(args) -> int:
+    protocol = args.protocol
+    opts, data_overrides = _parse_kv(args.options, EVAL_DEFAULTS[protocol], f"eval {protocol}")
+    cfg, method, ckpt = load_run(args.checkpoint, data_overrides)
+    train, test, label, ftr, fte, ytr, yte, n_classes = eval_features(cfg, method, opts)
+    result = {"protocol": protocol, "checkpoint": str(args.checkpoint), "step": int(ckpt["step"]),
+              "label": label, "features": opts["features"], "n_train": len(ftr), "n_test": len(fte)}  # fmt: skip
+    if protocol == "knn":
+        from .eval.knn import knn_eval
+
+        keep = ytr >= 0
+        r = knn_eval(ftr[keep], ytr[keep], fte, yte, n_classes, k=opts["k"], temperature=opts["temperature"])
+        result.update({"k": opts["k"], "temperature": opts["temperature"], **r})
+    else:
+        from .eval.linear import linear_probe, long_tail_groups
+
+        r = linear_probe(ftr, ytr, fte, yte, n_classes, epochs=opts["epochs"], weight_decay=opts["weight_decay"],
+                         device=_device(opts["device"]))  # fmt: skip
+        result.update({k: r[k] for k in ("top1", "top5", "train_top1") if k in r})
+        counts = [int((ytr == c).sum()) for c in range(n_classes)]
+        if cfg.data.long_tail_ratio is not None:
+            result.update(long_tail_groups(r["per_class_acc"], counts, scheme=opts["groups"]))
+        result["per_class_acc"] = [round(float(a), 4) for a in r["per_class_acc"]]
+    _write_eval(Path(args.checkpoint), protocol, result)
+    print(json.dumps(result))
+    return 0
+
+
+def _write_eval(checkpoint: Path, protocol: str, result: dict):
+    """Keep eval results next to the run (eval.json, one entry per protocol/label/features)."""
+    run_dir = checkpoint if checkpoint.is_dir() else checkpoint.parent
+    path = run_dir / "eval.json"
+    try:
+        data = json.loads(path.read_text()) if path.exists() else {}
+    except (json.JSONDecodeError, OSError):
+        data = {}
+    data[f"{protocol}/{result['label']}/{result['features']}"] = result
+    try:
+        path.write_text(json.dumps(data, indent=2))
+    except OSError:
+        pass
+
+
+def cmd_report(args) -> int:
+    from .report import build_run_report
+
+    path = build_run_report(Path(args.run_dir), device=_device("auto"))
+    print(json.dumps({"report": str(path)}))
+    return 0
+
+
+def cmd_list(args) -> int:
+    from .config import list_recipes
+    from .methods import REGISTRY
+
+    print("methods: " + ", ".join(sorted(REGISTRY)))
+    print("recipes: " + ", ".join(list_recipes()))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="contrastlab", description="Contrastive and self-supervised representation learning.")
+    sub = p.add_subparsers(dest="command", required=True)
+    t = sub.add_parser("train", help="pre-train a recipe: contrastlab train simclr trainer.max_steps=100")
+    t.add_argument("recipe", help="recipe name (simclr, moco, simclr/cifar10, ...) or a YAML file")
+    t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=0.1")
+    t.set_defaults(fn=cmd_train)
+    e = sub.add_parser("eval", help="evaluate frozen features of a checkpoint")
+    e.add_argument("protocol", choices=sorted(EVAL_DEFAULTS))
+    e.add_argument("checkpoint", help="a checkpoint file or a run folder (uses its last.ckpt)")
+    e.add_argument("options", nargs="*", help="key=value: label=color, k=20, features=random|pixels, data.root=...")
+    e.set_defaults(fn=cmd_eval)
+    r = sub.add_parser("report", help="write an HTML report with plots for a run folder")
+    r.add_argument("run_dir")
+    r.set_defaults(fn=cmd_report)
+    li = sub.add_parser("list", help="list methods and recipes")
+    li.set_defaults(fn=cmd_list)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.fn(args)
+    except (ConfigError, UserError) as e:
+        print(f"contrastlab: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("contrastlab: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

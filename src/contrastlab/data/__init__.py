@@ -1,0 +1,74 @@
+"""Data sets: the embedded digit scenes, CIFAR-10/100, STL-10 and image folders."""
+from __future__ import annotations
+
+from pathlib import Path
+
+from ..config import UserError
+from .base import ImageSet, TensorImageSet
+from .digits import DigitScenesSpec, long_tail_indices
+
+__all__ = ["ImageSet", "TensorImageSet", "DigitScenesSpec", "build_datasets", "digit_scenes", "long_tail_indices"]
+
+DIGIT_CLASSES = {
+    "digit": [str(i) for i in range(10)],
+    "color": ["red", "yellow", "green", "cyan", "blue", "magenta"],
+    "rotation": ["-45", "-15", "+15", "+45"],
+}
+
+
+def digit_scenes(spec: DigitScenesSpec | None = None) -> tuple[TensorImageSet, TensorImageSet]:
+    """The embedded data set as (train, test) image sets with labels digit, color, rotation.
+
+    The per-pixel masks are in ``.masks`` (uint8 (N, H, W): 0 background, 1 + digit class)."""
+    from . import digits
+
+    spec = spec or DigitScenesSpec()
+    data = digits.load(spec)
+    out = []
+    for split in ("train", "test"):
+        d = data[split]
+        labels = {k: d[k] for k in ("digit", "color", "rotation")}
+        out.append(TensorImageSet(d["images"], labels, DIGIT_CLASSES, name=f"digits-{split}", masks=d["mask"]))
+    return out[0], out[1]
+
+
+def build_datasets(dcfg) -> tuple[ImageSet, ImageSet | None]:
+    """(train, test) for a DataConfig; the long-tail profile (if any) applies to train only."""
+    label = dcfg.label
+    if dcfg.name == "digits":
+        spec = DigitScenesSpec(
+            n_train=dcfg.n_train,
+            n_test=dcfg.n_test,
+            seed=dcfg.scene_seed,
+            image_size=dcfg.image_size,
+            second_digit=dcfg.second_digit,
+            clutter=dcfg.clutter,
+            texture=dcfg.texture,
+        )
+        train, test = digit_scenes(spec)
+    else:
+        from . import real
+
+        if dcfg.root is None:
+            raise UserError(f"data.root is not set: the {dcfg.name} data set needs a folder (data.root=PATH)")
+        root = Path(dcfg.root).expanduser()
+        if not root.exists() and not dcfg.download:
+            raise UserError(f"data folder {root} does not exist; set data.root to the folder of the {dcfg.name} data")
+        if dcfg.name in ("cifar10", "cifar100"):
+            train, test = real.load_cifar(str(root), dcfg.name, download=dcfg.download)
+        elif dcfg.name == "stl10":
+            train, test = real.load_stl10(str(root), dcfg.stl_split, download=dcfg.download, image_size=dcfg.image_size)
+        else:
+            train, test = real.load_imagefolder(str(root), dcfg.train_dir, dcfg.test_dir, image_size=dcfg.image_size)
+        if label == "digit":  # the default label of the embedded set; real sets call it "label"
+            label = "label"
+    if label not in train.labels:
+        raise UserError(f"data.label={dcfg.label!r} is not a label of {dcfg.name}; available: {', '.join(train.labels)}")
+    train.default_label = label
+    if test is not None:
+        test.default_label = label
+    if dcfg.long_tail_ratio is not None:
+        idx = long_tail_indices(train.labels[label][train.labels[label] >= 0], dcfg.long_tail_ratio)
+        known = (train.labels[label] >= 0).nonzero().flatten()
+        train = train.subset(known[idx])
+    return train, test

@@ -1,0 +1,493 @@
+"""Real image data sets: ImageFolder trees, CIFAR-10/100 and STL-10, read from their on-disk formats.
+
+CIFAR and STL-10 are read by this module directly from torchvision's on-disk layout (torchvision's
+own classes verify md5 sums of whole files and would need the full archives); torchvision is only
+used to download, and only when ``download=True``. Nothing downloads unless asked.
+
+On-disk formats:
+
+- ImageFolder: ``ROOT/<train_dir>/<class>/<image>`` (and optionally ``ROOT/<test_dir>/<class>/...``);
+  images may sit in nested folders below a class folder; names starting with ``.`` are ignored.
+- CIFAR-10: ``ROOT/cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta}``. Each batch
+  is a pickle dict with ``b'data'`` (N, 3072) uint8 -- a row is 1024 red, 1024 green then 1024 blue
+  values, each plane row-major, i.e. it reshapes to (N, 3, 32, 32) -- and ``b'labels'`` (list of
+  int); ``batches.meta`` holds ``b'label_names'``.
+- CIFAR-100: ``ROOT/cifar-100-python/{train, test, meta}``; batches hold ``b'data'``,
+  ``b'fine_labels'`` and ``b'coarse_labels'``; ``meta`` holds ``b'fine_label_names'`` and
+  ``b'coarse_label_names'``.
+- STL-10: ``ROOT/stl10_binary/{train_X.bin, train_y.bin, test_X.bin, test_y.bin, unlabeled_X.bin,
+  class_names.txt}``. ``*_X.bin`` are raw uint8, 3 * 96 * 96 bytes per image, each channel plane
+  stored column-major (so a plane read row-major must be transposed); ``*_y.bin`` are uint8
+  labels 1..10, one byte per image; ``class_names.txt`` has one name per line.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from PIL import Image
+
+from contrastlab.config import UserError
+from contrastlab.data.base import ImageSet, TensorImageSet
+from contrastlab.data.digits import long_tail_indices
+
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
+_EXT_TEXT = " ".join(IMAGE_EXTENSIONS)
+# What PIL raises for undecodable, truncated or absurdly large files.
+_DECODE_ERRORS = (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)
+
+
+def _one_line(e: BaseException) -> str:
+    text = " ".join(str(e).split())
+    return f"{type(e).__name__}: {text}" if text else type(e).__name__
+
+
+# ----------------------------------------------------------------------------- image files
+class FileImageSet(ImageSet):
+    """Image files decoded on demand.
+
+    ``__getitem__(i)`` returns ``(uint8 (3, image_size, image_size), i)``: the file is opened with
+    PIL, converted to RGB, its shorter side resized to ``image_size`` (bilinear, antialiased) and
+    centre-cropped to a square. With :meth:`set_transform`, it returns ``(fn(rgb_pil_image), i)``
+    instead. An undecodable file raises :class:`UserError` naming it.
+
+    The paths are stored packed in two numpy arrays rather than as a list of Python strings, so
+    DataLoader workers do not slowly copy the whole list (reference counts touch every page).
+    """
+
+    def __init__(self, paths: list[str], labels: dict[str, torch.Tensor], classes: dict[str, list[str]],
+                 image_size: int, name: str = ""):
+        if image_size < 1:
+            raise ValueError(f"image_size must be >= 1, got {image_size}")
+        encoded = [os.fsencode(p) for p in paths]
+        lengths = np.fromiter((len(b) for b in encoded), dtype=np.int64, count=len(encoded))
+        self._offsets = np.zeros(len(encoded) + 1, dtype=np.int64)
+        np.cumsum(lengths, out=self._offsets[1:])
+        self._blob = np.frombuffer(b"".join(encoded), dtype=np.uint8) if encoded else np.zeros(0, np.uint8)
+        self.labels = {k: torch.as_tensor(v, dtype=torch.long) for k, v in (labels or {}).items()}
+        for k, v in self.labels.items():
+            if len(v) != len(encoded):
+                raise ValueError(f"label {k!r} has {len(v)} entries for {len(encoded)} files")
+        self.classes = dict(classes or {})
+        self.image_size = int(image_size)
+        self.name = name
+        self.transform = None
+
+    def __len__(self) -> int:
+        return len(self._offsets) - 1
+
+    def path(self, i: int) -> str:
+        i = int(i)
+        if i < 0:
+            i += len(self)
+        return os.fsdecode(self._blob[self._offsets[i]:self._offsets[i + 1]].tobytes())
+
+    @property
+    def paths(self) -> list[str]:
+        return [self.path(i) for i in range(len(self))]
+
+    def set_transform(self, fn) -> None:
+        """Per-image transform ``fn(rgb PIL image) -> anything``, used instead of resize + crop
+        (``None`` restores the default). It must be picklable for DataLoader workers."""
+        self.transform = fn
+
+    def _open_rgb(self, path: str) -> Image.Image:
+        try:
+            with Image.open(path) as im:
+                return im.convert("RGB")  # convert() loads the pixels, so errors surface here
+        except FileNotFoundError:
+            raise UserError(f"image file {path} no longer exists; rescan the data folder") from None
+        except _DECODE_ERRORS as e:
+            raise UserError(
+                f"image file {path} is unreadable or corrupt ({_one_line(e)}); remove or replace it"
+            ) from None
+
+    def __getitem__(self, i):
+        im = self._open_rgb(self.path(i))
+        if self.transform is not None:
+            return self.transform(im), i
+        return resize_center_crop(im, self.image_size), i
+
+    def check_readable(self, max_files: int | None = None) -> None:
+        """Decode every file (or the first ``max_files``); raise :class:`UserError` naming the first
+        bad one, so bad data fails at start rather than hours into training. JPEGs are decoded at
+        reduced scale (all compressed data is still read, so truncation is caught)."""
+        n = len(self) if max_files is None else min(int(max_files), len(self))
+        for i in range(n):
+            path = self.path(i)
+            try:
+                with Image.open(path) as im:
+                    im.verify()
+                with Image.open(path) as im:
+                    im.draft("RGB", (64, 64))
+                    im.load()
+            except FileNotFoundError:
+                raise UserError(f"image file {path} no longer exists; rescan the data folder") from None
+            except _DECODE_ERRORS as e:
+                raise UserError(
+                    f"image file {path} is unreadable or corrupt ({_one_line(e)}); remove or replace it"
+                ) from None
+
+    def subset(self, indices) -> "FileImageSet":
+        """The items at ``indices``, with the same classes, image size and transform."""
+        idx = torch.as_tensor(indices, dtype=torch.long).flatten()
+        out = FileImageSet([self.path(int(i)) for i in idx], {k: v[idx] for k, v in self.labels.items()},
+                           self.classes, self.image_size, self.name)
+        out.transform = self.transform
+        return out
+
+
+def resize_center_crop(im: Image.Image, size: int) -> torch.Tensor:
+    """Resize the shorter side of a PIL RGB image to ``size`` (bilinear, antialiased), centre-crop
+    to ``size`` x ``size``; returns uint8 (3, size, size)."""
+    w, h = im.size
+    if (w, h) != (size, size):
+        if w <= h:
+            nw, nh = size, max(size, int(size * h / w))
+        else:
+            nw, nh = max(size, int(size * w / h)), size
+        if (nw, nh) != (w, h):
+            # PIL's bilinear filter widens its support when downscaling: antialiased.
+            im = im.resize((nw, nh), Image.Resampling.BILINEAR)
+        left, top = int(round((nw - size) / 2.0)), int(round((nh - size) / 2.0))
+        im = im.crop((left, top, left + size, top + size))
+    arr = np.asarray(im, dtype=np.uint8)
+    return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+
+
+def _scan_dirs(folder: str) -> list[os.DirEntry]:
+    with os.scandir(folder) as it:
+        entries = [e for e in it if not e.name.startswith(".")]
+    return sorted(entries, key=lambda e: e.name)
+
+
+def _scan_images(folder: str) -> list[str]:
+    """All image files below ``folder`` (recursively), sorted by path within each level."""
+    found = []
+    for e in _scan_dirs(folder):
+        if e.is_dir():
+            found.extend(_scan_images(e.path))
+        elif e.is_file() and e.name.lower().endswith(IMAGE_EXTENSIONS):
+            found.append(e.path)
+    return found
+
+
+def _scan_split(folder: str) -> dict[str, list[str]]:
+    """{class name: sorted image paths} of an ImageFolder split."""
+    class_dirs = [e for e in _scan_dirs(folder) if e.is_dir()]
+    if not class_dirs:
+        raise UserError(
+            f"{folder} has no class sub-folders; expected the ImageFolder layout {folder}/<class>/<image>"
+        )
+    out = {}
+    for e in class_dirs:
+        images = _scan_images(e.path)
+        if not images:
+            raise UserError(
+                f"class folder {e.path} has no images (extensions {_EXT_TEXT}); add images or remove the folder"
+            )
+        out[e.name] = images
+    return out
+
+
+def load_imagefolder(root, train_dir: str = "train", test_dir: str | None = "val",
+                     image_size: int = 224) -> tuple[FileImageSet, FileImageSet | None]:
+    """An ImageFolder tree ``root/<train_dir>/<class>/<image>``: returns ``(train, test)``.
+
+    ``test`` is None when ``test_dir`` is None or missing; its classes must be a subset of the
+    training classes and share their label indices. Labels: ``{"label": class index}``, classes:
+    ``{"label": sorted class names}``. Errors are one-line :class:`UserError`.
+    """
+    if root is None:
+        raise UserError("data.root is not set; set data.root=<folder containing "
+                        f"{train_dir}/<class>/<image>>")
+    root = os.fspath(root)
+    if not os.path.isdir(root):
+        raise UserError(f"data folder {root} does not exist; set data.root=<folder containing "
+                        f"{train_dir}/<class>/<image>>")
+    train_path = os.path.join(root, train_dir)
+    if not os.path.isdir(train_path):
+        raise UserError(f"training folder {train_path} does not exist; expected the ImageFolder layout "
+                        f"{root}/{train_dir}/<class>/<image>, or set data.train_dir=<sub-folder name>")
+    train_scan = _scan_split(train_path)
+    names = sorted(train_scan)
+    index = {c: k for k, c in enumerate(names)}
+
+    def build(scan: dict[str, list[str]], split: str) -> FileImageSet:
+        paths = [p for c in sorted(scan) for p in scan[c]]
+        labels = torch.tensor([index[c] for c in sorted(scan) for _ in scan[c]], dtype=torch.long)
+        return FileImageSet(paths, {"label": labels}, {"label": list(names)}, image_size,
+                            f"{os.path.basename(os.path.normpath(root))}-{split}")
+
+    train = build(train_scan, "train")
+    test = None
+    if test_dir is not None:
+        test_path = os.path.join(root, test_dir)
+        if os.path.isdir(test_path):
+            test_scan = _scan_split(test_path)
+            extra = sorted(set(test_scan) - set(index))
+            if extra:
+                shown = ", ".join(extra[:5]) + (f" (+{len(extra) - 5} more)" if len(extra) > 5 else "")
+                raise UserError(f"test folder {test_path} has classes not in {train_path}: {shown}; "
+                                "the test classes must be a subset of the training classes")
+            test = build(test_scan, "test")
+    return train, test
+
+
+# ----------------------------------------------------------------------------- CIFAR
+_CIFAR = {
+    "cifar10": dict(title="CIFAR-10", folder="cifar-10-batches-py",
+                    train=[f"data_batch_{k}" for k in range(1, 6)], test=["test_batch"], meta="batches.meta"),
+    "cifar100": dict(title="CIFAR-100", folder="cifar-100-python", train=["train"], test=["test"], meta="meta"),
+}
+
+# The globals a CIFAR pickle may reference (numpy arrays); anything else is refused, so a
+# tampered file cannot run code.
+_SAFE_GLOBALS = {
+    ("numpy", "ndarray"), ("numpy", "dtype"),
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    ("_codecs", "encode"),
+}
+
+
+class _SafeUnpickler(pickle.Unpickler):
+    def find_class(self, module, name):
+        if (module, name) not in _SAFE_GLOBALS:
+            raise pickle.UnpicklingError(f"refusing to load global {module}.{name}")
+        return super().find_class(module, name)
+
+
+def _read_pickle(path: str, title: str) -> dict:
+    try:
+        with open(path, "rb") as f:
+            d = _SafeUnpickler(f, encoding="bytes").load()
+    except Exception as e:
+        raise UserError(f"{title} file {path} is unreadable or corrupt ({_one_line(e)}); "
+                        "delete it and pass data.download=true, or replace it") from None
+    if not isinstance(d, dict):
+        raise UserError(f"{title} file {path} is not a CIFAR pickle (a dict); delete it and pass "
+                        "data.download=true, or replace it")
+    return d
+
+
+def _field(d: dict, key: str, path: str, title: str):
+    for k in (key.encode(), key):
+        if k in d:
+            return d[k]
+    raise UserError(f"{title} file {path} has no {key!r} entry; delete it and pass data.download=true, "
+                    "or replace it")
+
+
+def _names(values) -> list[str]:
+    return [v.decode("utf-8", "replace") if isinstance(v, bytes) else str(v) for v in values]
+
+
+def _read_cifar_split(folder: str, files: list[str], label_keys: list[str], title: str):
+    images, labels = [], {k: [] for k in label_keys}
+    for fname in files:
+        path = os.path.join(folder, fname)
+        d = _read_pickle(path, title)
+        data = np.asarray(_field(d, "data", path, title))
+        if data.dtype != np.uint8 or data.ndim != 2 or data.shape[1] != 3 * 32 * 32:
+            raise UserError(f"{title} file {path} holds data of shape {data.shape} ({data.dtype}), expected "
+                            "(N, 3072) uint8; delete it and pass data.download=true, or replace it")
+        for k in label_keys:
+            lab = np.asarray(_field(d, k, path, title), dtype=np.int64).reshape(-1)
+            if len(lab) != len(data):
+                raise UserError(f"{title} file {path} has {len(lab)} {k} for {len(data)} images; "
+                                "delete it and pass data.download=true, or replace it")
+            labels[k].append(lab)
+        images.append(data.reshape(-1, 3, 32, 32))
+    x = torch.from_numpy(np.ascontiguousarray(np.concatenate(images)))
+    return x, {k: torch.from_numpy(np.concatenate(v)) for k, v in labels.items()}
+
+
+def load_cifar(root, which: str = "cifar10", download: bool = False) -> tuple[TensorImageSet, TensorImageSet]:
+    """CIFAR-10 or CIFAR-100 from torchvision's layout under ``root``: ``(train, test)`` of uint8
+    (N, 3, 32, 32). Labels ``{"label"}`` (CIFAR-100 also ``{"coarse_label"}``, the 20 superclasses)."""
+    if which not in _CIFAR:
+        raise UserError(f"unknown CIFAR variant {which!r}; expected one of {', '.join(_CIFAR)}")
+    spec = _CIFAR[which]
+    title = spec["title"]
+    if root is None:
+        raise UserError(f"data.root is not set; set data.root=<folder for {title}> (add data.download=true "
+                        "to download it there)")
+    root = os.fspath(root)
+    folder = os.path.join(root, spec["folder"])
+    needed = [*spec["train"], *spec["test"], spec["meta"]]
+    missing = [f for f in needed if not os.path.isfile(os.path.join(folder, f))]
+    if missing and download:
+        from torchvision import datasets
+
+        cls = datasets.CIFAR10 if which == "cifar10" else datasets.CIFAR100
+        try:
+            cls(root, train=False, download=True)
+        except Exception as e:
+            raise UserError(f"could not download {title} to {root} ({_one_line(e)}); download it by hand "
+                            f"into {folder} or check the network") from None
+        missing = [f for f in needed if not os.path.isfile(os.path.join(folder, f))]
+    if missing:
+        if not os.path.isdir(folder):
+            raise UserError(f"{title} not found under {root} (expected {folder}); pass data.download=true "
+                            "to download it or set data.root")
+        raise UserError(f"{title} under {root} is incomplete: {os.path.join(folder, missing[0])} is missing; "
+                        "delete the folder and pass data.download=true, or set data.root")
+
+    meta_path = os.path.join(folder, spec["meta"])
+    meta = _read_pickle(meta_path, title)
+    if which == "cifar10":
+        label_keys = {"labels": "label"}
+        classes = {"label": _names(_field(meta, "label_names", meta_path, title))}
+    else:
+        label_keys = {"fine_labels": "label", "coarse_labels": "coarse_label"}
+        classes = {"label": _names(_field(meta, "fine_label_names", meta_path, title)),
+                   "coarse_label": _names(_field(meta, "coarse_label_names", meta_path, title))}
+    out = []
+    for split in ("train", "test"):
+        x, raw = _read_cifar_split(folder, spec[split], list(label_keys), title)
+        labels = {label_keys[k]: v for k, v in raw.items()}
+        for k, v in labels.items():
+            if len(v) and (int(v.min()) < 0 or int(v.max()) >= len(classes[k])):
+                raise UserError(f"{title} under {folder} has {k} values outside 0..{len(classes[k]) - 1}; "
+                                "delete the folder and pass data.download=true")
+        out.append(TensorImageSet(x, labels, classes, f"{which}-{split}"))
+    return out[0], out[1]
+
+
+# ----------------------------------------------------------------------------- STL-10
+_STL_SIDE = 96
+_STL_BYTES = 3 * _STL_SIDE * _STL_SIDE
+_STL_SPLITS = ("train", "unlabeled", "train+unlabeled")
+
+
+def _stl_count(path: str) -> int:
+    size = os.path.getsize(path)
+    if size % _STL_BYTES:
+        raise UserError(f"STL-10 file {path} has {size} bytes, not a multiple of {_STL_BYTES} (one 3x96x96 "
+                        "image); it is truncated or corrupt: delete it and pass data.download=true")
+    return size // _STL_BYTES
+
+
+def _stl_read_into(path: str, out: torch.Tensor, chunk: int = 2048) -> None:
+    """Read an STL-10 ``*_X.bin`` into ``out`` (N, 3, 96, 96) uint8 chunk by chunk (no full copy)."""
+    with open(path, "rb") as f:
+        for start in range(0, len(out), chunk):
+            n = min(chunk, len(out) - start)
+            a = np.fromfile(f, dtype=np.uint8, count=n * _STL_BYTES)
+            if a.size != n * _STL_BYTES:
+                raise UserError(f"STL-10 file {path} ended early; delete it and pass data.download=true")
+            # Planes are stored column-major: swap the last two axes to get (C, H, W).
+            out[start:start + n] = torch.from_numpy(np.transpose(a.reshape(n, 3, _STL_SIDE, _STL_SIDE), (0, 1, 3, 2)))
+
+
+def _stl_labels(path: str, n: int) -> torch.Tensor:
+    y = np.fromfile(path, dtype=np.uint8).astype(np.int64)
+    if len(y) != n or (n and (y.min() < 1 or y.max() > 10)):
+        raise UserError(f"STL-10 file {path} has {len(y)} labels (values {y.min() if len(y) else '-'}.."
+                        f"{y.max() if len(y) else '-'}) for {n} images, expected {n} values in 1..10; "
+                        "delete it and pass data.download=true")
+    return torch.from_numpy(y - 1)
+
+
+def resize_images(x: torch.Tensor, size: int, chunk: int = 512) -> torch.Tensor:
+    """Resize uint8 (N, 3, H, W) to (N, 3, size, size), bilinear + antialias, chunk by chunk."""
+    if x.shape[-2:] == (size, size):
+        return x
+    out = torch.empty((x.shape[0], x.shape[1], size, size), dtype=torch.uint8)
+    for start in range(0, x.shape[0], chunk):
+        y = F.interpolate(x[start:start + chunk].float(), size=(size, size), mode="bilinear",
+                          align_corners=False, antialias=True)
+        out[start:start + chunk] = y.round_().clamp_(0, 255).to(torch.uint8)
+    return out
+
+
+def load_stl10(root, split: str = "train+unlabeled", download: bool = False,
+               image_size: int = 96) -> tuple[TensorImageSet, TensorImageSet]:
+    """STL-10 from ``root/stl10_binary``: ``(train, test)`` of uint8 (N, 3, image_size, image_size).
+
+    ``split`` picks what ``train`` holds: the 5,000 labelled ``train`` images, the 100,000
+    ``unlabeled`` ones (label -1), or both (labelled first). ``test`` is the 8,000 labelled test
+    images. Images are resized (bilinear, antialiased) when ``image_size != 96``.
+    """
+    if split not in _STL_SPLITS:
+        raise UserError(f"unknown STL-10 split {split!r}; expected one of {', '.join(_STL_SPLITS)}")
+    if root is None:
+        raise UserError("data.root is not set; set data.root=<folder for STL-10> (add data.download=true "
+                        "to download it there)")
+    root = os.fspath(root)
+    folder = os.path.join(root, "stl10_binary")
+    parts = split.split("+")
+    needed = ["test_X.bin", "test_y.bin", "class_names.txt"]
+    if "train" in parts:
+        needed += ["train_X.bin", "train_y.bin"]
+    if "unlabeled" in parts:
+        needed += ["unlabeled_X.bin"]
+    missing = [f for f in needed if not os.path.isfile(os.path.join(folder, f))]
+    if missing and download:
+        from torchvision import datasets
+
+        try:
+            datasets.STL10(root, split="test", download=True)
+        except Exception as e:
+            raise UserError(f"could not download STL-10 to {root} ({_one_line(e)}); download it by hand "
+                            f"into {folder} or check the network") from None
+        missing = [f for f in needed if not os.path.isfile(os.path.join(folder, f))]
+    if missing:
+        if not os.path.isdir(folder):
+            raise UserError(f"STL-10 not found under {root} (expected {folder}); pass data.download=true "
+                            "to download it or set data.root")
+        raise UserError(f"STL-10 under {root} is incomplete: {os.path.join(folder, missing[0])} is missing; "
+                        "delete the folder and pass data.download=true, or set data.root")
+
+    names_path = os.path.join(folder, "class_names.txt")
+    with open(names_path, encoding="utf-8", errors="replace") as f:
+        names = [line.strip() for line in f if line.strip()]
+    if len(names) != 10:
+        raise UserError(f"STL-10 file {names_path} lists {len(names)} class names, expected 10; "
+                        "delete it and pass data.download=true")
+    classes = {"label": names}
+
+    def read(x_files: list[str], y_files: list[str | None]) -> tuple[torch.Tensor, torch.Tensor]:
+        paths = [os.path.join(folder, f) for f in x_files]
+        counts = [_stl_count(p) for p in paths]
+        x = torch.empty((sum(counts), 3, _STL_SIDE, _STL_SIDE), dtype=torch.uint8)
+        ys, start = [], 0
+        for p, n, yf in zip(paths, counts, y_files):
+            _stl_read_into(p, x[start:start + n])
+            ys.append(_stl_labels(os.path.join(folder, yf), n) if yf else torch.full((n,), -1, dtype=torch.long))
+            start += n
+        return resize_images(x, image_size), torch.cat(ys)
+
+    x_files = [f"{p}_X.bin" for p in parts]
+    y_files = ["train_y.bin" if p == "train" else None for p in parts]
+    x_train, y_train = read(x_files, y_files)
+    x_test, y_test = read(["test_X.bin"], ["test_y.bin"])
+    return (TensorImageSet(x_train, {"label": y_train}, classes, f"stl10-{split}"),
+            TensorImageSet(x_test, {"label": y_test}, classes, "stl10-test"))
+
+
+# ----------------------------------------------------------------------------- long tail
+def long_tail_subset(ds: ImageSet, ratio: float, label: str = "label") -> ImageSet:
+    """The exponential long-tail subset of ``ds`` (see ``digits.long_tail_indices``): class i keeps
+    its first floor(n_max * (1/ratio) ** (i / (C - 1))) samples, n_max the smallest class size.
+    E.g. CIFAR-10 train with ratio 100 keeps 5000, 2997, ..., 50: 12,406 images."""
+    if not ratio >= 1:
+        raise UserError(f"data.long_tail_ratio must be >= 1, got {ratio}")
+    labels = ds.label(label)
+    if len(labels) and int(labels.min()) < 0:
+        what = getattr(ds, "name", "") or "the data set"
+        raise UserError(f"a long-tailed subset needs every image labelled, but {what} has "
+                        f"{int((labels < 0).sum())} images without a {label!r} label (e.g. STL-10 unlabeled: "
+                        "use data.stl_split=train)")
+    n_classes = len(ds.classes.get(label, [])) or (int(labels.max()) + 1 if len(labels) else 0)
+    counts = torch.bincount(labels, minlength=n_classes)
+    if n_classes == 0 or int(counts.min()) == 0:
+        empty = [k for k in range(n_classes) if counts[k] == 0]
+        raise UserError(f"a long-tailed subset needs samples of every class, but {label!r} class(es) "
+                        f"{empty[:5]} have none")
+    return ds.subset(long_tail_indices(labels, ratio, n_classes))

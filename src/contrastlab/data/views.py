@@ -1,0 +1,213 @@
+"""Views: the SimCLR augmentation family.
+
+Two implementations of the same family:
+
+- :class:`BatchedViews` works on a whole batch of uint8 or float tensors ``(B, 3, H, W)`` on
+  any device (CPU or accelerator), with a ``torch.Generator`` so it is seedable. Crop and flip
+  are one ``affine_grid``/``grid_sample`` call; colour jitter and grayscale are folded into one
+  per-image 3x3 colour matrix plus offset (brightness, contrast, saturation, hue as a rotation
+  about the grey axis in YIQ space), applied with one batched matmul; blur is a separable
+  Gaussian as a grouped convolution with a per-image sigma. Difference to torchvision: the
+  colour operations are composed before clamping to [0, 1] (torchvision clamps after each)
+  and are applied in a fixed order (brightness, contrast, saturation, hue), and hue is rotated
+  in YIQ rather than shifted in HSV. These are the usual GPU-augmentation approximations.
+- :func:`torchvision_views` builds the same family from ``torchvision.transforms.v2`` for a
+  per-image data-loader path (images of different sizes, CPU workers).
+
+Both return float images in [0, 1]; input standardisation happens in the encoder
+(:class:`contrastlab.nn.InputNorm`) so that evaluation sees exactly what training saw.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+
+@dataclass
+class ViewConfig:
+    """Parameters of the SimCLR augmentation family (defaults: SimCLR's CIFAR setting)."""
+
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
+    flip_p: float = 0.5
+    jitter_p: float = 0.8
+    brightness: float = 0.4
+    contrast: float = 0.4
+    saturation: float = 0.4
+    hue: float = 0.1
+    grayscale_p: float = 0.2
+    blur_p: float = 0.0
+    blur_sigma: tuple[float, float] = (0.1, 2.0)
+    blur_kernel_frac: float = 0.1  # kernel size = 10% of the image side, odd, as in SimCLR
+
+
+# Luma weights (ITU-R 601), as torchvision's rgb_to_grayscale
+_LUMA = torch.tensor([0.299, 0.587, 0.114])
+# RGB <-> YIQ
+_RGB2YIQ = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+
+
+def _uniform(lo, hi, n, g, device):
+    return lo + (hi - lo) * torch.rand(n, generator=g, device=device)
+
+
+def crop_boxes(n, h, w, scale, ratio, g, device, tries: int = 10):
+    """Random-resized-crop boxes as in torchvision: (n, 4) tensor of (x0, y0, x1, y1) pixels.
+
+    Vectorised rejection sampling: `tries` candidates per image, the first valid one is kept,
+    else the whole image (torchvision's fallback is a central crop at the clamped ratio; the
+    difference only matters for extreme ratios).
+    """
+    area = h * w
+    s = _uniform(scale[0], scale[1], n * tries, g, device).view(n, tries) * area
+    logr = _uniform(math.log(ratio[0]), math.log(ratio[1]), n * tries, g, device).view(n, tries)
+    r = torch.exp(logr)
+    cw = torch.sqrt(s * r).round()
+    ch = torch.sqrt(s / r).round()
+    ok = (cw <= w) & (ch <= h) & (cw > 0) & (ch > 0)
+    first = torch.argmax(ok.int(), dim=1)
+    any_ok = ok.any(dim=1)
+    rows = torch.arange(n, device=device)
+    cw = torch.where(any_ok, cw[rows, first], torch.full_like(cw[:, 0], w))
+    ch = torch.where(any_ok, ch[rows, first], torch.full_like(ch[:, 0], h))
+    x0 = torch.floor(torch.rand(n, generator=g, device=device) * (w - cw + 1))
+    y0 = torch.floor(torch.rand(n, generator=g, device=device) * (h - ch + 1))
+    return torch.stack([x0, y0, x0 + cw, y0 + ch], dim=1)
+
+
+def resized_crop(images, boxes, flip, out_size):
+    """Crop each image to its box (x0, y0, x1, y1 in pixels), optionally flip, resize bilinearly."""
+    n, _, h, w = images.shape
+    x0, y0, x1, y1 = boxes.unbind(1)
+    # normalised coords (align_corners=False): pixel edge 0 -> -1, edge w -> +1
+    sx = (x1 - x0) / w
+    sy = (y1 - y0) / h
+    cx = (x0 + x1) / w - 1
+    cy = (y0 + y1) / h - 1
+    theta = torch.zeros(n, 2, 3, device=images.device, dtype=images.dtype)
+    theta[:, 0, 0] = torch.where(flip, -sx, sx)
+    theta[:, 0, 2] = cx
+    theta[:, 1, 1] = sy
+    theta[:, 1, 2] = cy
+    grid = F.affine_grid(theta, (n, 3, out_size, out_size), align_corners=False)
+    return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
+
+
+def color_matrices(n, cfg: ViewConfig, g, device):
+    """Per-image colour transform x -> M x + b (before clamping) for jitter and grayscale.
+
+    Returns M (n, 3, 3) for saturation, hue and grayscale, and the per-image contrast c and
+    brightness b factors; the contrast offset depends on the image (:func:`apply_color`).
+    """
+    eye = torch.eye(3, device=device).expand(n, 3, 3)
+    luma = _LUMA.to(device)
+    gray = luma[None, :].expand(3, 3)  # each output channel = luma
+    jitter = torch.rand(n, generator=g, device=device) < cfg.jitter_p
+    b = _uniform(max(0, 1 - cfg.brightness), 1 + cfg.brightness, n, g, device)
+    c = _uniform(max(0, 1 - cfg.contrast), 1 + cfg.contrast, n, g, device)
+    s = _uniform(max(0, 1 - cfg.saturation), 1 + cfg.saturation, n, g, device)
+    hh = _uniform(-cfg.hue, cfg.hue, n, g, device) * 2 * math.pi
+    one = torch.ones_like(b)
+    b = torch.where(jitter, b, one)
+    c = torch.where(jitter, c, one)
+    s = torch.where(jitter, s, one)
+    hh = torch.where(jitter, hh, torch.zeros_like(hh))
+    # saturation: blend with grayscale
+    m_sat = s[:, None, None] * eye + (1 - s)[:, None, None] * gray
+    # hue: rotate I/Q in YIQ space
+    yiq = _RGB2YIQ.to(device)
+    rot = torch.zeros(n, 3, 3, device=device)
+    rot[:, 0, 0] = 1
+    rot[:, 1, 1] = torch.cos(hh)
+    rot[:, 1, 2] = -torch.sin(hh)
+    rot[:, 2, 1] = torch.sin(hh)
+    rot[:, 2, 2] = torch.cos(hh)
+    m_hue = torch.linalg.inv(yiq) @ rot @ yiq
+    # brightness and contrast are scalars per image, applied in apply_color
+    m = m_hue @ m_sat
+    grayscale = torch.rand(n, generator=g, device=device) < cfg.grayscale_p
+    m = torch.where(grayscale[:, None, None], gray @ m, m)
+    return m, c, b, grayscale
+
+
+def apply_color(x, m, c, b, grayscale):
+    """x (n,3,H,W) float. Implements clamp(M (c*b*x + (1-c)*b*mean_grey(x))).
+
+    Brightness b scales the image; contrast c blends it with its mean grey level; M holds
+    saturation, hue and grayscale. Every step is affine, so they compose exactly.
+    """
+    luma = _LUMA.to(x.device, x.dtype)
+    mean_grey = torch.einsum("c,nchw->n", luma, x) / (x.shape[2] * x.shape[3])
+    scale = (c * b).to(x.dtype)
+    shift = ((1 - c) * b).to(x.dtype) * mean_grey
+    # M (s x + t 1) = s M x + t M 1
+    out = torch.einsum("nij,njhw->nihw", m.to(x.dtype) * scale[:, None, None], x)
+    off = m.to(x.dtype).sum(2) * shift[:, None]
+    out = out + off[:, :, None, None]
+    return out.clamp_(0, 1)
+
+
+def gaussian_blur(x, sigma, kernel_size):
+    """Separable Gaussian blur with a per-image sigma (n,), reflect padding."""
+    n, ch, h, w = x.shape
+    half = kernel_size // 2
+    t = torch.arange(-half, half + 1, device=x.device, dtype=x.dtype)
+    k = torch.exp(-(t[None, :] ** 2) / (2 * sigma[:, None].to(x.dtype) ** 2))
+    k = k / k.sum(1, keepdim=True)  # (n, K)
+    k = k.repeat_interleave(ch, 0)  # (n*ch, K)
+    y = x.reshape(1, n * ch, h, w)
+    y = F.pad(y, (half, half, half, half), mode="reflect")
+    y = F.conv2d(y, k[:, None, None, :], groups=n * ch)
+    y = F.conv2d(y, k[:, None, :, None], groups=n * ch)
+    return y.view(n, ch, h, w)
+
+
+class BatchedViews:
+    """Draws random views of a batch: ``views(images, generator) -> float (B,3,S,S)`` in [0, 1]."""
+
+    def __init__(self, cfg: ViewConfig, out_size: int):
+        self.cfg = cfg
+        self.out_size = out_size
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None, return_boxes=False):
+        cfg = self.cfg
+        if images.dtype == torch.uint8:
+            images = images.float().div_(255)
+        n, _, h, w = images.shape
+        dev = images.device
+        g = generator
+        boxes = crop_boxes(n, h, w, cfg.crop_scale, cfg.crop_ratio, g, dev)
+        flip = torch.rand(n, generator=g, device=dev) < cfg.flip_p
+        x = resized_crop(images, boxes, flip, self.out_size)
+        m, c, b, gs = color_matrices(n, cfg, g, dev)
+        x = apply_color(x, m, c, b, gs)
+        if cfg.blur_p > 0:
+            k = max(3, int(cfg.blur_kernel_frac * self.out_size) // 2 * 2 + 1)
+            sigma = _uniform(cfg.blur_sigma[0], cfg.blur_sigma[1], n, g, dev)
+            blur = torch.rand(n, generator=g, device=dev) < cfg.blur_p
+            if blur.any():
+                x = torch.where(blur[:, None, None, None], gaussian_blur(x, sigma, k), x)
+        if return_boxes:
+            return x, boxes, flip
+        return x
+
+
+def torchvision_views(cfg: ViewConfig, out_size: int):
+    """The same family as per-image ``torchvision.transforms.v2`` (PIL or tensor in, float out)."""
+    from torchvision.transforms import v2
+
+    ops = [
+        v2.ToImage(),
+        v2.RandomResizedCrop(out_size, scale=cfg.crop_scale, ratio=cfg.crop_ratio, antialias=True),
+        v2.RandomHorizontalFlip(cfg.flip_p),
+        v2.RandomApply([v2.ColorJitter(cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue)], p=cfg.jitter_p),
+        v2.RandomGrayscale(cfg.grayscale_p),
+    ]
+    if cfg.blur_p > 0:
+        k = max(3, int(cfg.blur_kernel_frac * out_size) // 2 * 2 + 1)
+        ops.append(v2.RandomApply([v2.GaussianBlur(k, sigma=cfg.blur_sigma)], p=cfg.blur_p))
+    ops.append(v2.ToDtype(torch.float32, scale=True))
+    return v2.Compose(ops)

@@ -1,0 +1,346 @@
+"""The trainer: runs any method through Lightning Fabric.
+
+One loop for every method: a method is an ``nn.Module`` whose ``forward(batch)`` returns a dict
+with the ``loss``; the trainer owns devices, DDP, precision, the optimiser and schedule,
+checkpoints and resume, logs, the progress bar and the online kNN monitor. It never looks at
+the method's name.
+
+Determinism: the data order is a function of (seed, epoch) and every step re-seeds the
+random generators from (seed, rank, step), so a run resumed from a checkpoint continues
+exactly as the uninterrupted run would (on the same hardware and thread count).
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import signal
+import sys
+import time
+from contextlib import nullcontext
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+
+from ..config import Config, UserError, to_dict
+from ..data import build_datasets
+from ..data.base import TensorImageSet
+from ..eval.features import extract_features
+from ..methods import build_method
+from .checkpoint import load_checkpoint, save_atomic
+from .logging import RunLogger
+from .optim import build_optimizer, build_scheduler
+
+CKPT_NAME = "last.ckpt"
+
+
+def step_seed(seed: int, rank: int, step: int) -> int:
+    """The seed of one step on one process: distinct per rank (augmentations differ across
+    processes) and per step, and a pure function of its arguments (exact resume)."""
+    return (seed * 1_000_003 + rank * 7_919 + step * 104_729) % (2**63 - 1)
+
+
+class StepBatches:
+    """Indices of the batch of each step: epoch e uses randperm(n) seeded by (seed, e); the
+    global batch of a step is split across ranks; incomplete batches are dropped."""
+
+    def __init__(self, n: int, batch: int, world: int, rank: int, seed: int, start: int, total: int):
+        self.n, self.batch, self.world, self.rank, self.seed = n, batch, world, rank, seed
+        self.start, self.total = start, total
+        self.per_epoch = n // (batch * world)
+
+    def indices(self, step: int) -> torch.Tensor:
+        epoch, i = divmod(step, self.per_epoch)
+        perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 7_777 + epoch))
+        gb = self.batch * self.world
+        glob = perm[i * gb : (i + 1) * gb]
+        return glob[self.rank * self.batch : (self.rank + 1) * self.batch]
+
+    def __iter__(self):
+        for s in range(self.start, self.total):
+            yield self.indices(s).tolist()
+
+    def __len__(self):
+        return self.total - self.start
+
+
+class _TwoViewSet(torch.utils.data.Dataset):
+    """Per-image augmentation path: each item is two torchvision views of the raw image."""
+
+    def __init__(self, ds, transform):
+        self.ds, self.transform = ds, transform
+
+    def __len__(self):
+        return len(self.ds)
+
+    def __getitem__(self, i):
+        img, _ = self.ds[i]
+        return self.transform(img), self.transform(img), i
+
+
+def _batches(train_set, sampler: StepBatches, cfg: Config, device):
+    """Yields batch dicts for the steps of ``sampler`` (images or views on the device)."""
+    d = cfg.data
+    pin = d.pin_memory and device.type == "cuda"
+    if cfg.views.backend == "torchvision":
+        from ..data.views import ViewConfig, torchvision_views
+
+        v = cfg.views
+        tf = torchvision_views(
+            ViewConfig(v.crop_scale, v.crop_ratio, v.flip_p, v.jitter_p, v.brightness, v.contrast, v.saturation,
+                       v.hue, v.grayscale_p, v.blur_p, v.blur_sigma),
+            d.image_size,
+        )  # fmt: skip
+        if hasattr(train_set, "set_transform"):
+            train_set.set_transform(lambda img: (tf(img), tf(img)))
+            ds = _FlattenPair(train_set)
+        else:
+            ds = _TwoViewSet(train_set, tf)
+        loader = _loader(ds, sampler, d, pin)
+        for v1, v2, idx in loader:
+            yield {"views": [v1.to(device, non_blocking=pin), v2.to(device, non_blocking=pin)], "index": idx}
+    elif isinstance(train_set, TensorImageSet):
+        for idx in sampler:
+            idx = torch.tensor(idx)
+            x = train_set.images[idx]
+            if pin:
+                x = x.pin_memory()
+            yield {"images": x.to(device, non_blocking=pin), "index": idx}
+    else:
+        for x, idx in _loader(train_set, sampler, d, pin):
+            yield {"images": x.to(device, non_blocking=pin), "index": idx}
+
+
+class _FlattenPair(torch.utils.data.Dataset):
+    def __init__(self, ds):
+        self.ds = ds
+
+    def __len__(self):
+        return len(self.ds)
+
+    def __getitem__(self, i):
+        (v1, v2), j = self.ds[i]
+        return v1, v2, j
+
+
+def _loader(ds, sampler, d, pin):
+    return torch.utils.data.DataLoader(
+        ds,
+        batch_sampler=sampler,
+        num_workers=d.num_workers,
+        pin_memory=pin,
+        persistent_workers=d.persistent_workers and d.num_workers > 0,
+    )
+
+
+@dataclass
+class FitResult:
+    run_dir: Path
+    step: int
+    metrics: dict = field(default_factory=dict)
+
+
+class _Stop:
+    """SIGTERM / SIGINT set a flag: the loop checkpoints and stops after the current step."""
+
+    def __init__(self):
+        self.requested = False
+        self._old = {}
+
+    def __enter__(self):
+        for s in (signal.SIGTERM, signal.SIGINT):
+            try:
+                self._old[s] = signal.signal(s, self._handle)
+            except ValueError:  # not in the main thread
+                pass
+        return self
+
+    def _handle(self, signum, frame):
+        if self.requested:  # second signal: stop now
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def __exit__(self, *exc):
+        for s, h in self._old.items():
+            signal.signal(s, h)
+
+
+def monitor_knn(method, train_set, test_set, cfg: Config, device) -> dict:
+    """kNN accuracy of the current encoder: a fixed subset of the training set is the bank."""
+    from ..eval.knn import knn_eval
+
+    label = train_set.default_label
+    ytr = train_set.labels[label]
+    n_bank = min(len(train_set), cfg.trainer.knn_max_train)
+    bank_idx = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(12_345))[:n_bank]
+    bank_idx = bank_idx[ytr[bank_idx] >= 0]
+    ftr = extract_features(method.encoder, train_set, device=device, indices=bank_idx)
+    fte = extract_features(method.encoder, test_set, device=device)
+    n_classes = len(train_set.classes.get(label, [])) or int(ytr.max()) + 1
+    res = knn_eval(ftr, ytr[bank_idx], fte, test_set.labels[label], n_classes, k=cfg.trainer.knn_k,
+                   temperature=cfg.trainer.knn_t)  # fmt: skip
+    return {f"knn_{k}": v for k, v in res.items() if v is not None}
+
+
+def fit(cfg: Config) -> FitResult:
+    from lightning_fabric import Fabric
+
+    t, o = cfg.trainer, cfg.optim
+    if t.threads:
+        torch.set_num_threads(t.threads)
+    fabric = Fabric(
+        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy, precision=t.precision
+    )
+    fabric.launch()
+    rank, world, device = fabric.global_rank, fabric.world_size, fabric.device
+    is_main = fabric.is_global_zero
+    run_dir = Path(t.out_dir or f"runs/{cfg.method['name']}-{cfg.data.name}")
+
+    train_set, test_set = build_datasets(cfg.data)
+    global_batch = o.batch_size * world
+    if len(train_set) < global_batch:
+        raise UserError(
+            f"batch larger than the data set: {global_batch} images per step ({o.batch_size} x {world} processes) "
+            f"but the training set has {len(train_set)}; lower optim.batch_size"
+        )
+    if hasattr(train_set, "check_readable") and is_main:
+        train_set.check_readable()
+    per_epoch = len(train_set) // global_batch
+    total = t.max_steps if t.max_steps is not None else t.max_epochs * per_epoch
+
+    torch.manual_seed(cfg.seed)  # the same initial weights on every process
+    method = build_method(cfg)
+    if cfg.model.sync_bn and world > 1:
+        method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
+    if t.channels_last:
+        method = method.to(memory_format=torch.channels_last)
+    optimizer = build_optimizer(method, o, global_batch)
+    scheduler = build_scheduler(optimizer, o, total)
+
+    step, resumed_from = 0, None
+    ckpt_path = run_dir / CKPT_NAME
+    if t.resume not in ("auto", "never"):
+        resumed_from = Path(t.resume)
+    elif t.resume == "auto" and ckpt_path.exists():
+        resumed_from = ckpt_path
+    if resumed_from is not None:
+        ckpt = load_checkpoint(resumed_from)
+        method.load_state_dict(ckpt["model"])  # strict: a mismatch is an error, never ignored
+        optimizer.load_state_dict(ckpt["optimizer"])
+        scheduler.load_state_dict(ckpt["scheduler"])
+        step = int(ckpt["step"])
+
+    model = torch.compile(method) if t.compile else method
+    model, optimizer = fabric.setup(model, optimizer)
+
+    if is_main:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        (run_dir / "config.yaml").write_text(yaml.safe_dump(_plain(to_dict(cfg)), sort_keys=False))
+    logger = RunLogger(run_dir, enabled=is_main, resume_step=step)
+
+    def save(kind="last"):
+        if is_main:
+            state = {
+                "model": method.state_dict(),
+                "optimizer": optimizer.state_dict(),
+                "scheduler": scheduler.state_dict(),
+                "step": step,
+                "config": _plain(to_dict(cfg)),
+                "format": 1,
+            }
+            save_atomic(state, run_dir / CKPT_NAME)
+        fabric.barrier()
+
+    sampler = StepBatches(len(train_set), o.batch_size, world, rank, cfg.seed, step, total)
+    gen = torch.Generator(device=device)
+    autocast = nullcontext()
+    metrics: dict = {}
+    bar = None
+    if is_main and t.progress:
+        from tqdm.auto import tqdm
+
+        tty = sys.stderr.isatty()
+        bar = tqdm(total=total, initial=step, desc=f"{cfg.method['name']}", unit="step", dynamic_ncols=True,
+                   mininterval=0.5 if tty else 10, leave=True)  # fmt: skip
+    if resumed_from is not None and is_main:
+        print(f"resumed from {resumed_from} at step {step}", file=sys.stderr)
+
+    t0 = time.time()
+    ips, last_t, last_step = 0.0, time.perf_counter(), step
+    deadline = None if t.max_minutes is None else t0 + 60 * t.max_minutes
+    model.train()
+    try:
+        with _Stop() as stop, autocast:
+            for batch in _batches(train_set, sampler, cfg, device):
+                s = step_seed(cfg.seed, rank, step)
+                torch.manual_seed(s)
+                gen.manual_seed(s)
+                batch["generator"] = gen
+                out = model(batch)
+                loss = out["loss"]
+                if not torch.isfinite(loss):
+                    raise FloatingPointError(f"loss is {loss.item()} at step {step}; lower optim.lr or check the data")
+                optimizer.zero_grad(set_to_none=True)
+                fabric.backward(loss)
+                optimizer.step()
+                scheduler.step()
+                step += 1
+                if step % t.log_every == 0 or step == total:
+                    now = time.perf_counter()
+                    ips = (step - last_step) * global_batch / max(now - last_t, 1e-9)
+                    last_t, last_step = now, step
+                    row = {"loss": loss.item(), "lr": optimizer.param_groups[0]["lr"], "img_per_s": ips, "epoch": step / per_epoch}
+                    row.update({k: float(v) for k, v in out.items() if k != "loss"})
+                    logger.log(step, row)
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{row['loss']:.3f}", img_s=f"{ips:.0f}", refresh=False)
+                if bar is not None:
+                    bar.update(1)
+                if t.knn_every and step % t.knn_every == 0 and step < total and test_set is not None:
+                    if is_main:
+                        metrics = monitor_knn(method, train_set, test_set, cfg, device)
+                        logger.log(step, metrics)
+                        if bar is not None:
+                            bar.write(f"step {step}: " + " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
+                    model.train()
+                    fabric.barrier()
+                    last_t = time.perf_counter()  # images/s measures training only
+                if step % t.ckpt_every == 0 and step < total:
+                    save()
+                if stop.requested or (deadline is not None and time.time() > deadline):
+                    if is_main:
+                        why = "stop requested" if stop.requested else f"time budget of {t.max_minutes} min reached"
+                        print(f"\n{why}: checkpointing at step {step}", file=sys.stderr)
+                    break
+    except BaseException:
+        # keep what was learned: a checkpoint of the last completed step (never a half step)
+        if step > 0:
+            try:
+                save()
+            except Exception:
+                pass
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+    save()
+    train_seconds = time.time() - t0
+    if is_main and test_set is not None:
+        metrics = monitor_knn(method, train_set, test_set, cfg, device)
+        logger.log(step, metrics)
+    logger.close()
+    summary = {"step": step, "total_steps": total, "train_seconds": round(train_seconds, 1), **metrics}
+    if is_main:
+        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
+    return FitResult(run_dir, step, summary)
+
+
+def _plain(x):
+    """Tuples -> lists recursively (YAML- and weights_only-friendly)."""
+    if isinstance(x, dict):
+        return {k: _plain(v) for k, v in x.items()}
+    if isinstance(x, (list, tuple)):
+        return [_plain(v) for v in x]
+    return x

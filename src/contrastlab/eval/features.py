@@ -1,0 +1,33 @@
+"""Frozen features of an encoder over an image set, in batches."""
+from __future__ import annotations
+
+import torch
+
+from ..data.base import TensorImageSet
+
+
+@torch.no_grad()
+def extract_features(encoder, dataset, device=None, indices=None, batch_size: int = 512, num_workers: int = 0,
+                     dtype=torch.float32) -> torch.Tensor:  # fmt: skip
+    """Features (N, d) on the CPU of ``encoder`` (eval mode, restored afterwards) for the images
+    of ``dataset`` (all, or ``indices``). Images are uint8, scaled to [0, 1] here."""
+    device = torch.device(device) if device is not None else next(encoder.parameters()).device
+    was_training = encoder.training
+    encoder.eval()
+    idx = torch.arange(len(dataset)) if indices is None else torch.as_tensor(indices)
+    out = []
+    try:
+        if isinstance(dataset, TensorImageSet):
+            for s in range(0, len(idx), batch_size):
+                x = dataset.images[idx[s : s + batch_size]].to(device).float().div_(255)
+                out.append(encoder(x).to(dtype).cpu())
+        else:
+            sub = torch.utils.data.Subset(dataset, idx.tolist())
+            loader = torch.utils.data.DataLoader(sub, batch_size=batch_size, num_workers=num_workers)
+            for x, _ in loader:
+                out.append(encoder(x.to(device).float().div_(255)).to(dtype).cpu())
+    finally:
+        encoder.train(was_training)
+    if not out:
+        return torch.empty(0, getattr(encoder, "out_dim", 0))
+    return torch.cat(out)

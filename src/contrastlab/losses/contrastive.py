@@ -1,0 +1,71 @@
+"""Instance-contrastive losses: SimCLR's NT-Xent and MoCo's InfoNCE.
+
+Pure functions of tensors. Cross-process gathering is an argument (on by default, a no-op
+in a single process), never hidden in a model.
+"""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from ..engine.distributed import gather_with_grad, rank_and_world
+
+
+def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5, gather: bool = True) -> torch.Tensor:
+    """SimCLR's normalized temperature-scaled cross entropy (Chen et al., ICML 2020).
+
+    z1, z2: (B, d) projections of two views of the same B images, not yet normalised. Over
+    the 2B L2-normalised embeddings, each anchor's positive is the other view of its image and
+    the other 2B - 2 embeddings are its negatives:
+
+        l(i) = -log( exp(s(i, p(i)) / t) / sum_{k != i} exp(s(i, k) / t) ),  s = cosine similarity
+
+    and the loss is the mean of l over the 2B anchors.
+
+    With ``gather=True`` and several processes (torch.distributed initialised), the
+    embeddings of all processes are gathered with gradient, so the negatives are the global
+    batch's (2 N - 2 for a global batch N) and each process averages over its own 2B anchors;
+    DDP's gradient averaging then yields exactly the gradient of the single-process loss on the
+    concatenated batch. In one process ``gather`` changes nothing.
+    """
+    if z1.shape != z2.shape or z1.dim() != 2:
+        raise ValueError(f"nt_xent expects two (B, d) tensors of the same shape, got {tuple(z1.shape)} and {tuple(z2.shape)}")
+    z1 = F.normalize(z1.float(), dim=1)
+    z2 = F.normalize(z2.float(), dim=1)
+    b = z1.shape[0]
+    rank, world = rank_and_world() if gather else (0, 1)
+    if world > 1:
+        all1, all2 = gather_with_grad(z1), gather_with_grad(z2)
+    else:
+        all1, all2 = z1, z2
+    n = all1.shape[0]  # global batch
+    candidates = torch.cat([all1, all2], dim=0)  # (2n, d)
+    anchors = torch.cat([z1, z2], dim=0)  # (2b, d)
+    logits = anchors @ candidates.T / temperature  # (2b, 2n)
+    local = torch.arange(b, device=z1.device) + rank * b
+    self_idx = torch.cat([local, local + n])
+    pos_idx = torch.cat([local + n, local])
+    rows = torch.arange(2 * b, device=z1.device)
+    logits[rows, self_idx] = float("-inf")
+    return F.cross_entropy(logits, pos_idx)
+
+
+def info_nce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float = 0.2) -> torch.Tensor:
+    """MoCo's InfoNCE loss (He et al., CVPR 2020; MoCo v2: Chen et al., 2020).
+
+    q, k: (B, d) queries and their positive keys; queue: (K, d) negative keys. All three are
+    L2-normalised here (a no-op for normalised inputs). For each query the logits are
+    ``[q.k, q.queue_1, ..., q.queue_K] / t`` with the positive at index 0; the loss is the mean
+    cross entropy over the batch.
+    """
+    if q.dim() != 2 or q.shape != k.shape or queue.dim() != 2 or queue.shape[1] != q.shape[1]:
+        raise ValueError(
+            f"info_nce expects q, k of shape (B, d) and queue (K, d), got {tuple(q.shape)}, {tuple(k.shape)}, {tuple(queue.shape)}"
+        )
+    q = F.normalize(q.float(), dim=1)
+    k = F.normalize(k.float(), dim=1)
+    queue = F.normalize(queue.float(), dim=1)
+    l_pos = (q * k).sum(dim=1, keepdim=True)
+    l_neg = q @ queue.T
+    logits = torch.cat([l_pos, l_neg], dim=1) / temperature
+    return F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))

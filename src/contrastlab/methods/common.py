@@ -1,0 +1,85 @@
+"""Small helpers that methods call: encoder and head builders, views, momentum update, queue."""
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+from ..data.views import BatchedViews, ViewConfig
+from ..engine.distributed import gather_no_grad
+from ..nn import Encoder, MLPHead, build_backbone
+
+
+def build_encoder(mcfg) -> Encoder:
+    return Encoder(build_backbone(mcfg.backbone, width=mcfg.width, cifar_stem=mcfg.cifar_stem), norm=mcfg.norm)
+
+
+def build_projector(in_dim: int, mcfg) -> MLPHead:
+    dims = [in_dim] + [mcfg.proj_hidden] * (mcfg.proj_layers - 1) + [mcfg.proj_dim]
+    return MLPHead(dims, batch_norm=mcfg.proj_bn)
+
+
+def build_views(cfg) -> BatchedViews:
+    v = cfg.views
+    vc = ViewConfig(
+        crop_scale=v.crop_scale, crop_ratio=v.crop_ratio, flip_p=v.flip_p, jitter_p=v.jitter_p,
+        brightness=v.brightness, contrast=v.contrast, saturation=v.saturation, hue=v.hue,
+        grayscale_p=v.grayscale_p, blur_p=v.blur_p, blur_sigma=v.blur_sigma,
+    )  # fmt: skip
+    return BatchedViews(vc, cfg.data.image_size)
+
+
+def two_views(views: BatchedViews, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+    """Two augmented views of the batch: made by the loader (per-image path) or here (batched)."""
+    if "views" in batch:
+        v1, v2 = batch["views"][:2]
+        return v1, v2
+    g = batch.get("generator")
+    return views(batch["images"], g), views(batch["images"], g)
+
+
+def frozen_copy(module: nn.Module) -> nn.Module:
+    """A copy for a momentum branch: same weights, no gradient."""
+    twin = copy.deepcopy(module)
+    for p in twin.parameters():
+        p.requires_grad_(False)
+    return twin
+
+
+@torch.no_grad()
+def momentum_update(online: nn.Module, target: nn.Module, m: float) -> None:
+    """target <- m * target + (1 - m) * online, parameters and floating buffers (BN stats are
+    copied as the online ones' EMA as well)."""
+    op = [p.detach() for p in online.parameters()]
+    tp = [p.detach() for p in target.parameters()]
+    torch._foreach_mul_(tp, m)
+    torch._foreach_add_(tp, op, alpha=1 - m)
+    for ob, tb in zip(online.buffers(), target.buffers()):
+        if tb.dtype.is_floating_point:
+            tb.mul_(m).add_(ob.detach(), alpha=1 - m)
+
+
+class Queue(nn.Module):
+    """A FIFO of K normalised keys, a buffer (so it is checkpointed and moves with the model).
+
+    ``push`` gathers the keys of all processes (rank order) so every rank's queue is the same.
+    """
+
+    def __init__(self, size: int, dim: int):
+        super().__init__()
+        self.register_buffer("keys", F.normalize(torch.randn(size, dim), dim=1))
+        self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
+
+    @torch.no_grad()
+    def push(self, k: torch.Tensor) -> None:
+        k = gather_no_grad(F.normalize(k.detach().float(), dim=1)).to(self.keys.dtype)
+        size = self.keys.shape[0]
+        n = k.shape[0]
+        if n > size:
+            k, n = k[-size:], size
+        p = int(self.ptr)
+        idx = (torch.arange(n, device=k.device) + p) % size
+        self.keys[idx] = k
+        self.ptr.fill_((p + n) % size)

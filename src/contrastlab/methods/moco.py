@@ -1,0 +1,82 @@
+"""MoCo v2 (He et al., CVPR 2020; Chen et al., 2020): momentum key encoder and a queue.
+
+Per step: momentum-update the key branch, encode keys of view 2 (with shuffle-BN across
+processes), encode queries of view 1, InfoNCE against the queue, then enqueue the keys of
+all processes. ``symmetric`` adds the swapped pair (view 2 queries, view 1 keys).
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn as nn
+
+from ..engine.distributed import gather_no_grad, rank_and_world
+from ..losses import info_nce
+from .common import Queue, build_encoder, build_projector, build_views, frozen_copy, momentum_update, two_views
+
+
+@dataclass
+class MoCoConfig:
+    name: Literal["moco"] = "moco"
+    temperature: float = 0.2
+    queue_size: int = 65536
+    momentum: float = 0.999
+    bn: Literal["shuffle", "sync", "none"] = "shuffle"  # how the key encoder avoids BN leakage
+    symmetric: bool = False
+
+
+@torch.no_grad()
+def shuffled_keys(key_net: nn.Module, x: torch.Tensor, generator=None) -> torch.Tensor:
+    """Shuffle-BN: the key encoder sees the global batch in a random order, so the BatchNorm
+    statistics of a key and of its query come from different sub-batches. Across processes
+    the batch is gathered, permuted with a permutation shared by all ranks, split, encoded and
+    un-shuffled; in one process it is a no-op."""
+    rank, world = rank_and_world()
+    if world == 1:
+        return key_net(x)
+    b = x.shape[0]
+    x_all = gather_no_grad(x)
+    perm = torch.randperm(x_all.shape[0], device=x.device)
+    torch.distributed.broadcast(perm, src=0)
+    k = key_net(x_all[perm[rank * b : (rank + 1) * b]])
+    k_all = gather_no_grad(k)
+    inv = torch.argsort(perm)
+    return k_all[inv][rank * b : (rank + 1) * b]
+
+
+class MoCo(nn.Module):
+    Config = MoCoConfig
+
+    def __init__(self, cfg):
+        super().__init__()
+        m = cfg.method
+        self.temperature, self.m, self.bn, self.symmetric = m["temperature"], m["momentum"], m["bn"], m["symmetric"]
+        self.encoder = build_encoder(cfg.model)
+        self.projector = build_projector(self.encoder.out_dim, cfg.model)
+        self.key_encoder = frozen_copy(self.encoder)
+        self.key_projector = frozen_copy(self.projector)
+        self.queue = Queue(m["queue_size"], cfg.model.proj_dim)
+        self.views = build_views(cfg)
+
+    def keys(self, x):
+        net = lambda v: self.key_projector(self.key_encoder(v))  # noqa: E731
+        return shuffled_keys(net, x) if self.bn == "shuffle" else net(x)
+
+    def forward(self, batch: dict) -> dict:
+        x1, x2 = two_views(self.views, batch)
+        with torch.no_grad():
+            momentum_update(self.encoder, self.key_encoder, self.m)
+            momentum_update(self.projector, self.key_projector, self.m)
+            k2 = self.keys(x2)
+            k1 = self.keys(x1) if self.symmetric else None
+        queue = self.queue.keys.clone()  # the loss needs the queue as it was before this push
+        if self.symmetric:
+            q1, q2 = self.projector(self.encoder(torch.cat([x1, x2]))).chunk(2)
+            loss = 0.5 * (info_nce(q1, k2, queue, self.temperature) + info_nce(q2, k1, queue, self.temperature))
+        else:
+            q1 = self.projector(self.encoder(x1))
+            loss = info_nce(q1, k2, queue, self.temperature)
+        self.queue.push(k2)
+        return {"loss": loss}

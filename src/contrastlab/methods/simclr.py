@@ -1,0 +1,35 @@
+"""SimCLR (Chen et al., ICML 2020): two views, one encoder, NT-Xent over the global batch."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+import torch
+import torch.nn as nn
+
+from ..losses import nt_xent
+from .common import build_encoder, build_projector, build_views, two_views
+
+
+@dataclass
+class SimCLRConfig:
+    name: Literal["simclr"] = "simclr"
+    temperature: float = 0.5
+
+
+class SimCLR(nn.Module):
+    Config = SimCLRConfig
+
+    def __init__(self, cfg):
+        super().__init__()
+        self.temperature = cfg.method["temperature"]
+        self.encoder = build_encoder(cfg.model)
+        self.projector = build_projector(self.encoder.out_dim, cfg.model)
+        self.views = build_views(cfg)
+
+    def forward(self, batch: dict) -> dict:
+        x1, x2 = two_views(self.views, batch)
+        # both views in one pass: one BatchNorm batch of 2B, as in the paper
+        z1, z2 = self.projector(self.encoder(torch.cat([x1, x2]))).chunk(2)
+        loss = nt_xent(z1, z2, self.temperature)  # negatives gathered across processes
+        return {"loss": loss}

@@ -1,0 +1,28 @@
+"""Projection heads."""
+from __future__ import annotations
+
+import torch.nn as nn
+
+
+class MLPHead(nn.Module):
+    """Linear -> [BN] -> ReLU ... -> Linear. ``dims`` = (in, hidden..., out); ``last_bn`` adds a
+    BatchNorm without affine parameters after the last layer (as in SimCLR v2 / MoCo v3)."""
+
+    def __init__(self, dims, batch_norm: bool = True, last_bn: bool = False, bias_before_bn: bool = False):
+        super().__init__()
+        if len(dims) < 2:
+            raise ValueError(f"an MLP head needs at least (in, out) dims, got {dims}")
+        layers = []
+        for i in range(len(dims) - 2):
+            layers.append(nn.Linear(dims[i], dims[i + 1], bias=bias_before_bn or not batch_norm))
+            if batch_norm:
+                layers.append(nn.BatchNorm1d(dims[i + 1]))
+            layers.append(nn.ReLU(inplace=True))
+        layers.append(nn.Linear(dims[-2], dims[-1], bias=not last_bn))
+        if last_bn:
+            layers.append(nn.BatchNorm1d(dims[-1], affine=False))
+        self.net = nn.Sequential(*layers)
+        self.out_dim = dims[-1]
+
+    def forward(self, x):
+        return self.net(x)

@@ -1,0 +1,26 @@
+import os
+
+import pytest
+import torch
+
+# Keep the generated digit scenes out of the user's cache and shared by the whole session.
+os.environ.setdefault("CONTRASTLAB_CACHE", os.path.join(os.path.dirname(__file__), "..", ".cache", "test-data"))
+torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+
+TINY = [
+    "data.n_train=256",
+    "data.n_test=128",
+    "model.width=8",
+    "model.proj_hidden=32",
+    "model.proj_dim=16",
+    "optim.batch_size=32",
+    "trainer.knn_every=0",
+    "trainer.progress=false",
+    "trainer.accelerator=cpu",
+]
+
+
+@pytest.fixture
+def tiny():
+    """Overrides that make any digits recipe a sub-second CPU run."""
+    return list(TINY)

@@ -1,0 +1,60 @@
+"""Configs are validated on load, with one-line errors that name the problem."""
+import pytest
+
+from contrastlab.config import ConfigError, load_config, list_recipes
+
+
+def test_every_recipe_loads():
+    names = list_recipes()
+    assert {"simclr/digits", "moco/digits", "simclr/cifar10", "moco/cifar10"} <= set(names)
+    for name in names:
+        cfg = load_config(name)
+        assert cfg.method["name"] in ("simclr", "moco")
+
+
+def test_short_name_is_digits_preset_and_overrides_apply():
+    cfg = load_config("simclr", ["optim.lr=0.5", "views.crop_scale=[0.3, 1.0]", "trainer.max_steps=7"])
+    assert cfg.data.name == "digits"
+    assert cfg.optim.lr == 0.5 and cfg.views.crop_scale == (0.3, 1.0) and cfg.trainer.max_steps == 7
+
+
+def test_unknown_key_lists_valid_ones():
+    with pytest.raises(ConfigError) as e:
+        load_config("simclr", ["optim.lrr=0.1"])
+    msg = str(e.value)
+    assert "optim.'lrr'" in msg and "did you mean 'lr'" in msg and "batch_size" in msg and "\n" not in msg
+
+
+def test_unknown_section_and_method_key():
+    with pytest.raises(ConfigError, match="unknown config key 'optimizer'.*valid keys: method, seed, data"):
+        load_config("simclr", ["optimizer.lr=0.1"])
+    with pytest.raises(ConfigError, match="method.'queue_size'.*valid keys: name, temperature"):
+        load_config("simclr", ["method.queue_size=10"])
+
+
+@pytest.mark.parametrize(
+    "override,expected",
+    [
+        ("optim.lr=abc", "optim.lr: expected a number, got 'abc'"),
+        ("optim.batch_size=1.5", "optim.batch_size: expected an integer, got 1.5"),
+        ("trainer.progress=maybe", "trainer.progress: expected true or false, got 'maybe'"),
+        ("optim.name=rmsprop", "optim.name: expected one of 'sgd', 'adam', 'adamw', 'lars'"),
+        ("views.crop_scale=0.5", "views.crop_scale: expected a list [a number, a number]"),
+        ("method.temperature=hot", "method.temperature: expected a number"),
+    ],
+)
+def test_wrong_value_type(override, expected):
+    with pytest.raises(ConfigError) as e:
+        load_config("simclr", [override])
+    assert expected in str(e.value)
+
+
+def test_cross_field_checks():
+    with pytest.raises(ConfigError, match="crop_scale"):
+        load_config("simclr", ["views.crop_scale=[0.9, 0.2]"])
+    with pytest.raises(ConfigError, match="max_steps or trainer.max_epochs"):
+        load_config("simclr", ["trainer.max_steps=null"])
+    with pytest.raises(ConfigError, match="unknown recipe 'simclrr'"):
+        load_config("simclrr")
+    with pytest.raises(ConfigError, match="not of the form key=value"):
+        load_config("simclr", ["optim.lr"])

@@ -1,0 +1,130 @@
+"""Trainer: exact resume after a kill, checkpoints, logs, and clear errors for bad input."""
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from contrastlab.config import UserError, load_config
+from contrastlab.engine.checkpoint import load_checkpoint
+from contrastlab.engine.trainer import StepBatches, fit
+
+
+def _weights(run_dir):
+    return load_checkpoint(Path(run_dir) / "last.ckpt")["model"]
+
+
+@pytest.mark.parametrize("recipe", ["simclr", "moco"])
+def test_killed_run_resumes_to_identical_weights(tmp_path, tiny, recipe):
+    steps = 120
+    common = tiny + [f"trainer.max_steps={steps}", "trainer.ckpt_every=10", "optim.warmup_steps=5"]
+    if recipe == "moco":
+        common.append("method.queue_size=64")
+    # the uninterrupted run
+    fit(load_config(recipe, common + [f"trainer.out_dir={tmp_path / 'full'}"]))
+    # the same run in a process that is killed (SIGKILL: no chance to clean up) half way
+    out = tmp_path / "killed"
+    cmd = [sys.executable, "-m", "contrastlab.cli", "train", recipe, *common, f"trainer.out_dir={out}"]
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    step_at_kill = None
+    while time.time() < deadline and proc.poll() is None:
+        if (out / "last.ckpt").exists():
+            step_at_kill = load_checkpoint(out / "last.ckpt")["step"]
+            if step_at_kill >= 20:
+                proc.send_signal(signal.SIGKILL)
+                break
+        time.sleep(0.02)
+    proc.wait()
+    assert proc.returncode == -signal.SIGKILL, f"the run was not killed mid-way: {proc.stderr.read().decode()[-500:]}"
+    killed_at = load_checkpoint(out / "last.ckpt")["step"]
+    assert 0 < killed_at < steps
+    # resume in the same folder (resume=auto) and finish
+    res = fit(load_config(recipe, common + [f"trainer.out_dir={out}"]))
+    assert res.step == steps
+    a, b = _weights(tmp_path / "full"), _weights(out)
+    assert a.keys() == b.keys()
+    for k in a:
+        assert torch.equal(a[k], b[k]), f"{k} differs after resume from step {killed_at}"
+    # the metrics log of the resumed run has every logged step exactly once
+    rows = [r.split(",") for r in (out / "metrics.csv").read_text().splitlines()[1:]]
+    logged = [int(r[0]) for r in rows if r[1]]  # training rows (the kNN rows have no loss)
+    assert logged == sorted(set(logged)) and logged[-1] == steps
+
+
+def test_step_batches_cover_epoch_and_split_ranks():
+    n, b, world = 103, 5, 2
+    per_epoch = n // (b * world)
+    for epoch in range(2):
+        seen = []
+        for rank in range(world):
+            s = StepBatches(n, b, world, rank, seed=3, start=0, total=per_epoch * 2)
+            for step in range(epoch * per_epoch, (epoch + 1) * per_epoch):
+                seen.extend(s.indices(step).tolist())
+        assert len(seen) == len(set(seen)) == per_epoch * b * world  # disjoint across ranks and steps
+    s0 = StepBatches(n, b, 1, 0, seed=3, start=0, total=5)
+    assert not torch.equal(s0.indices(0), StepBatches(n, b, 1, 0, seed=4, start=0, total=5).indices(0))
+
+
+def test_run_writes_logs_summary_and_tensorboard(tmp_path, tiny):
+    res = fit(load_config("simclr", tiny + ["trainer.max_steps=6", "trainer.log_every=2", f"trainer.out_dir={tmp_path}"]))
+    assert (tmp_path / "config.yaml").exists() and (tmp_path / "summary.json").exists()
+    assert any((tmp_path / "tb").iterdir())
+    header, *rows = (tmp_path / "metrics.csv").read_text().splitlines()
+    assert header.startswith("step,loss,lr,img_per_s")
+    assert [r.split(",")[0] for r in rows][:3] == ["2", "4", "6"]
+    assert 0 <= res.metrics["knn_top1"] <= 1
+    ckpt = load_checkpoint(tmp_path / "last.ckpt")
+    assert ckpt["step"] == 6 and ckpt["config"]["method"]["name"] == "simclr"
+
+
+def test_batch_larger_than_data_set(tmp_path, tiny):
+    with pytest.raises(UserError, match="batch larger than the data set: 512 images per step.*256"):
+        fit(load_config("simclr", tiny + ["optim.batch_size=512", "trainer.max_steps=1", f"trainer.out_dir={tmp_path}"]))
+
+
+def test_missing_data_folder(tmp_path, tiny):
+    cfg = load_config("simclr/cifar10", [f"data.root={tmp_path / 'nope'}", "trainer.accelerator=cpu"])
+    with pytest.raises(UserError, match=r"data folder .*nope does not exist"):
+        fit(cfg)
+
+
+def test_unreadable_image_is_named_before_training(tmp_path, tiny):
+    from PIL import Image
+
+    for cls in ("a", "b"):
+        d = tmp_path / "imgs" / "train" / cls
+        d.mkdir(parents=True)
+        for i in range(4):
+            Image.new("RGB", (40, 30), (i * 40, 10, 10)).save(d / f"{i}.png")
+    (tmp_path / "imgs" / "train" / "b" / "broken.png").write_bytes(b"\x89PNG not really")
+    cfg = load_config(
+        "simclr/imagefolder",
+        [f"data.root={tmp_path / 'imgs'}", "data.image_size=32", "data.num_workers=0", "optim.batch_size=2",
+         "model.backbone=small_cnn", "model.width=8", "trainer.max_steps=1", "trainer.accelerator=cpu",
+         "trainer.precision=32-true", f"trainer.out_dir={tmp_path / 'run'}"],
+    )  # fmt: skip
+    with pytest.raises(UserError, match="broken.png"):
+        fit(cfg)
+    assert not (tmp_path / "run" / "last.ckpt").exists()  # failed at start, nothing trained
+
+
+def test_sigterm_checkpoints_and_stops(tmp_path, tiny):
+    out = tmp_path / "run"
+    cmd = [sys.executable, "-m", "contrastlab.cli", "train", "simclr", *tiny, "trainer.max_steps=100000",
+           "trainer.ckpt_every=100000", f"trainer.out_dir={out}"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.time() + 120
+    while time.time() < deadline and not (out / "metrics.csv").exists():
+        time.sleep(0.05)
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 0, err.decode()[-800:]
+    step = load_checkpoint(out / "last.ckpt")["step"]
+    assert 0 < step < 100000
+    assert b"stop requested" in err
