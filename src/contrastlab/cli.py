@@ -154,7 +154,7 @@ def _write_eval(checkpoint: Path, protocol: str, result: dict):
 
 
 def cmd_report(args) -> int:
-    from .report import build_run_report
+    from .report.run import build_run_report
 
     path = build_run_report(Path(args.run_dir), device=_device("auto"))
     print(json.dumps({"report": str(path)}))

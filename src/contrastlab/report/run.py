@@ -1,0 +1,70 @@
+"""``contrastlab report RUN_DIR``: plots and an HTML page for a finished (or running) run."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+
+def build_run_report(run_dir: Path, device=None, n_embed: int = 2000) -> Path:
+    """Loss / kNN curves from metrics.csv, a 2-D map of test embeddings coloured by class,
+    a nearest-neighbour retrieval grid (test queries, training neighbours), and the eval
+    results the run folder holds (summary.json, eval.json)."""
+    from ..cli import load_run
+    from ..config import UserError
+    from ..data import build_datasets
+    from ..eval.features import extract_features
+    from .report import read_metrics_csv, retrieval_from_features, write_report
+
+    run_dir = Path(run_dir)
+    if not (run_dir / "last.ckpt").exists():
+        raise UserError(f"{run_dir} is not a run folder (no last.ckpt); pass the folder given as trainer.out_dir")
+    cfg, method, ckpt = load_run(str(run_dir), [])
+    device = device or torch.device("cpu")
+    encoder = method.encoder.to(device)
+    train, test = build_datasets(cfg.data)
+    evalset = test if test is not None else train
+    label = evalset.default_label
+    g = torch.Generator().manual_seed(0)
+    sub = torch.randperm(len(evalset), generator=g)[:n_embed]
+    fte = extract_features(encoder, evalset, device=device, indices=sub)
+    bank = torch.randperm(len(train), generator=g)[: min(len(train), 20000)]
+    ftr = extract_features(encoder, train, device=device, indices=bank)
+    names = evalset.classes.get(label)
+    yte = evalset.labels[label][sub]
+    ytr = train.labels[label][bank]
+
+    class _Images:  # lazy access to images by position in a subset
+        def __init__(self, ds, idx):
+            self.ds, self.idx = ds, idx
+
+        def __getitem__(self, i):
+            return self.ds[int(self.idx[i])][0]
+
+    retrieval = retrieval_from_features(fte, yte, _Images(evalset, sub), ftr, ytr, _Images(train, bank), n_queries=8, k=8)
+    summary = {}
+    for name in ("summary.json", "eval.json"):
+        p = run_dir / name
+        if p.exists():
+            try:
+                summary[name[:-5]] = json.loads(p.read_text())
+            except json.JSONDecodeError:
+                pass
+    summary = {**_flatten_eval(summary)}
+    metrics = read_metrics_csv(run_dir / "metrics.csv") if (run_dir / "metrics.csv").exists() else []
+    title = f"contrastlab: {cfg.method['name']} on {cfg.data.name} (step {ckpt['step']})"
+    return write_report(run_dir, metrics, embeddings={"feats": fte, "labels": yte, "class_names": names},
+                        retrieval=retrieval, title=title, summary=summary)  # fmt: skip
+
+
+def _flatten_eval(summary: dict) -> dict:
+    """Keep the numbers a reader wants in the summary table (drop per-class lists)."""
+    out = {}
+    for section, d in summary.items():
+        for k, v in d.items():
+            if isinstance(v, dict):
+                out[f"{section}: {k}"] = {kk: vv for kk, vv in v.items() if not isinstance(vv, list)}
+            elif not isinstance(v, list):
+                out.setdefault(section, {})[k] = v
+    return out

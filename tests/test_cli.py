@@ -1,0 +1,80 @@
+"""The command line: train, eval (JSON on the last line), report, and one-line errors."""
+import json
+import subprocess
+import sys
+
+import pytest
+
+from contrastlab.cli import main
+
+
+@pytest.fixture(scope="module")
+def run_dir(tmp_path_factory):
+    from conftest import TINY
+
+    out = tmp_path_factory.mktemp("cli") / "run"
+    assert main(["train", "simclr", *TINY, "trainer.max_steps=8", f"trainer.out_dir={out}"]) == 0
+    return out
+
+
+def _last_json(capsys):
+    lines = [l for l in capsys.readouterr().out.splitlines() if l.strip()]
+    return json.loads(lines[-1])
+
+
+def test_eval_knn_prints_json_last(run_dir, capsys):
+    assert main(["eval", "knn", str(run_dir), "k=5"]) == 0
+    r = _last_json(capsys)
+    assert r["protocol"] == "knn" and r["k"] == 5 and r["label"] == "digit" and 0 <= r["top1"] <= 1
+    assert r["n_train"] == 256 and r["n_test"] == 128
+
+
+@pytest.mark.parametrize("label,n", [("color", 6), ("rotation", 4)])
+def test_eval_linear_on_other_attributes(run_dir, capsys, label, n):
+    assert main(["eval", "linear", str(run_dir / "last.ckpt"), f"label={label}", "epochs=5"]) == 0
+    r = _last_json(capsys)
+    assert r["label"] == label and len(r["per_class_acc"]) == n
+
+
+def test_eval_baselines(run_dir, capsys):
+    assert main(["eval", "knn", str(run_dir), "features=pixels"]) == 0
+    assert _last_json(capsys)["features"] == "pixels"
+    assert main(["eval", "knn", str(run_dir), "features=random"]) == 0
+    assert _last_json(capsys)["features"] == "random"
+    saved = json.loads((run_dir / "eval.json").read_text())
+    assert {"knn/digit/pixels", "knn/digit/random"} <= set(saved)
+
+
+def test_report(run_dir, capsys):
+    assert main(["report", str(run_dir)]) == 0
+    html = (run_dir / "report.html").read_text()
+    for png in ("curves.png", "embedding.png", "retrieval.png"):
+        assert (run_dir / "report" / png).stat().st_size > 1000 and png in html
+
+
+@pytest.mark.parametrize(
+    "argv,needle",
+    [
+        (["train", "simclr", "optim.lrr=1"], "unknown config key optim.'lrr'"),
+        (["train", "simclr", "optim.lr=fast"], "optim.lr: expected a number, got 'fast'"),
+        (["train", "nosuchmethod"], "unknown recipe 'nosuchmethod'"),
+        (["eval", "knn", "/nonexistent/run"], "checkpoint /nonexistent/run does not exist"),
+        (["train", "simclr/cifar10", "data.root=/nonexistent/cifar"], "data folder /nonexistent/cifar does not exist"),
+    ],
+)
+def test_errors_are_one_line(argv, needle, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1
+
+
+def test_eval_unknown_option_and_label(run_dir, capsys):
+    assert main(["eval", "knn", str(run_dir), "kk=3"]) == 2
+    assert "unknown option 'kk'" in capsys.readouterr().err
+    assert main(["eval", "knn", str(run_dir), "label=shape"]) == 2
+    assert "label='shape' is not a label" in capsys.readouterr().err
+
+
+def test_console_script_entry_point():
+    out = subprocess.run([sys.executable, "-m", "contrastlab.cli", "list"], capture_output=True, text=True, check=True)
+    assert "simclr" in out.stdout and "moco/digits" in out.stdout

@@ -1,0 +1,99 @@
+"""Batched views against independent per-image computations."""
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from contrastlab.data.views import BatchedViews, ViewConfig, apply_color, color_matrices, crop_boxes, gaussian_blur, resized_crop, torchvision_views
+
+
+def test_crop_boxes_respect_scale_ratio_and_bounds():
+    g = torch.Generator().manual_seed(0)
+    boxes = crop_boxes(2000, 32, 48, (0.2, 0.9), (0.75, 4 / 3), g, "cpu")
+    w, h = boxes[:, 2] - boxes[:, 0], boxes[:, 3] - boxes[:, 1]
+    assert (boxes[:, 0] >= 0).all() and (boxes[:, 1] >= 0).all() and (boxes[:, 2] <= 48).all() and (boxes[:, 3] <= 32).all()
+    area = w * h / (32 * 48)
+    # rounding to whole pixels moves area and ratio a little
+    assert area.min() > 0.17 and area.max() < 0.95
+    assert (w / h).min() > 0.7 and (w / h).max() < 1.4
+
+
+def test_resized_crop_matches_per_image_crop_and_flip():
+    x = torch.rand(3, 3, 20, 20)
+    boxes = torch.tensor([[0.0, 0.0, 20.0, 20.0], [4.0, 2.0, 14.0, 12.0], [5.0, 5.0, 15.0, 15.0]])
+    flip = torch.tensor([False, False, True])
+    out = resized_crop(x, boxes, flip, 10)
+    assert torch.allclose(out[0], F.interpolate(x[:1], size=10, mode="bilinear", align_corners=False)[0], atol=1e-5)
+    # a 10x10 crop resized to 10x10 is the crop itself (pixel centres coincide)
+    assert torch.allclose(out[1], x[1, :, 2:12, 4:14], atol=1e-5)
+    assert torch.allclose(out[2], x[2, :, 5:15, 5:15].flip(-1), atol=1e-5)
+
+
+def _sequential_color(x, b, c, s, h_rad, gray):
+    """Brightness, contrast, saturation, hue (YIQ rotation), grayscale one after the other, per image."""
+    luma = torch.tensor([0.299, 0.587, 0.114])
+    y = x * b
+    mean = (luma[:, None, None] * x).sum(0).mean() * b
+    y = c * y + (1 - c) * mean
+    g = (luma[:, None, None] * y).sum(0, keepdim=True)
+    y = s * y + (1 - s) * g
+    yiq = torch.tensor([[0.299, 0.587, 0.114], [0.596, -0.274, -0.322], [0.211, -0.523, 0.312]])
+    v = torch.einsum("ij,jhw->ihw", yiq, y)
+    i, q = v[1].clone(), v[2].clone()
+    v[1] = math.cos(h_rad) * i - math.sin(h_rad) * q
+    v[2] = math.sin(h_rad) * i + math.cos(h_rad) * q
+    y = torch.einsum("ij,jhw->ihw", torch.linalg.inv(yiq), v)
+    if gray:
+        y = (luma[:, None, None] * y).sum(0, keepdim=True).expand(3, -1, -1)
+    return y.clamp(0, 1)
+
+
+def test_color_matrix_equals_sequential_operations():
+    cfg = ViewConfig(jitter_p=1.0, grayscale_p=0.5, brightness=0.4, contrast=0.4, saturation=0.4, hue=0.1)
+    g = torch.Generator().manual_seed(1)
+    n = 16
+    x = torch.rand(n, 3, 6, 6) * 0.8
+    # recover the per-image draws by replaying the generator the way color_matrices draws
+    m, c, b, gray = color_matrices(n, cfg, g, "cpu")
+    out = apply_color(x.clone(), m, c, b, gray)
+    g2 = torch.Generator().manual_seed(1)
+    torch.rand(n, generator=g2)  # jitter flags
+    bb = 0.6 + 0.8 * torch.rand(n, generator=g2)
+    cc = 0.6 + 0.8 * torch.rand(n, generator=g2)
+    ss = 0.6 + 0.8 * torch.rand(n, generator=g2)
+    hh = (-0.1 + 0.2 * torch.rand(n, generator=g2)) * 2 * math.pi
+    assert torch.allclose(bb, b) and torch.allclose(cc, c)
+    for i in range(n):
+        ref = _sequential_color(x[i], bb[i].item(), cc[i].item(), ss[i].item(), hh[i].item(), bool(gray[i]))
+        assert torch.allclose(out[i], ref, atol=1e-5), i
+
+
+def test_gaussian_blur_matches_conv_with_explicit_kernel():
+    x = torch.rand(2, 3, 12, 12)
+    sigma = torch.tensor([0.7, 1.5])
+    out = gaussian_blur(x, sigma, 5)
+    for i in range(2):
+        t = torch.arange(-2, 3).float()
+        k1 = torch.exp(-(t**2) / (2 * sigma[i] ** 2))
+        k1 = k1 / k1.sum()
+        k2 = (k1[:, None] * k1[None, :]).expand(3, 1, 5, 5)
+        ref = F.conv2d(F.pad(x[i : i + 1], (2, 2, 2, 2), mode="reflect"), k2, groups=3)
+        assert torch.allclose(out[i], ref[0], atol=1e-5)
+
+
+def test_views_seeded_and_in_range():
+    v = BatchedViews(ViewConfig(blur_p=0.5), 16)
+    x = (torch.rand(8, 3, 24, 24) * 255).to(torch.uint8)
+    a = v(x, torch.Generator().manual_seed(5))
+    b = v(x, torch.Generator().manual_seed(5))
+    c = v(x, torch.Generator().manual_seed(6))
+    assert a.shape == (8, 3, 16, 16) and a.dtype == torch.float32
+    assert torch.equal(a, b) and not torch.equal(a, c)
+    assert a.min() >= 0 and a.max() <= 1
+
+
+def test_torchvision_views_same_family():
+    tf = torchvision_views(ViewConfig(blur_p=0.5), 16)
+    out = tf((torch.rand(3, 24, 24) * 255).to(torch.uint8))
+    assert out.shape == (3, 16, 16) and out.dtype == torch.float32 and 0 <= out.min() and out.max() <= 1
