@@ -59,3 +59,25 @@ def test_moco_step_enqueues_keys_and_updates_key_encoder(tiny):
     assert not torch.allclose(m.queue.keys[:16], queue_before[:16]) and torch.equal(m.queue.keys[16:], queue_before[16:])
     for kb, k, o in zip(key_before, m.key_encoder.parameters(), m.encoder.parameters()):
         assert torch.allclose(k, 0.5 * kb + 0.5 * o)
+
+
+def test_channels_last_encoder_computes_the_same_features():
+    from contrastlab.nn import Encoder, SmallCNN
+
+    torch.manual_seed(0)
+    a = Encoder(SmallCNN(8)).eval()
+    b = copy.deepcopy(a).to_channels_last()
+    x = torch.rand(4, 3, 32, 32)
+    assert torch.allclose(a(x), b(x), atol=1e-5)
+    assert b.backbone.features[0][0].weight.is_contiguous(memory_format=torch.channels_last)
+
+
+def test_per_image_norm_removes_colour_offsets():
+    from contrastlab.nn import InputNorm
+
+    x = torch.rand(2, 3, 8, 8)
+    shifted = x * torch.tensor([2.0, 0.5, 1.5]).view(1, 3, 1, 1) + torch.tensor([0.1, 0.3, -0.2]).view(1, 3, 1, 1)
+    n = InputNorm("per_image")
+    assert torch.allclose(n(x), n(shifted), atol=1e-2)
+    out = n(x)
+    assert torch.allclose(out.mean(dim=(2, 3)), torch.zeros(2, 3), atol=1e-5)

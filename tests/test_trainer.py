@@ -1,5 +1,4 @@
 """Trainer: exact resume after a kill, checkpoints, logs, and clear errors for bad input."""
-import os
 import signal
 import subprocess
 import sys

@@ -1,7 +1,6 @@
 """Batched views against independent per-image computations."""
 import math
 
-import pytest
 import torch
 import torch.nn.functional as F
 

@@ -10,7 +10,7 @@ from .config import ConfigError, UserError
 
 EVAL_DEFAULTS = {
     "knn": {"label": None, "k": 20, "temperature": 0.1, "features": "model", "device": "auto", "batch_size": 512},
-    "linear": {"label": None, "epochs": 100, "weight_decay": 0.0, "features": "model", "device": "auto",
+    "linear": {"label": None, "epochs": 100, "weight_decay": 1e-3, "features": "model", "device": "auto",
                "batch_size": 512, "groups": "thirds"},
 }  # fmt: skip
 FEATURE_KINDS = ("model", "random", "pixels")
@@ -64,6 +64,12 @@ def load_run(checkpoint: str, data_overrides: list[str]):
     cfg = build_dataclass(Config, tree)
     method = build_method(cfg)
     method.load_state_dict(ckpt["model"])
+    if cfg.trainer.channels_last:  # evaluate with the memory layout the run used (same numbers)
+        from .nn import Encoder
+
+        for m in method.modules():
+            if isinstance(m, Encoder):
+                m.to_channels_last()
     return cfg, method, ckpt
 
 

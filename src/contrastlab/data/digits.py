@@ -8,7 +8,7 @@ texture). Each scene carries several labels:
 
 - ``digit``: the digit class (10 classes);
 - ``color``: the foreground hue bin (``N_COLORS`` classes);
-- ``rotation``: the rotation bin (``N_ROTATIONS`` classes, centred at -45, -15, 15, 45 deg);
+- ``rotation``: the rotation bin (``N_ROTATIONS`` classes, centred at -15, -5, 5, 15 deg, +-3);
 - ``mask``: a per-pixel segmentation map, 0 for background and ``1 + digit`` for pixels covered
   by a digit (the main digit is drawn on top of a distractor digit).
 
@@ -31,9 +31,9 @@ import torch.nn.functional as F
 
 N_COLORS = 6
 N_ROTATIONS = 4
-ROTATION_CENTRES = (-45.0, -15.0, 15.0, 45.0)
-ROTATION_JITTER = 10.0  # degrees either side of a centre; bins stay 10 degrees apart
-GENERATOR_VERSION = 1  # bump when the scene generator changes: invalidates the cache
+ROTATION_CENTRES = (-15.0, -5.0, 5.0, 15.0)
+ROTATION_JITTER = 3.0  # degrees either side of a centre; bins stay 4 degrees apart
+GENERATOR_VERSION = 10  # bump when the scene generator changes: invalidates the cache
 
 
 @dataclass(frozen=True)
@@ -46,6 +46,7 @@ class DigitScenesSpec:
     clutter: int = 0  # number of random clutter strokes per scene
     texture: bool = False  # striped background texture
     noise: float = 0.03  # std of per-pixel Gaussian noise
+    light_fraction: float = 0.5  # share of scenes on a light background (darker digit)
     test_source_fraction: float = 1 / 3
 
     def key(self) -> str:
@@ -119,8 +120,8 @@ def _scenes(spec: DigitScenesSpec, images, targets, pool, n, g):
 
     rot = torch.randint(0, N_ROTATIONS, (n,), generator=g)
     angle = torch.tensor(ROTATION_CENTRES)[rot] + (u(n) * 2 - 1) * ROTATION_JITTER
-    scale = size * (0.55 + 0.35 * u(n))  # glyph side 17.6 .. 28.8 px on a 32 px canvas
-    margin = scale * 0.35
+    scale = size * (0.45 + 0.3 * u(n))  # glyph side 14.4 .. 24 px on a 32 px canvas
+    margin = scale * 0.45  # the glyph box stays (almost) inside the canvas
     cx = margin + u(n) * (size - 2 * margin)
     cy = margin + u(n) * (size - 2 * margin)
 
@@ -129,7 +130,7 @@ def _scenes(spec: DigitScenesSpec, images, targets, pool, n, g):
     fg = _hsv_to_rgb(hue, 0.6 + 0.4 * u(n), 0.65 + 0.35 * u(n))
     bg = _hsv_to_rgb(u(n), u(n), 0.4 * u(n))
     # Half of the scenes use a light background instead, with a darker foreground.
-    light = u(n) < 0.5
+    light = u(n) < spec.light_fraction
     bg_light = _hsv_to_rgb(u(n), 0.35 * u(n), 0.85 + 0.15 * u(n))
     bg = torch.where(light[:, None], bg_light, bg)
     fg = torch.where(light[:, None], fg * 0.6, fg)

@@ -12,12 +12,9 @@ exactly as the uninterrupted run would (on the same hardware and thread count).
 from __future__ import annotations
 
 import json
-import math
-import os
 import signal
 import sys
 import time
-from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -184,8 +181,16 @@ def monitor_knn(method, train_set, test_set, cfg: Config, device) -> dict:
     return {f"knn_{k}": v for k, v in res.items() if v is not None}
 
 
+def _fabric_class():
+    try:
+        from lightning_fabric import Fabric
+    except ImportError:  # the `lightning` package ships the same class
+        from lightning.fabric import Fabric
+    return Fabric
+
+
 def fit(cfg: Config) -> FitResult:
-    from lightning_fabric import Fabric
+    Fabric = _fabric_class()
 
     t, o = cfg.trainer, cfg.optim
     if t.threads:
@@ -215,7 +220,11 @@ def fit(cfg: Config) -> FitResult:
     if cfg.model.sync_bn and world > 1:
         method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
     if t.channels_last:
-        method = method.to(memory_format=torch.channels_last)
+        from ..nn import Encoder
+
+        for m in method.modules():
+            if isinstance(m, Encoder):
+                m.to_channels_last()
     optimizer = build_optimizer(method, o, global_batch)
     scheduler = build_scheduler(optimizer, o, total)
 
@@ -255,7 +264,6 @@ def fit(cfg: Config) -> FitResult:
 
     sampler = StepBatches(len(train_set), o.batch_size, world, rank, cfg.seed, step, total)
     gen = torch.Generator(device=device)
-    autocast = nullcontext()
     metrics: dict = {}
     bar = None
     if is_main and t.progress:
@@ -272,7 +280,7 @@ def fit(cfg: Config) -> FitResult:
     deadline = None if t.max_minutes is None else t0 + 60 * t.max_minutes
     model.train()
     try:
-        with _Stop() as stop, autocast:
+        with _Stop() as stop:
             for batch in _batches(train_set, sampler, cfg, device):
                 s = step_seed(cfg.seed, rank, step)
                 torch.manual_seed(s)

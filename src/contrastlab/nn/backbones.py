@@ -119,6 +119,15 @@ class Encoder(nn.Module):
         self.norm = InputNorm(norm)
         self.backbone = backbone
         self.out_dim = backbone.out_dim
+        self.channels_last = False
+
+    def to_channels_last(self) -> "Encoder":
+        """NHWC weights and inputs: faster convolutions on CPUs (oneDNN) and tensor cores."""
+        self.channels_last = True
+        return self.to(memory_format=torch.channels_last)
 
     def forward(self, x):
-        return self.backbone(self.norm(x))
+        x = self.norm(x)
+        if self.channels_last:
+            x = x.contiguous(memory_format=torch.channels_last)
+        return self.backbone(x)
