@@ -16,13 +16,10 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
-
-class ConfigError(ValueError):
-    """A bad config key or value. The message is one line that names the problem."""
+from .data.views import ViewConfig
 
 
-class UserError(RuntimeError):
-    """Bad input from the user (data, paths, sizes): printed as one line by the CLI."""
+from .errors import ConfigError, UserError  # noqa: F401  (re-exported)
 
 
 # ----------------------------------------------------------------------------- schema
@@ -52,19 +49,12 @@ class DataConfig:
 
 
 @dataclass
-class ViewsConfig:
+class ViewsConfig(ViewConfig):
+    """The augmentation family's parameters (see :class:`contrastlab.data.views.ViewConfig`)
+    and where the views are made: ``batched`` on the device, ``torchvision`` per image in the
+    data-loader workers."""
+
     backend: Literal["batched", "torchvision"] = "batched"
-    crop_scale: tuple[float, float] = (0.08, 1.0)
-    crop_ratio: tuple[float, float] = (0.75, 4 / 3)
-    flip_p: float = 0.5
-    jitter_p: float = 0.8
-    brightness: float = 0.4
-    contrast: float = 0.4
-    saturation: float = 0.4
-    hue: float = 0.1
-    grayscale_p: float = 0.2
-    blur_p: float = 0.0
-    blur_sigma: tuple[float, float] = (0.1, 2.0)
 
 
 @dataclass

@@ -3,7 +3,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ..config import UserError
+from ..errors import UserError
 from .base import ImageSet, TensorImageSet
 from .digits import DigitScenesSpec, long_tail_indices
 

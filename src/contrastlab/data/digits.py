@@ -33,7 +33,7 @@ N_COLORS = 6
 N_ROTATIONS = 4
 ROTATION_CENTRES = (-15.0, -5.0, 5.0, 15.0)
 ROTATION_JITTER = 3.0  # degrees either side of a centre; bins stay 4 degrees apart
-GENERATOR_VERSION = 10  # bump when the scene generator changes: invalidates the cache
+GENERATOR_VERSION = 13  # bump when the scene generator changes: invalidates the cache
 
 
 @dataclass(frozen=True)
@@ -44,7 +44,7 @@ class DigitScenesSpec:
     image_size: int = 32
     second_digit: bool = False
     clutter: int = 0  # number of random clutter strokes per scene
-    texture: bool = False  # striped background texture
+    texture: bool = False  # striped background texture (an instance shortcut: SimCLR learns far less with it)
     noise: float = 0.03  # std of per-pixel Gaussian noise
     light_fraction: float = 0.5  # share of scenes on a light background (darker digit)
     test_source_fraction: float = 1 / 3
@@ -120,8 +120,8 @@ def _scenes(spec: DigitScenesSpec, images, targets, pool, n, g):
 
     rot = torch.randint(0, N_ROTATIONS, (n,), generator=g)
     angle = torch.tensor(ROTATION_CENTRES)[rot] + (u(n) * 2 - 1) * ROTATION_JITTER
-    scale = size * (0.45 + 0.3 * u(n))  # glyph side 14.4 .. 24 px on a 32 px canvas
-    margin = scale * 0.45  # the glyph box stays (almost) inside the canvas
+    scale = size * (0.5 + 0.15 * u(n))  # glyph side 16 .. 20.8 px on a 32 px canvas
+    margin = scale * 0.4  # the glyph box stays (almost) inside the canvas
     cx = margin + u(n) * (size - 2 * margin)
     cy = margin + u(n) * (size - 2 * margin)
 

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from contrastlab.config import UserError
+from contrastlab.errors import UserError
 from contrastlab.data.base import ImageSet, TensorImageSet
 from contrastlab.data.digits import long_tail_indices
 

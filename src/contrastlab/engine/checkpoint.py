@@ -13,7 +13,7 @@ from pathlib import Path
 
 import torch
 
-from ..config import UserError
+from ..errors import UserError
 
 
 def save_atomic(obj, path: str | Path) -> None:

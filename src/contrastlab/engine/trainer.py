@@ -82,14 +82,9 @@ def _batches(train_set, sampler: StepBatches, cfg: Config, device):
     d = cfg.data
     pin = d.pin_memory and device.type == "cuda"
     if cfg.views.backend == "torchvision":
-        from ..data.views import ViewConfig, torchvision_views
+        from ..data.views import torchvision_views
 
-        v = cfg.views
-        tf = torchvision_views(
-            ViewConfig(v.crop_scale, v.crop_ratio, v.flip_p, v.jitter_p, v.brightness, v.contrast, v.saturation,
-                       v.hue, v.grayscale_p, v.blur_p, v.blur_sigma),
-            d.image_size,
-        )  # fmt: skip
+        tf = torchvision_views(cfg.views, d.image_size)
         if hasattr(train_set, "set_transform"):
             train_set.set_transform(lambda img: (tf(img), tf(img)))
             ds = _FlattenPair(train_set)

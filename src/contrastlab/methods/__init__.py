@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import importlib
 
-from ..config import ConfigError
+from ..errors import ConfigError
 
 REGISTRY = {
     "simclr": "contrastlab.methods.simclr:SimCLR",

@@ -7,7 +7,7 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..data.views import BatchedViews, ViewConfig
+from ..data.views import BatchedViews
 from ..engine.distributed import gather_no_grad
 from ..nn import Encoder, MLPHead, build_backbone
 
@@ -22,13 +22,7 @@ def build_projector(in_dim: int, mcfg) -> MLPHead:
 
 
 def build_views(cfg) -> BatchedViews:
-    v = cfg.views
-    vc = ViewConfig(
-        crop_scale=v.crop_scale, crop_ratio=v.crop_ratio, flip_p=v.flip_p, jitter_p=v.jitter_p,
-        brightness=v.brightness, contrast=v.contrast, saturation=v.saturation, hue=v.hue,
-        grayscale_p=v.grayscale_p, blur_p=v.blur_p, blur_sigma=v.blur_sigma,
-    )  # fmt: skip
-    return BatchedViews(vc, cfg.data.image_size)
+    return BatchedViews(cfg.views, cfg.data.image_size)
 
 
 def two_views(views: BatchedViews, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:

@@ -12,7 +12,7 @@ def build_run_report(run_dir: Path, device=None, n_embed: int = 2000) -> Path:
     a nearest-neighbour retrieval grid (test queries, training neighbours), and the eval
     results the run folder holds (summary.json, eval.json)."""
     from ..cli import load_run
-    from ..config import UserError
+    from ..errors import UserError
     from ..data import build_datasets
     from ..eval.features import extract_features
     from .report import read_metrics_csv, retrieval_from_features, write_report
