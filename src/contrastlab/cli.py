@@ -48,7 +48,7 @@ def cmd_train(args) -> int:
 
     cfg = load_config(args.recipe, args.overrides)
     res = fit(cfg)
-    if res.metrics:
+    if res.metrics and res.is_main:
         print(json.dumps({"run_dir": str(res.run_dir), **res.metrics}))
     return 0
 

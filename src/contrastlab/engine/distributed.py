@@ -11,15 +11,32 @@ def rank_and_world() -> tuple[int, int]:
     return 0, 1
 
 
+class _GatherWithGrad(torch.autograd.Function):
+    """Forward: all-gather (rank order). Backward: every rank holds the gradient of its own
+    loss with respect to all gathered rows; their sum over ranks, sliced to this rank's rows,
+    is the gradient of the summed loss with respect to this rank's input."""
+
+    @staticmethod
+    def forward(ctx, x):
+        rank, world = rank_and_world()
+        out = [torch.empty_like(x) for _ in range(world)]
+        dist.all_gather(out, x.contiguous())
+        ctx.rank, ctx.rows = rank, x.shape[0]
+        return torch.cat(out, dim=0)
+
+    @staticmethod
+    def backward(ctx, grad):
+        grad = grad.contiguous().clone()
+        dist.all_reduce(grad, op=dist.ReduceOp.SUM)
+        return grad[ctx.rank * ctx.rows : (ctx.rank + 1) * ctx.rows]
+
+
 def gather_with_grad(x: torch.Tensor) -> torch.Tensor:
-    """All-gather along dim 0, differentiable: the backward pass sums each rank's gradient
-    for the slice it contributed (torch.distributed.nn.functional.all_gather)."""
+    """All-gather along dim 0, differentiable (equal row counts on every rank)."""
     _, world = rank_and_world()
     if world == 1:
         return x
-    from torch.distributed.nn.functional import all_gather
-
-    return torch.cat(all_gather(x.contiguous()), dim=0)
+    return _GatherWithGrad.apply(x)
 
 
 @torch.no_grad()

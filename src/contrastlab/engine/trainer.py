@@ -132,6 +132,7 @@ class FitResult:
     run_dir: Path
     step: int
     metrics: dict = field(default_factory=dict)
+    is_main: bool = True  # rank 0 (only it reports)
 
 
 class _Stop:
@@ -337,7 +338,7 @@ def fit(cfg: Config) -> FitResult:
     summary = {"step": step, "total_steps": total, "train_seconds": round(train_seconds, 1), **metrics}
     if is_main:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    return FitResult(run_dir, step, summary)
+    return FitResult(run_dir, step, summary, is_main)
 
 
 def _plain(x):
