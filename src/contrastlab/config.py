@@ -60,7 +60,8 @@ class ViewsConfig(ViewConfig):
 @dataclass
 class ModelConfig:
     backbone: Literal["small_cnn", "resnet18", "resnet34", "resnet50"] = "small_cnn"
-    width: int = 32  # small_cnn only
+    width: int = 32  # small_cnn only: channels of the first stage (x1, x2, x4, x4)
+    depth: int = 1  # small_cnn only: conv layers per stage
     cifar_stem: bool = False
     norm: Literal["per_image", "imagenet", "cifar", "none"] = "per_image"
     proj_hidden: int = 512

@@ -13,7 +13,7 @@ from ..nn import Encoder, MLPHead, build_backbone
 
 
 def build_encoder(mcfg) -> Encoder:
-    return Encoder(build_backbone(mcfg.backbone, width=mcfg.width, cifar_stem=mcfg.cifar_stem), norm=mcfg.norm)
+    return Encoder(build_backbone(mcfg.backbone, width=mcfg.width, depth=mcfg.depth, cifar_stem=mcfg.cifar_stem), norm=mcfg.norm)
 
 
 def build_projector(in_dim: int, mcfg) -> MLPHead:

@@ -55,25 +55,23 @@ def _conv_bn(cin, cout, stride=1):
 
 
 class SmallCNN(nn.Module):
-    """A four-stage CNN for CPU runs: conv3x3-BN-ReLU at 32, 16, 8 and 4 px (max-pool between
-    stages), global average pool. ``width`` 32 gives 0.24M parameters, 4*width-d features and
-    ~13M multiply-adds per 32 px image."""
+    """A four-stage CNN for CPU runs: conv3x3-BN-ReLU stages at 32, 16, 8 and 4 px (max-pool
+    between stages), global average pool. ``widths`` per stage; ``depth`` convs per stage.
+    Defaults (32, 64, 128, 128), depth 1: 0.24M parameters, ~13M multiply-adds per 32 px image.
+    """
 
-    def __init__(self, width: int = 32):
+    def __init__(self, width: int = 32, depth: int = 1, widths: tuple | None = None):
         super().__init__()
-        w = width
-        self.features = nn.Sequential(
-            _conv_bn(3, w),
-            nn.MaxPool2d(2),
-            _conv_bn(w, 2 * w),
-            nn.MaxPool2d(2),
-            _conv_bn(2 * w, 4 * w),
-            nn.MaxPool2d(2),
-            _conv_bn(4 * w, 4 * w),
-            nn.AdaptiveAvgPool2d(1),
-            nn.Flatten(),
-        )
-        self.out_dim = 4 * w
+        widths = widths or (width, 2 * width, 4 * width, 4 * width)
+        layers, cin = [], 3
+        for i, w in enumerate(widths):
+            if i:
+                layers.append(nn.MaxPool2d(2))
+            for _ in range(depth):
+                layers.append(_conv_bn(cin, w))
+                cin = w
+        self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
+        self.out_dim = cin
 
     def forward(self, x):
         return self.features(x)
@@ -105,7 +103,7 @@ class TorchvisionResNet(nn.Module):
 def build_backbone(name: str, **kw) -> nn.Module:
     name = name.lower()
     if name == "small_cnn":
-        return SmallCNN(width=kw.get("width", 32))
+        return SmallCNN(width=kw.get("width", 32), depth=kw.get("depth", 1))
     if name in ("resnet18", "resnet34", "resnet50"):
         return TorchvisionResNet(int(name[6:]), cifar_stem=kw.get("cifar_stem", False))
     raise ValueError(f"unknown backbone {name!r}; expected one of small_cnn, resnet18, resnet34, resnet50")
