@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # torch/torchvision: the versions this project is developed and tested with (see README)
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo test test-slow test-dist bench clean
+.PHONY: install demo test test-slow test-dist gpu-check clean
 
 $(BIN)/contrastlab: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -33,9 +33,9 @@ test-slow: install
 test-dist: install
 	$(BIN)/python -m pytest -q -m distributed
 
-bench: install
-	$(BIN)/pip install -q 'lightly>=1.5'
-	$(BIN)/python benchmarks/run_all.py
+## On a machine with a CUDA GPU: real bf16 training steps through the library (under 5 minutes).
+gpu-check: install
+	$(BIN)/python benchmarks/gpu_check.py --out results/gpu_check.json
 
 clean:
 	rm -rf runs .pytest_cache

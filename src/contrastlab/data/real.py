@@ -307,6 +307,25 @@ def _read_cifar_split(folder: str, files: list[str], label_keys: list[str], titl
     return x, {k: torch.from_numpy(np.concatenate(v)) for k, v in labels.items()}
 
 
+def _ensure_files(title: str, root: str, folder: str, needed: list[str], download: bool, fetch) -> None:
+    """Raise a one-line UserError unless every needed file is in ``folder``; ``fetch()``
+    (torchvision's downloader) runs only when files are missing and ``download`` is true."""
+    missing = [f for f in needed if not os.path.isfile(os.path.join(folder, f))]
+    if missing and download:
+        try:
+            fetch()
+        except Exception as e:
+            raise UserError(f"could not download {title} to {root} ({_one_line(e)}); download it by hand "
+                            f"into {folder} or check the network") from None
+        missing = [f for f in needed if not os.path.isfile(os.path.join(folder, f))]
+    if missing:
+        if not os.path.isdir(folder):
+            raise UserError(f"{title} not found under {root} (expected {folder}); pass data.download=true "
+                            "to download it or set data.root")
+        raise UserError(f"{title} under {root} is incomplete: {os.path.join(folder, missing[0])} is missing; "
+                        "delete the folder and pass data.download=true, or set data.root")
+
+
 def load_cifar(root, which: str = "cifar10", download: bool = False) -> tuple[TensorImageSet, TensorImageSet]:
     """CIFAR-10 or CIFAR-100 from torchvision's layout under ``root``: ``(train, test)`` of uint8
     (N, 3, 32, 32). Labels ``{"label"}`` (CIFAR-100 also ``{"coarse_label"}``, the 20 superclasses)."""
@@ -320,23 +339,10 @@ def load_cifar(root, which: str = "cifar10", download: bool = False) -> tuple[Te
     root = os.fspath(root)
     folder = os.path.join(root, spec["folder"])
     needed = [*spec["train"], *spec["test"], spec["meta"]]
-    missing = [f for f in needed if not os.path.isfile(os.path.join(folder, f))]
-    if missing and download:
-        from torchvision import datasets
+    from torchvision import datasets
 
-        cls = datasets.CIFAR10 if which == "cifar10" else datasets.CIFAR100
-        try:
-            cls(root, train=False, download=True)
-        except Exception as e:
-            raise UserError(f"could not download {title} to {root} ({_one_line(e)}); download it by hand "
-                            f"into {folder} or check the network") from None
-        missing = [f for f in needed if not os.path.isfile(os.path.join(folder, f))]
-    if missing:
-        if not os.path.isdir(folder):
-            raise UserError(f"{title} not found under {root} (expected {folder}); pass data.download=true "
-                            "to download it or set data.root")
-        raise UserError(f"{title} under {root} is incomplete: {os.path.join(folder, missing[0])} is missing; "
-                        "delete the folder and pass data.download=true, or set data.root")
+    cls = datasets.CIFAR10 if which == "cifar10" else datasets.CIFAR100
+    _ensure_files(title, root, folder, needed, download, lambda: cls(root, train=False, download=True))
 
     meta_path = os.path.join(folder, spec["meta"])
     meta = _read_pickle(meta_path, title)
@@ -427,22 +433,9 @@ def load_stl10(root, split: str = "train+unlabeled", download: bool = False,
         needed += ["train_X.bin", "train_y.bin"]
     if "unlabeled" in parts:
         needed += ["unlabeled_X.bin"]
-    missing = [f for f in needed if not os.path.isfile(os.path.join(folder, f))]
-    if missing and download:
-        from torchvision import datasets
+    from torchvision import datasets
 
-        try:
-            datasets.STL10(root, split="test", download=True)
-        except Exception as e:
-            raise UserError(f"could not download STL-10 to {root} ({_one_line(e)}); download it by hand "
-                            f"into {folder} or check the network") from None
-        missing = [f for f in needed if not os.path.isfile(os.path.join(folder, f))]
-    if missing:
-        if not os.path.isdir(folder):
-            raise UserError(f"STL-10 not found under {root} (expected {folder}); pass data.download=true "
-                            "to download it or set data.root")
-        raise UserError(f"STL-10 under {root} is incomplete: {os.path.join(folder, missing[0])} is missing; "
-                        "delete the folder and pass data.download=true, or set data.root")
+    _ensure_files("STL-10", root, folder, needed, download, lambda: datasets.STL10(root, split="test", download=True))
 
     names_path = os.path.join(folder, "class_names.txt")
     with open(names_path, encoding="utf-8", errors="replace") as f:
