@@ -1,22 +1,5 @@
 """Static HTML run reports (curves, embedding map, retrieval grid)."""
-from .report import (
-    embed_2d,
-    plot_curves,
-    plot_embedding,
-    plot_retrieval,
-    read_metrics_csv,
-    retrieval_from_features,
-    retrieval_grid,
-    write_report,
-)
+from . import report as _report
+from .report import *  # noqa: F401,F403  (the names in report.__all__)
 
-__all__ = [
-    "write_report",
-    "read_metrics_csv",
-    "retrieval_from_features",
-    "retrieval_grid",
-    "embed_2d",
-    "plot_curves",
-    "plot_embedding",
-    "plot_retrieval",
-]
+__all__ = list(_report.__all__)
