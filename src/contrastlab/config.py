@@ -41,6 +41,7 @@ class DataConfig:
     second_digit: bool = False
     clutter: int = 0
     texture: bool = False
+    light_fraction: float = 0.5  # share of scenes with a light background and a dark digit
     # stl10: which split feeds pre-training
     stl_split: Literal["unlabeled", "train", "train+unlabeled"] = "train+unlabeled"
     # imagefolder: sub-folders for train/test (test optional)

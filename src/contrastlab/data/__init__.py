@@ -44,6 +44,7 @@ def build_datasets(dcfg) -> tuple[ImageSet, ImageSet | None]:
             second_digit=dcfg.second_digit,
             clutter=dcfg.clutter,
             texture=dcfg.texture,
+            light_fraction=dcfg.light_fraction,
         )
         train, test = digit_scenes(spec)
     else:
