@@ -127,3 +127,20 @@ def test_sigterm_checkpoints_and_stops(tmp_path, tiny):
     step = load_checkpoint(out / "last.ckpt")["step"]
     assert 0 < step < 100000
     assert b"stop requested" in err
+
+
+def test_per_image_torchvision_views_train_on_folder_and_tensors(tmp_path, tiny):
+    from PIL import Image
+
+    for cls in ("a", "b"):
+        d = tmp_path / "imgs" / "train" / cls
+        d.mkdir(parents=True)
+        for i in range(8):
+            Image.new("RGB", (40 + i, 30), (i * 30, 90, 10)).save(d / f"{i}.png")
+    common = ["views.backend=torchvision", "trainer.max_steps=2", "trainer.accelerator=cpu", "trainer.progress=false",
+              "model.backbone=small_cnn", "model.width=8", "trainer.precision=32-true", "data.num_workers=0"]  # fmt: skip
+    res = fit(load_config("simclr/imagefolder", common + [f"data.root={tmp_path / 'imgs'}", "data.image_size=32",
+                                                         "optim.batch_size=4", f"trainer.out_dir={tmp_path / 'f'}"]))  # fmt: skip
+    assert res.step == 2
+    res = fit(load_config("simclr", tiny + common + [f"trainer.out_dir={tmp_path / 't'}"]))
+    assert res.step == 2 and 0 <= res.metrics["knn_top1"] <= 1

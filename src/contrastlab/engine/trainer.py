@@ -64,17 +64,22 @@ class StepBatches:
 
 
 class _TwoViewSet(torch.utils.data.Dataset):
-    """Per-image augmentation path: each item is two torchvision views of the raw image."""
+    """Per-image augmentation path: each item is two torchvision views of the raw image. Image
+    files are decoded at full size and augmented there (set_transform), not after resizing."""
 
     def __init__(self, ds, transform):
         self.ds, self.transform = ds, transform
+        if hasattr(ds, "set_transform"):
+            ds.set_transform(lambda img: (transform(img), transform(img)))
+            self.transform = None
 
     def __len__(self):
         return len(self.ds)
 
     def __getitem__(self, i):
         img, _ = self.ds[i]
-        return self.transform(img), self.transform(img), i
+        v1, v2 = img if self.transform is None else (self.transform(img), self.transform(img))
+        return v1, v2, i
 
 
 def _batches(train_set, sampler: StepBatches, cfg: Config, device):
@@ -85,12 +90,7 @@ def _batches(train_set, sampler: StepBatches, cfg: Config, device):
         from ..data.views import torchvision_views
 
         tf = torchvision_views(cfg.views, d.image_size)
-        if hasattr(train_set, "set_transform"):
-            train_set.set_transform(lambda img: (tf(img), tf(img)))
-            ds = _FlattenPair(train_set)
-        else:
-            ds = _TwoViewSet(train_set, tf)
-        loader = _loader(ds, sampler, d, pin)
+        loader = _loader(_TwoViewSet(train_set, tf), sampler, d, pin)
         for v1, v2, idx in loader:
             yield {"views": [v1.to(device, non_blocking=pin), v2.to(device, non_blocking=pin)], "index": idx}
     elif isinstance(train_set, TensorImageSet):
@@ -103,18 +103,6 @@ def _batches(train_set, sampler: StepBatches, cfg: Config, device):
     else:
         for x, idx in _loader(train_set, sampler, d, pin):
             yield {"images": x.to(device, non_blocking=pin), "index": idx}
-
-
-class _FlattenPair(torch.utils.data.Dataset):
-    def __init__(self, ds):
-        self.ds = ds
-
-    def __len__(self):
-        return len(self.ds)
-
-    def __getitem__(self, i):
-        (v1, v2), j = self.ds[i]
-        return v1, v2, j
 
 
 def _loader(ds, sampler, d, pin):
