@@ -49,6 +49,20 @@ def test_wrong_value_type(override, expected):
     assert expected in str(e.value)
 
 
+def test_numbers_in_scientific_notation():
+    # YAML 1.1 reads "1e-06" (no dot) as a string; the schema still takes it as a float
+    cfg = load_config("simclr", ["optim.weight_decay=1e-06", "method.temperature=5e-1", "optim.lr=2E-3"])
+    assert cfg.optim.weight_decay == 1e-6 and cfg.method["temperature"] == 0.5 and cfg.optim.lr == 0.002
+
+
+def test_view_option_ranges():
+    with pytest.raises(ConfigError, match=r"views.invert_p is a probability in \[0, 1\], got 1.5"):
+        load_config("simclr", ["views.invert_p=1.5"])
+    with pytest.raises(ConfigError, match="views.rotation is a maximum angle"):
+        load_config("simclr", ["views.rotation=-5"])
+    assert load_config("simclr", ["views.rotation=30"]).views.rotation == 30.0
+
+
 def test_cross_field_checks():
     with pytest.raises(ConfigError, match="crop_scale"):
         load_config("simclr", ["views.crop_scale=[0.9, 0.2]"])

@@ -54,7 +54,8 @@ def test_color_matrix_equals_sequential_operations():
     n = 16
     x = torch.rand(n, 3, 6, 6) * 0.8
     # recover the per-image draws by replaying the generator the way color_matrices draws
-    m, c, b, gray = color_matrices(n, cfg, g, "cpu")
+    m, c, b, gray, inv = color_matrices(n, cfg, g, "cpu")
+    assert inv is None  # no inversion drawn unless invert_p > 0
     out = apply_color(x.clone(), m, c, b, gray)
     g2 = torch.Generator().manual_seed(1)
     torch.rand(n, generator=g2)  # jitter flags
@@ -96,3 +97,65 @@ def test_torchvision_views_same_family():
     tf = torchvision_views(ViewConfig(blur_p=0.5), 16)
     out = tf((torch.rand(3, 24, 24) * 255).to(torch.uint8))
     assert out.shape == (3, 16, 16) and out.dtype == torch.float32 and 0 <= out.min() and out.max() <= 1
+
+
+def test_rotated_crop_by_quarter_turns_is_rot90():
+    """At 90 and 180 degrees the pixel centres map onto pixel centres: the rotated crop is the
+    crop rotated by torch.rot90 (also inside a non-square image, and with a flip)."""
+    x = torch.rand(4, 3, 12, 20)
+    boxes = torch.tensor([[0.0, 0.0, 12.0, 12.0], [6.0, 2.0, 16.0, 12.0], [8.0, 0.0, 20.0, 12.0], [3.0, 1.0, 13.0, 11.0]])
+    flip = torch.tensor([False, False, False, True])
+    angle = torch.tensor([90.0, -90.0, 180.0, 90.0])
+    crops = [x[0, :, 0:12, 0:12], x[1, :, 2:12, 6:16], x[2, :, 0:12, 8:20], x[3, :, 1:11, 3:13]]
+    for i, (crop, a, f) in enumerate(zip(crops, angle.tolist(), flip.tolist())):
+        size = crop.shape[-1]
+        out = resized_crop(x[i : i + 1], boxes[i : i + 1], flip[i : i + 1], size, angle[i : i + 1])[0]
+        ref = crop.flip(-1) if f else crop
+        # output pixel (u, v) samples the crop at R(angle) (u, v): image y axis points down, so a
+        # positive angle turns the content counter-clockwise on screen (as torchvision's rotate)
+        ref = torch.rot90(ref, k=int(a // 90) % 4, dims=(-2, -1))
+        assert torch.allclose(out, ref, atol=1e-5), (i, a)
+
+
+def test_rotation_zero_is_the_plain_crop():
+    x = torch.rand(5, 3, 16, 16)
+    boxes = crop_boxes(5, 16, 16, (0.3, 1.0), (0.75, 4 / 3), torch.Generator().manual_seed(0), "cpu")
+    flip = torch.tensor([True, False, True, False, False])
+    assert torch.allclose(resized_crop(x, boxes, flip, 8, torch.zeros(5)), resized_crop(x, boxes, flip, 8), atol=1e-6)
+
+
+def test_channel_permutation_and_inversion_are_exact():
+    """With jitter and grayscale off, every view is its crop with permuted channels, inverted or
+    not; both happen at about their probabilities."""
+    cfg = ViewConfig(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_p=0.0, jitter_p=0.0, grayscale_p=0.0,
+                     channel_perm_p=0.75, invert_p=0.5)  # fmt: skip
+    x = torch.rand(400, 3, 4, 4)
+    out = BatchedViews(cfg, 4)(x, torch.Generator().manual_seed(3))
+    perms = [(0, 1, 2), (0, 2, 1), (1, 0, 2), (1, 2, 0), (2, 0, 1), (2, 1, 0)]
+    n_inv = n_perm = 0
+    for i in range(len(x)):
+        hits = [(p, inv) for p in perms for inv in (False, True)
+                if torch.allclose(out[i], (1 - x[i, list(p)]) if inv else x[i, list(p)], atol=1e-5)]  # fmt: skip
+        assert len(hits) == 1, i
+        p, inv = hits[0]
+        n_inv += inv
+        n_perm += p != (0, 1, 2)
+    assert 0.42 < n_inv / len(x) < 0.58
+    # a drawn permutation is the identity 1 time in 6: 0.75 * 5/6 = 0.625 of views change order
+    assert 0.55 < n_perm / len(x) < 0.70
+
+
+def test_torchvision_views_with_the_extra_options():
+    cfg = ViewConfig(rotation=20, channel_perm_p=0.5, invert_p=0.5, flip_p=0.0)
+    out = torchvision_views(cfg, 16)((torch.rand(3, 24, 24) * 255).to(torch.uint8))
+    assert out.shape == (3, 16, 16) and 0 <= out.min() and out.max() <= 1
+
+
+def test_rotation_direction_matches_torchvision():
+    from torchvision.transforms.v2 import functional as TF
+
+    x = torch.rand(1, 3, 9, 9)
+    full = torch.tensor([[0.0, 0.0, 9.0, 9.0]])
+    for a in (90.0, -90.0):
+        out = resized_crop(x, full, torch.tensor([False]), 9, torch.tensor([a]))
+        assert torch.allclose(out, TF.rotate(x, a), atol=1e-5)

@@ -177,6 +177,12 @@ def _coerce(value, tp, where: str):
             return int(value)
         raise bad
     if tp is float:
+        if isinstance(value, str):
+            # YAML 1.1 reads 1e-6 (no dot) as a string; plain numbers in any notation are floats
+            try:
+                value = float(value.strip())
+            except ValueError:
+                raise bad from None
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise bad
         return float(value)
@@ -316,6 +322,12 @@ def check_config(cfg: Config) -> None:
     lo, hi = cfg.views.crop_scale
     if not 0 < lo <= hi <= 1:
         raise ConfigError(f"views.crop_scale must satisfy 0 < min <= max <= 1, got {cfg.views.crop_scale}")
+    v = cfg.views
+    for name in ("flip_p", "jitter_p", "grayscale_p", "blur_p", "channel_perm_p", "invert_p"):
+        if not 0 <= getattr(v, name) <= 1:
+            raise ConfigError(f"views.{name} is a probability in [0, 1], got {getattr(v, name)}")
+    if not 0 <= v.rotation <= 180:
+        raise ConfigError(f"views.rotation is a maximum angle in degrees in [0, 180], got {v.rotation}")
     if d.long_tail_ratio is not None and d.long_tail_ratio < 1:
         raise ConfigError(f"data.long_tail_ratio must be >= 1, got {d.long_tail_ratio}")
 

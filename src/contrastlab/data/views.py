@@ -42,6 +42,11 @@ class ViewConfig:
     blur_p: float = 0.0
     blur_sigma: tuple[float, float] = (0.1, 2.0)
     blur_kernel_frac: float = 0.1  # kernel size = 10% of the image side, odd, as in SimCLR
+    # Beyond SimCLR's family (all off by default). For synthetic scenes such as the digit
+    # scenes, where orientation, colour identity and polarity identify an instance:
+    rotation: float = 0.0  # random rotation of the crop, uniform in [-rotation, +rotation] degrees
+    channel_perm_p: float = 0.0  # probability of a random permutation of the RGB channels
+    invert_p: float = 0.0  # probability of inverting the image (x -> 1 - x)
 
 
 # Luma weights (ITU-R 601), as torchvision's rgb_to_grayscale
@@ -78,8 +83,13 @@ def crop_boxes(n, h, w, scale, ratio, g, device, tries: int = 10):
     return torch.stack([x0, y0, x0 + cw, y0 + ch], dim=1)
 
 
-def resized_crop(images, boxes, flip, out_size):
-    """Crop each image to its box (x0, y0, x1, y1 in pixels), optionally flip, resize bilinearly."""
+def resized_crop(images, boxes, flip, out_size, angle=None):
+    """Crop each image to its box (x0, y0, x1, y1 in pixels), optionally flip, resize bilinearly.
+
+    ``angle`` (n,) in degrees then rotates the resized view about its centre (counter-clockwise
+    on screen for positive angles, as torchvision's rotate after its crop and flip); samples that
+    fall outside the image repeat its border.
+    """
     n, _, h, w = images.shape
     x0, y0, x1, y1 = boxes.unbind(1)
     # normalised coords (align_corners=False): pixel edge 0 -> -1, edge w -> +1
@@ -87,10 +97,20 @@ def resized_crop(images, boxes, flip, out_size):
     sy = (y1 - y0) / h
     cx = (x0 + x1) / w - 1
     cy = (y0 + y1) / h - 1
+    fx = torch.where(flip, -sx, sx)
     theta = torch.zeros(n, 2, 3, device=images.device, dtype=images.dtype)
-    theta[:, 0, 0] = torch.where(flip, -sx, sx)
+    if angle is None:
+        theta[:, 0, 0] = fx
+        theta[:, 1, 1] = sy
+    else:
+        # output (u, v) -> rotated in the view's own square frame -> flipped, scaled to the crop
+        a = torch.deg2rad(angle.to(images.dtype))
+        cos, sin = torch.cos(a), torch.sin(a)
+        theta[:, 0, 0] = fx * cos
+        theta[:, 0, 1] = -fx * sin
+        theta[:, 1, 0] = sy * sin
+        theta[:, 1, 1] = sy * cos
     theta[:, 0, 2] = cx
-    theta[:, 1, 1] = sy
     theta[:, 1, 2] = cy
     grid = F.affine_grid(theta, (n, 3, out_size, out_size), align_corners=False)
     return F.grid_sample(images, grid, mode="bilinear", padding_mode="border", align_corners=False)
@@ -130,11 +150,25 @@ def color_matrices(n, cfg: ViewConfig, g, device):
     m = m_hue @ m_sat
     grayscale = torch.rand(n, generator=g, device=device) < cfg.grayscale_p
     m = torch.where(grayscale[:, None, None], gray @ m, m)
-    return m, c, b, grayscale
+    if cfg.channel_perm_p > 0:
+        # a permutation commutes with the final clamp, so it folds into M exactly
+        perm = torch.argsort(torch.rand(n, 3, generator=g, device=device), dim=1)
+        p = torch.rand(n, generator=g, device=device) < cfg.channel_perm_p
+        perm = torch.where(p[:, None], perm, torch.arange(3, device=device))
+        m = torch.eye(3, device=device)[perm] @ m
+    if cfg.invert_p > 0:
+        # 1 - clamp(y, 0, 1) = clamp(1 - y, 0, 1): inversion is the affine map y -> 1 - y
+        inv = torch.rand(n, generator=g, device=device) < cfg.invert_p
+        sign = torch.where(inv, -1.0, 1.0).to(m.dtype)
+        m = m * sign[:, None, None]
+        return m, c, b, grayscale, inv.to(m.dtype)
+    return m, c, b, grayscale, None
 
 
-def apply_color(x, m, c, b, grayscale):
-    """x (n,3,H,W) float. Implements clamp(M (c*b*x + (1-c)*b*mean_grey(x))).
+def apply_color(x, m, c, b, grayscale, invert=None):
+    """x (n,3,H,W) float. Implements clamp(M (c*b*x + (1-c)*b*mean_grey(x)) + invert).
+
+    ``invert`` (n,) is 1 for images whose M was negated by :func:`color_matrices` (x -> 1 - x).
 
     Brightness b scales the image; contrast c blends it with its mean grey level; M holds
     saturation, hue and grayscale. Every step is affine, so they compose exactly.
@@ -146,6 +180,8 @@ def apply_color(x, m, c, b, grayscale):
     # M (s x + t 1) = s M x + t M 1
     out = torch.einsum("nij,njhw->nihw", m.to(x.dtype) * scale[:, None, None], x)
     off = m.to(x.dtype).sum(2) * shift[:, None]
+    if invert is not None:
+        off = off + invert.to(x.dtype)[:, None]
     out = out + off[:, :, None, None]
     return out.clamp_(0, 1)
 
@@ -181,9 +217,10 @@ class BatchedViews:
         g = generator
         boxes = crop_boxes(n, h, w, cfg.crop_scale, cfg.crop_ratio, g, dev)
         flip = torch.rand(n, generator=g, device=dev) < cfg.flip_p
-        x = resized_crop(images, boxes, flip, self.out_size)
-        m, c, b, gs = color_matrices(n, cfg, g, dev)
-        x = apply_color(x, m, c, b, gs)
+        angle = _uniform(-cfg.rotation, cfg.rotation, n, g, dev) if cfg.rotation > 0 else None
+        x = resized_crop(images, boxes, flip, self.out_size, angle)
+        m, c, b, gs, inv = color_matrices(n, cfg, g, dev)
+        x = apply_color(x, m, c, b, gs, inv)
         if cfg.blur_p > 0:
             k = max(3, int(cfg.blur_kernel_frac * self.out_size) // 2 * 2 + 1)
             sigma = _uniform(cfg.blur_sigma[0], cfg.blur_sigma[1], n, g, dev)
@@ -203,9 +240,18 @@ def torchvision_views(cfg: ViewConfig, out_size: int):
         v2.ToImage(),
         v2.RandomResizedCrop(out_size, scale=cfg.crop_scale, ratio=cfg.crop_ratio, antialias=True),
         v2.RandomHorizontalFlip(cfg.flip_p),
+    ]
+    if cfg.rotation > 0:
+        # torchvision fills the corners with a constant (0) where the batched path repeats the border
+        ops.append(v2.RandomRotation(cfg.rotation, interpolation=v2.InterpolationMode.BILINEAR))
+    ops += [
         v2.RandomApply([v2.ColorJitter(cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue)], p=cfg.jitter_p),
         v2.RandomGrayscale(cfg.grayscale_p),
     ]
+    if cfg.channel_perm_p > 0:
+        ops.append(v2.RandomApply([v2.RandomChannelPermutation()], p=cfg.channel_perm_p))
+    if cfg.invert_p > 0:
+        ops.append(v2.RandomInvert(cfg.invert_p))
     if cfg.blur_p > 0:
         k = max(3, int(cfg.blur_kernel_frac * out_size) // 2 * 2 + 1)
         ops.append(v2.RandomApply([v2.GaussianBlur(k, sigma=cfg.blur_sigma)], p=cfg.blur_p))

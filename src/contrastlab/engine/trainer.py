@@ -165,6 +165,20 @@ def monitor_knn(method, train_set, test_set, cfg: Config, device) -> dict:
     return {f"knn_{k}": v for k, v in res.items() if v is not None}
 
 
+def train_step(model, optimizer, scheduler, fabric, batch: dict, step: int = 0) -> dict:
+    """One optimisation step of any method: forward, finite-loss check, backward through Fabric
+    (precision, DDP gradient averaging), optimiser and schedule. Returns the method's outputs."""
+    out = model(batch)
+    loss = out["loss"]
+    if not torch.isfinite(loss):
+        raise FloatingPointError(f"loss is {loss.item()} at step {step}; lower optim.lr or check the data")
+    optimizer.zero_grad(set_to_none=True)
+    fabric.backward(loss)
+    optimizer.step()
+    scheduler.step()
+    return out
+
+
 def _fabric_class():
     try:
         from lightning_fabric import Fabric
@@ -270,14 +284,8 @@ def fit(cfg: Config) -> FitResult:
                 torch.manual_seed(s)
                 gen.manual_seed(s)
                 batch["generator"] = gen
-                out = model(batch)
+                out = train_step(model, optimizer, scheduler, fabric, batch, step)
                 loss = out["loss"]
-                if not torch.isfinite(loss):
-                    raise FloatingPointError(f"loss is {loss.item()} at step {step}; lower optim.lr or check the data")
-                optimizer.zero_grad(set_to_none=True)
-                fabric.backward(loss)
-                optimizer.step()
-                scheduler.step()
                 step += 1
                 if step % t.log_every == 0 or step == total:
                     now = time.perf_counter()

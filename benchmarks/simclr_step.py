@@ -1,0 +1,162 @@
+"""SimCLR training step on the CPU: contrastlab vs a bare PyTorch loop vs lightly.
+
+Setup (issue 3): ResNet-18 with the CIFAR stem, batch 128 of 32 px images, 2-layer projection
+MLP 512-2048-128, NT-Xent at t=0.5, SGD (momentum 0.9). All three get the same pre-made pair of
+views every step, so the ratio is the cost of the training step itself (model, loss, backward,
+optimiser, and for contrastlab its Fabric wrapper, method module and schedule); the augmentation
+is benchmarked on its own in views.py.
+
+- bare: a hand-written loop, torchvision ResNet-18, nn.Sequential head, NT-Xent as a
+  cross-entropy over the 2B x 2B similarity matrix, torch.optim.SGD; nothing else.
+- contrastlab: the real training step (`contrastlab.engine.trainer.train_step`) of the SimCLR
+  method built from the `simclr/cifar10` recipe, set up through Lightning Fabric.
+- lightly: the same backbone with lightly's `SimCLRProjectionHead` and `NTXentLoss` (its head
+  also has a BatchNorm after the last layer).
+
+Prints per-contender medians and the median of per-round ratios; the last line is JSON.
+Usage: python benchmarks/simclr_step.py [--rounds 7] [--reps 3] [--batch 128] [--out results/x.json]
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+from pathlib import Path
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+import torchvision
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _timing import emit, environment, interleaved, median_ratio  # noqa: E402
+
+LR, MOMENTUM, WD, T = 0.3, 0.9, 1e-6, 0.5
+
+
+def resnet18_cifar() -> nn.Module:
+    net = torchvision.models.resnet18(weights=None)
+    net.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
+    net.maxpool = nn.Identity()
+    net.fc = nn.Identity()
+    return net
+
+
+def bare(views):
+    torch.manual_seed(0)
+    backbone = resnet18_cifar()
+    head = nn.Sequential(nn.Linear(512, 2048, bias=False), nn.BatchNorm1d(2048), nn.ReLU(inplace=True), nn.Linear(2048, 128))
+    mean = torch.tensor([0.4914, 0.4822, 0.4465]).view(1, 3, 1, 1)
+    std = torch.tensor([0.2470, 0.2435, 0.2616]).view(1, 3, 1, 1)
+    params = list(backbone.parameters()) + list(head.parameters())
+    opt = torch.optim.SGD(params, lr=LR, momentum=MOMENTUM, weight_decay=WD)
+    backbone.train(), head.train()
+
+    def step():
+        v1, v2 = views()
+        z1 = head(backbone((v1 - mean) / std))
+        z2 = head(backbone((v2 - mean) / std))
+        z = F.normalize(torch.cat([z1, z2]), dim=1)
+        n = z1.shape[0]
+        sim = z @ z.t() / T
+        sim.fill_diagonal_(float("-inf"))
+        target = torch.cat([torch.arange(n, 2 * n), torch.arange(n)])
+        loss = F.cross_entropy(sim, target)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def contrastlab(views, batch, channels_last=False):
+    from contrastlab.config import load_config
+    from contrastlab.engine.optim import build_optimizer, build_scheduler
+    from contrastlab.engine.trainer import _fabric_class, train_step
+    from contrastlab.methods import build_method
+
+    cfg = load_config("simclr/cifar10", [
+        "model.backbone=resnet18", "model.cifar_stem=true", "model.proj_hidden=2048", "model.proj_dim=128",
+        "model.proj_layers=2", "model.norm=cifar", f"method.temperature={T}", "optim.name=sgd", f"optim.lr={LR}",
+        "optim.scale_lr=false", f"optim.momentum={MOMENTUM}", f"optim.weight_decay={WD}", f"optim.batch_size={batch}",
+        "optim.warmup_steps=0", "trainer.accelerator=cpu", "trainer.max_steps=1000000",
+    ])  # fmt: skip
+    torch.manual_seed(0)
+    method = build_method(cfg)
+    if channels_last:
+        method.encoder.to_channels_last()
+    fabric = _fabric_class()(accelerator="cpu", devices=1)
+    opt = build_optimizer(method, cfg.optim, batch)
+    sched = build_scheduler(opt, cfg.optim, cfg.trainer.max_steps)
+    model, opt = fabric.setup(method, opt)
+    model.train()
+
+    def step():
+        v1, v2 = views()
+        train_step(model, opt, sched, fabric, {"views": [v1, v2]})
+
+    return step
+
+
+def lightly(views):
+    from lightly.loss import NTXentLoss
+    from lightly.models.modules import SimCLRProjectionHead
+
+    torch.manual_seed(0)
+    backbone = resnet18_cifar()
+    head = SimCLRProjectionHead(512, 2048, 128)
+    criterion = NTXentLoss(temperature=T)
+    mean = torch.tensor([0.4914, 0.4822, 0.4465]).view(1, 3, 1, 1)
+    std = torch.tensor([0.2470, 0.2435, 0.2616]).view(1, 3, 1, 1)
+    opt = torch.optim.SGD(list(backbone.parameters()) + list(head.parameters()), lr=LR, momentum=MOMENTUM, weight_decay=WD)
+    backbone.train(), head.train()
+
+    def step():
+        v1, v2 = views()
+        loss = criterion(head(backbone((v1 - mean) / std)), head(backbone((v2 - mean) / std)))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--no-lightly", action="store_true", help="skip the peer (lightly not installed)")
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    g = torch.Generator().manual_seed(0)
+    pool = [torch.rand(a.batch, 3, 32, 32, generator=g) for _ in range(4)]
+    k = [0]
+
+    def views():  # the same pairs for everyone, cycling through a few batches
+        k[0] += 1
+        return pool[k[0] % 4], pool[(k[0] + 1) % 4]
+
+    contenders = {"bare": bare(views), "contrastlab": contrastlab(views, a.batch)}
+    if not a.no_lightly:
+        contenders["lightly"] = lightly(views)
+    times = interleaved(contenders, a.rounds, a.reps)
+    res = {"benchmark": "simclr_step", "batch": a.batch, "rounds": a.rounds, "reps": a.reps, **environment(),
+           "median_s": {n: round(statistics.median(t), 4) for n, t in times.items()},
+           "img_per_s": {n: round(2 * a.batch / statistics.median(t), 1) for n, t in times.items()},
+           "ratio_contrastlab_vs_bare": round(median_ratio(times, "contrastlab", "bare"), 4)}  # fmt: skip
+    if "lightly" in times:
+        res["ratio_contrastlab_vs_lightly"] = round(median_ratio(times, "contrastlab", "lightly"), 4)
+    for n, t in times.items():
+        print(f"{n:12s} median {statistics.median(t) * 1000:8.1f} ms/step  ({2 * a.batch / statistics.median(t):7.1f} img/s)")
+    print(f"contrastlab / bare    = {res['ratio_contrastlab_vs_bare']:.3f} (median of per-round ratios)")
+    if "ratio_contrastlab_vs_lightly" in res:
+        print(f"contrastlab / lightly = {res['ratio_contrastlab_vs_lightly']:.3f}")
+    emit(res, a.out)
+
+
+if __name__ == "__main__":
+    main()
