@@ -1,0 +1,75 @@
+"""Global unstructured magnitude pruning masks for SDCLR (Jiang et al., ICML 2021)."""
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import nn
+
+
+def _ceil_count(fraction: float, total: int) -> int:
+    """ceil(fraction * total), robust to float noise (0.3 * 10 = 3.0000000000000004 counts as 3)."""
+    return min(total, math.ceil(round(fraction * total, 9)))
+
+
+@torch.no_grad()
+def magnitude_masks(
+    model: nn.Module,
+    prune_fraction: float,
+    random_fraction: float = 0.0,
+    generator: torch.Generator | None = None,
+) -> dict[str, torch.Tensor]:
+    """SDCLR's pruning masks: global magnitude pruning over the weights of every ``nn.Conv2d``.
+
+    All conv weights' |w| are pooled (N values, across layers; Linear layers and biases are
+    left out, and the caller passes the backbone, so no head). With k = ceil(p * N):
+
+        threshold = sort(|w|)[k],   mask = |w| >= threshold
+
+    (k = 0 keeps everything; k = N prunes everything). Ties at the threshold are kept, so
+    slightly fewer than k weights may be pruned. If ``random_fraction`` r > 0, a further
+    ceil(r * M) of the M weights still kept are pruned, chosen uniformly at random without
+    replacement (from ``generator`` if given), so about p + r (1 - p) of all are pruned.
+
+    Returns {name in ``model.named_parameters()``: 0/1 mask of the weight's shape and dtype},
+    on the weight's device.
+    """
+    if not 0.0 <= prune_fraction < 1.0:
+        raise ValueError(f"prune_fraction must be in [0, 1), got {prune_fraction}")
+    if not 0.0 <= random_fraction < 1.0:
+        raise ValueError(f"random_fraction must be in [0, 1), got {random_fraction}")
+    names = {id(p): name for name, p in model.named_parameters()}
+    weights = {}
+    for module in model.modules():
+        if isinstance(module, nn.Conv2d) and id(module.weight) in names:
+            weights[names[id(module.weight)]] = module.weight
+    if not weights:
+        raise ValueError("magnitude_masks found no nn.Conv2d weights in the model")
+    device = next(iter(weights.values())).device
+    flat = torch.cat([w.detach().abs().flatten().to(device) for w in weights.values()])
+    total = flat.numel()
+    k = _ceil_count(prune_fraction, total)
+    if k == 0:
+        keep = torch.ones(total, dtype=torch.bool, device=device)
+    elif k >= total:
+        keep = torch.zeros(total, dtype=torch.bool, device=device)
+    else:
+        threshold = flat.kthvalue(k + 1).values  # sort(|w|)[k], 0-based
+        keep = flat >= threshold
+    if random_fraction > 0:
+        kept = keep.nonzero().flatten()
+        drop = _ceil_count(random_fraction, kept.numel())
+        gen_device = generator.device if generator is not None else device
+        order = torch.randperm(kept.numel(), generator=generator, device=gen_device).to(device)
+        keep[kept[order[:drop]]] = False
+    masks, start = {}, 0
+    for name, w in weights.items():
+        masks[name] = keep[start : start + w.numel()].view_as(w).to(device=w.device, dtype=w.dtype)
+        start += w.numel()
+    return masks
+
+
+def mask_sparsity(masks: dict[str, torch.Tensor]) -> float:
+    """The pruned share of all masked weights: 1 - sum(masks) / numel(masks); 0.0 for no masks."""
+    total = sum(m.numel() for m in masks.values())
+    return 0.0 if total == 0 else 1.0 - float(sum(m.sum().item() for m in masks.values())) / total

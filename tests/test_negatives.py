@@ -1,0 +1,413 @@
+"""DCL / HCL losses, MoCHi's synthetic negatives and SDCLR's pruning masks against plain loops."""
+import math
+from fractions import Fraction
+
+import pytest
+import torch
+from torch import nn
+
+from contrastlab.losses import debiased_info_nce, debiased_nt_xent, info_nce, mochi_negatives, nt_xent
+from contrastlab.nn import magnitude_masks
+from contrastlab.nn.pruning import mask_sparsity
+
+SHAPES = [(2, 2), (3, 4), (5, 16), (8, 4)]
+TEMPS = [0.07, 0.1, 0.2, 0.5, 1.0]
+TAUS = [0.0, 0.05, 0.1, 0.3]
+BETAS = [0.0, 0.5, 1.0]
+
+
+def _norm(v):
+    n = math.sqrt(sum(x * x for x in v))
+    return [x / n for x in v]
+
+
+def _dot(a, b):
+    return sum(x * y for x, y in zip(a, b))
+
+
+def _anchor_loss(pos_sim, neg_sims, t, tau, beta):
+    """-log(pos / (pos + Ng)) for one anchor, straight from the DCL / HCL formulas.
+
+    Returns (loss, clamped)."""
+    n = len(neg_sims)
+    pos = math.exp(pos_sim / t)
+    neg = [math.exp(s / t) for s in neg_sims]
+    if beta > 0:
+        imp = [x**beta for x in neg]
+        total = sum(i * x for i, x in zip(imp, neg)) / (sum(imp) / n)
+    else:
+        total = sum(neg)
+    ng = (-tau * n * pos + total) / (1 - tau)
+    floor = n * math.exp(-1 / t)
+    return -math.log(pos / (pos + max(ng, floor))), ng < floor
+
+
+def dcl_loop(z1, z2, t, tau, beta):
+    z = [_norm(v) for v in torch.cat([z1, z2]).double().tolist()]
+    m = len(z) // 2
+    losses, clamped = [], False
+    for i in range(2 * m):
+        p = (i + m) % (2 * m)
+        negs = [_dot(z[i], z[k]) for k in range(2 * m) if k not in (i, p)]
+        loss, c = _anchor_loss(_dot(z[i], z[p]), negs, t, tau, beta)
+        losses.append(loss)
+        clamped |= c
+    return sum(losses) / len(losses), clamped
+
+
+def dcl_queue_loop(q, k, queue, t, tau, beta):
+    qs, ks = [_norm(v) for v in q.double().tolist()], [_norm(v) for v in k.double().tolist()]
+    negs = [_norm(v) for v in queue.double().tolist()]
+    losses, clamped = [], False
+    for qi, ki in zip(qs, ks):
+        loss, c = _anchor_loss(_dot(qi, ki), [_dot(qi, n) for n in negs], t, tau, beta)
+        losses.append(loss)
+        clamped |= c
+    return sum(losses) / len(losses), clamped
+
+
+# ---------------------------------------------------------------- DCL / HCL
+
+
+@pytest.mark.parametrize("t", TEMPS)
+@pytest.mark.parametrize("tau", TAUS)
+def test_debiased_nt_xent_matches_loop(t, tau):
+    for b, d in SHAPES:
+        g = torch.Generator().manual_seed(b * 100 + d)
+        z1, z2 = torch.randn(b, d, generator=g) * 2, torch.randn(b, d, generator=g) + 0.5
+        for beta in BETAS:
+            want, _ = dcl_loop(z1, z2, t, tau, beta)
+            got = debiased_nt_xent(z1, z2, temperature=t, tau_plus=tau, beta=beta).item()
+            assert got == pytest.approx(want, abs=1e-5, rel=1e-5), (b, d, beta)
+
+
+@pytest.mark.parametrize("t", TEMPS)
+@pytest.mark.parametrize("tau", TAUS)
+def test_debiased_info_nce_matches_loop(t, tau):
+    for b, d, kq in [(2, 2, 3), (3, 4, 7), (5, 16, 20), (8, 4, 1)]:
+        g = torch.Generator().manual_seed(b + 10 * d + kq)
+        q, k = torch.randn(b, d, generator=g), torch.randn(b, d, generator=g) + torch.linspace(-1, 1, d)
+        queue = torch.randn(kq, d, generator=g) * 3
+        for beta in BETAS:
+            want, _ = dcl_queue_loop(q, k, queue, t, tau, beta)
+            got = debiased_info_nce(q, k, queue, temperature=t, tau_plus=tau, beta=beta).item()
+            assert got == pytest.approx(want, abs=1e-5, rel=1e-5), (b, d, kq, beta)
+
+
+def test_defaults_match_loop():
+    z1, z2 = torch.randn(6, 5), torch.randn(6, 5)
+    assert debiased_nt_xent(z1, z2).item() == pytest.approx(dcl_loop(z1, z2, 0.5, 0.1, 0.0)[0], abs=1e-5)
+    q, k, queue = torch.randn(4, 5), torch.randn(4, 5), torch.randn(9, 5)
+    want = dcl_queue_loop(q, k, queue, 0.2, 0.1, 0.0)[0]
+    assert debiased_info_nce(q, k, queue).item() == pytest.approx(want, abs=1e-5)
+
+
+@pytest.mark.parametrize("b,d", SHAPES + [(1, 3), (16, 32)])
+@pytest.mark.parametrize("t", [0.05, 0.2, 1.0])
+def test_tau_zero_beta_zero_is_nt_xent_and_info_nce(b, d, t):
+    g = torch.Generator().manual_seed(b + d)
+    z1, z2 = torch.randn(b, d, generator=g), torch.randn(b, d, generator=g)
+    want = nt_xent(z1, z2, temperature=t)
+    assert torch.allclose(debiased_nt_xent(z1, z2, temperature=t, tau_plus=0.0, beta=0.0), want, rtol=1e-6, atol=1e-6)
+    queue = torch.randn(11, d, generator=g)
+    want = info_nce(z1, z2, queue, temperature=t)
+    got = debiased_info_nce(z1, z2, queue, temperature=t, tau_plus=0.0, beta=0.0)
+    assert torch.allclose(got, want, rtol=1e-6, atol=1e-6)
+
+
+def test_tau_plus_changes_the_loss_and_hcl_upweights_hard_negatives():
+    g = torch.Generator().manual_seed(4)
+    z1 = torch.randn(8, 6, generator=g)
+    z2 = z1 + 0.5 * torch.randn(8, 6, generator=g)  # positives closer than negatives: debiasing lowers Ng
+    base = debiased_nt_xent(z1, z2, 0.5, 0.0).item()
+    assert debiased_nt_xent(z1, z2, 0.5, 0.1).item() < base - 1e-3
+    # HCL's reweighted sum is a weighted mean of neg with weights increasing in neg: >= the plain sum.
+    assert debiased_nt_xent(z1, z2, 0.5, 0.0, beta=1.0).item() > base
+
+
+def test_clamp_is_active_and_finite():
+    # Positive = the anchor itself (cosine 1): with tau_plus near 1, Ng goes negative and the clamp sets it.
+    g = torch.Generator().manual_seed(0)
+    z = torch.randn(4, 8, generator=g)
+    for t in (0.05, 0.2, 0.5):
+        want, clamped = dcl_loop(z, z, t, 0.95, 0.0)
+        assert clamped
+        got = debiased_nt_xent(z, z, temperature=t, tau_plus=0.95)
+        assert torch.isfinite(got) and got.item() == pytest.approx(want, abs=1e-5, rel=1e-5)
+        n = 2 * 4 - 2  # every anchor clamped: loss = -log(pos / (pos + N exp(-1/t))) with pos = exp(1/t)
+        assert got.item() == pytest.approx(math.log1p(n * math.exp(-2 / t)), abs=1e-6)
+        q_want, q_clamped = dcl_queue_loop(z, z, z, t, 0.95, 0.0)
+        assert q_clamped
+        assert debiased_info_nce(z, z, z, temperature=t, tau_plus=0.95).item() == pytest.approx(q_want, abs=1e-5)
+
+
+def test_small_temperatures_do_not_overflow():
+    g = torch.Generator().manual_seed(1)
+    z1 = torch.randn(5, 4, generator=g)
+    z2 = z1 + 0.01 * torch.randn(5, 4, generator=g)  # positives near cosine 1: exp(1/t) overflows float32 at t=0.01
+    for t in (0.05, 0.02, 0.01):
+        for tau, beta in [(0.0, 0.0), (0.1, 0.0), (0.1, 1.0)]:
+            want, _ = dcl_loop(z1, z2, t, tau, beta)
+            got = debiased_nt_xent(z1, z2, temperature=t, tau_plus=tau, beta=beta)
+            assert torch.isfinite(got) and got.item() == pytest.approx(want, abs=1e-4, rel=1e-4)
+            want, _ = dcl_queue_loop(z1, z2, -z1, t, tau, beta)
+            assert debiased_info_nce(z1, z2, -z1, temperature=t, tau_plus=tau, beta=beta).item() == pytest.approx(
+                want, abs=1e-4, rel=1e-4
+            )
+
+
+def test_gradients_flow():
+    z1 = torch.randn(6, 8, requires_grad=True)
+    z2 = torch.randn(6, 8, requires_grad=True)
+    debiased_nt_xent(z1, z2, 0.2, 0.1, 1.0).backward()
+    for z in (z1, z2):
+        assert z.grad is not None and torch.isfinite(z.grad).all() and z.grad.abs().sum() > 0
+    q, k, queue = (torch.randn(n, 8, requires_grad=True) for n in (4, 4, 10))
+    debiased_info_nce(q, k, queue, 0.2, 0.1, 0.5).backward()
+    for x in (q, k, queue):
+        assert x.grad is not None and torch.isfinite(x.grad).all() and x.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("tau,beta", [(0.1, 0.0), (0.3, 0.5), (0.1, 1.0)])
+def test_gradcheck_float64(tau, beta):
+    # Also catches a detached pos inside Ng or detached HCL weights (their gradients would differ).
+    g = torch.Generator().manual_seed(3)
+    z1, z2 = (torch.randn(3, 4, generator=g, dtype=torch.float64, requires_grad=True) for _ in range(2))
+    assert not dcl_loop(z1.detach(), z2.detach(), 0.5, tau, beta)[1]  # clamp inactive: smooth
+    assert torch.autograd.gradcheck(lambda a, b: debiased_nt_xent(a, b, 0.5, tau, beta), (z1, z2))
+    queue = torch.randn(5, 4, generator=g, dtype=torch.float64, requires_grad=True)
+    assert not dcl_queue_loop(z1.detach(), z2.detach(), queue.detach(), 0.5, tau, beta)[1]
+    assert torch.autograd.gradcheck(lambda a, b, c: debiased_info_nce(a, b, c, 0.5, tau, beta), (z1, z2, queue))
+
+
+def test_bad_arguments_raise():
+    z = torch.randn(4, 3)
+    with pytest.raises(ValueError, match="same shape"):
+        debiased_nt_xent(z, torch.randn(5, 3))
+    with pytest.raises(ValueError, match="queue"):
+        debiased_info_nce(z, z, torch.randn(7, 4))
+    for kwargs in [dict(tau_plus=1.0), dict(tau_plus=-0.1), dict(beta=-1.0), dict(temperature=0.0)]:
+        with pytest.raises(ValueError):
+            debiased_nt_xent(z, z, **kwargs)
+        with pytest.raises(ValueError):
+            debiased_info_nce(z, z, z, **kwargs)
+
+
+# ---------------------------------------------------------------- MoCHi
+
+
+def hard_sets(q, queue, n_hard):
+    """Per query, the indices of its n_hard most similar queue entries (plain Python sort)."""
+    qs, negs = [_norm(v) for v in q.double().tolist()], [_norm(v) for v in queue.double().tolist()]
+    return [sorted(range(len(negs)), key=lambda j: -_dot(qi, negs[j]))[:n_hard] for qi in qs]
+
+
+def _lstsq(basis, h):
+    """Coefficients and residual norm of h (d,) on the columns basis (d, m), float64."""
+    coef = torch.linalg.lstsq(basis, h[:, None]).solution[:, 0]
+    return coef, (basis @ coef - h).norm().item()
+
+
+def _pair_fit(h, u, v):
+    """(residual, coefficients) of h on span{u, v}."""
+    coef, r = _lstsq(torch.stack([u, v], dim=1), h)
+    return r, coef
+
+
+def test_mochi_shape_norms_no_grad_and_zero_counts():
+    q = torch.randn(5, 8, requires_grad=True)
+    queue = torch.randn(30, 8)
+    h = mochi_negatives(q, queue, n_hard=6, s=4, s_prime=3)
+    assert h.shape == (5, 7, 8) and not h.requires_grad and h.grad_fn is None
+    assert torch.allclose(h.norm(dim=2), torch.ones(5, 7), atol=1e-5)
+    assert mochi_negatives(q, queue, 6, 0, 3).shape == (5, 3, 8)
+    assert mochi_negatives(q, queue, 6, 4, 0).shape == (5, 4, 8)
+    assert mochi_negatives(q, queue, 6, 0, 0).shape == (5, 0, 8)
+    assert mochi_negatives(q, queue[:3], 100, 2, 2).shape == (5, 4, 8)  # n_hard clamped to K
+
+
+def test_mochi_mixes_each_querys_own_hard_negatives():
+    g = torch.Generator().manual_seed(0)
+    b, d, k, n_hard, s = 4, 16, 40, 3, 6
+    q, queue = torch.randn(b, d, generator=g), torch.randn(k, d, generator=g) * 2
+    h = mochi_negatives(q, queue, n_hard, s, 0, generator=torch.Generator().manual_seed(1)).double()
+    negs = torch.nn.functional.normalize(queue.double(), dim=1)
+    sets = hard_sets(q, queue, n_hard)
+    for i in range(b):
+        own = negs[sets[i]]  # (n_hard, d)
+        for p in range(s):
+            # in the span of the query's hard set ...
+            _, r = _lstsq(own.T, h[i, p])
+            assert r < 1e-5
+            # ... and of two of its entries, as a non-negative mix a n_i + (1-a) n_j
+            pairs = [(x, y) for x in range(n_hard) for y in range(x, n_hard)]
+            best = min((_pair_fit(h[i, p], own[x], own[y]) for x, y in pairs), key=lambda f: f[0])
+            assert best[0] < 1e-5 and (best[1] > -1e-6).all()
+
+
+def test_mochi_hard_sets_are_per_query_not_the_first_rows():
+    # Orthonormal queue; query 0's hard set is {e0, e1, e2}, query 1's is {e5, e6, e7}: disjoint and orthogonal.
+    d = 16
+    queue = torch.eye(d)
+    q = torch.zeros(2, d)
+    q[0, :3] = torch.tensor([3.0, 2.0, 1.0])
+    q[1, 5:8] = torch.tensor([3.0, 2.0, 1.0])
+    h = mochi_negatives(q, queue, n_hard=3, s=20, s_prime=20, generator=torch.Generator().manual_seed(0)).double()
+    sets = hard_sets(q, queue, 3)
+    assert sets == [[0, 1, 2], [5, 6, 7]]
+    basis = torch.eye(d, dtype=torch.float64)
+    for i, other in [(0, 1), (1, 0)]:
+        own_q = torch.nn.functional.normalize(q[i].double(), dim=0)
+        for p in range(20):
+            assert _lstsq(basis[:, sets[i]], h[i, p])[1] < 1e-6
+            assert _lstsq(basis[:, sets[other]], h[i, p])[1] > 0.5
+        for p in range(20, 40):
+            span = torch.cat([own_q[:, None], basis[:, sets[i]]], dim=1)
+            assert _lstsq(span, h[i, p])[1] < 1e-6
+            assert _lstsq(basis[:, sets[other]], h[i, p])[1] > 0.5
+
+
+def test_mochi_query_mixes_have_query_share_below_half():
+    g = torch.Generator().manual_seed(2)
+    b, d, k, n_hard, sp = 3, 12, 25, 4, 200
+    q, queue = torch.randn(b, d, generator=g), torch.randn(k, d, generator=g)
+    h = mochi_negatives(q, queue, n_hard, 0, sp, generator=torch.Generator().manual_seed(5)).double()
+    qn = torch.nn.functional.normalize(q.double(), dim=1)
+    negs = torch.nn.functional.normalize(queue.double(), dim=1)
+    sets = hard_sets(q, queue, n_hard)
+    for i in range(b):
+        shares, used = [], set()
+        for p in range(sp):
+            fits = [(*_pair_fit(h[i, p], qn[i], negs[j]), j) for j in sets[i]]
+            r, coef, j = min(fits, key=lambda f: f[0])
+            assert r < 1e-5 and (coef > -1e-6).all()
+            share = (coef[0] / coef.sum()).item()  # = b, as normalisation scales both coefficients alike
+            assert 0.0 <= share < 0.5
+            shares.append(share)
+            used.add(j)
+        assert used == set(sets[i])  # every hard negative is drawn, no other
+        assert 0.2 < sum(shares) / sp < 0.3  # b ~ U(0, 0.5): mean 0.25
+
+
+def test_mochi_two_negative_mixes_cover_the_unit_interval():
+    # With an orthonormal queue the coefficients of h on (e_x, e_y) give a / (1 - a) directly.
+    queue = torch.eye(8)
+    q = torch.zeros(1, 8)
+    q[0, :2] = torch.tensor([2.0, 1.0])
+    h = mochi_negatives(q, queue, 2, 2000, 0, generator=torch.Generator().manual_seed(0))[0]
+    assert torch.allclose(h[:, 2:], torch.zeros(2000, 6))
+    a = h[:, 0] / (h[:, 0] + h[:, 1])  # share of e0: a when (i, j) = (0, 1), 1 - a for (1, 0), 1 or 0 for i = j
+    same = torch.isclose(a, torch.zeros(())) | torch.isclose(a, torch.ones(()))
+    assert 0.35 < same.float().mean() < 0.65  # i = j with probability 1/2 for two hard negatives
+    assert 0.45 < a[~same].mean() < 0.55 and a[~same].min() < 0.05 and a[~same].max() > 0.95
+
+
+def test_mochi_seeded_generator_is_deterministic():
+    q, queue = torch.randn(4, 8), torch.randn(20, 8)
+    a = mochi_negatives(q, queue, 5, 3, 2, generator=torch.Generator().manual_seed(7))
+    b = mochi_negatives(q, queue, 5, 3, 2, generator=torch.Generator().manual_seed(7))
+    c = mochi_negatives(q, queue, 5, 3, 2, generator=torch.Generator().manual_seed(8))
+    assert torch.equal(a, b) and not torch.equal(a, c)
+
+
+def test_mochi_bad_arguments_raise():
+    with pytest.raises(ValueError):
+        mochi_negatives(torch.randn(4, 8), torch.randn(10, 7), 3, 1, 1)
+    with pytest.raises(ValueError):
+        mochi_negatives(torch.randn(4, 8), torch.randn(10, 8), 0, 1, 1)
+    with pytest.raises(ValueError):
+        mochi_negatives(torch.randn(4, 8), torch.randn(10, 8), 3, -1, 1)
+
+
+# ---------------------------------------------------------------- SDCLR pruning
+
+
+def small_model(seed=0):
+    torch.manual_seed(seed)
+    return nn.Sequential(nn.Conv2d(3, 4, 3), nn.ReLU(), nn.Conv2d(4, 5, 3), nn.Flatten(), nn.Linear(20, 3))
+
+
+def conv_abs(model):
+    return [model[0].weight.detach().abs(), model[2].weight.detach().abs()]
+
+
+def expected_pruned(p, n):
+    return min(n, math.ceil(Fraction(str(p)) * n))
+
+
+def test_masks_only_for_conv_weights():
+    model = small_model()
+    masks = magnitude_masks(model, 0.5)
+    assert set(masks) == {"0.weight", "2.weight"}
+    params = dict(model.named_parameters())
+    for name, m in masks.items():
+        assert m.shape == params[name].shape and m.dtype == params[name].dtype and m.device == params[name].device
+        assert not m.requires_grad and set(m.unique().tolist()) <= {0.0, 1.0}
+
+
+@pytest.mark.parametrize("p", [0.1, 0.3, 0.5, 0.9, 0.99])
+def test_pruned_count_and_global_threshold(p):
+    model = small_model()
+    with torch.no_grad():
+        model[4].weight.zero_()  # a Linear layer must not enter the pooled magnitudes
+    masks = magnitude_masks(model, p)
+    n = sum(w.numel() for w in conv_abs(model))  # 108 + 180
+    pruned = sum(int((m == 0).sum()) for m in masks.values())
+    assert pruned == expected_pruned(p, n)
+    assert mask_sparsity(masks) == pytest.approx(expected_pruned(p, n) / n)
+    ws = conv_abs(model)
+    kept = torch.cat([w[m.bool()] for w, m in zip(ws, masks.values())])
+    gone = torch.cat([w[~m.bool()] for w, m in zip(ws, masks.values())])
+    assert gone.max() <= kept.min()  # global across layers
+    # threshold = sorted(|w|)[ceil(pN)], written out
+    flat = sorted(torch.cat([w.flatten() for w in ws]).tolist())
+    assert kept.min().item() == flat[expected_pruned(p, n)]
+
+
+def test_pruning_is_global_not_per_layer():
+    model = small_model()
+    with torch.no_grad():
+        model[0].weight.uniform_(1.0, 2.0)  # 108 large weights
+        model[2].weight.uniform_(0.0, 0.5)  # 180 small ones
+    masks = magnitude_masks(model, 0.5)  # prunes 144: all from the second conv
+    assert masks["0.weight"].sum() == 108
+    assert masks["2.weight"].sum() == 180 - 144
+
+
+def test_random_fraction_prunes_share_of_remaining():
+    model = small_model()
+    n = 288
+    base = magnitude_masks(model, 0.5)
+    masks = magnitude_masks(model, 0.5, random_fraction=0.2, generator=torch.Generator().manual_seed(0))
+    remaining = n - expected_pruned(0.5, n)
+    kept = sum(int(m.sum()) for m in masks.values())
+    assert kept == remaining - expected_pruned(0.2, remaining)  # 144 - ceil(28.8)
+    for name in masks:
+        assert (masks[name] <= base[name]).all()  # magnitude-pruned weights stay pruned
+    # the extra pruning ignores magnitude: some weight larger than a kept one is pruned
+    ws = conv_abs(model)
+    kept_w = torch.cat([w[m.bool()] for w, m in zip(ws, masks.values())])
+    gone_w = torch.cat([w[~m.bool()] for w, m in zip(ws, masks.values())])
+    assert gone_w.max() > kept_w.min()
+    again = magnitude_masks(model, 0.5, random_fraction=0.2, generator=torch.Generator().manual_seed(0))
+    other = magnitude_masks(model, 0.5, random_fraction=0.2, generator=torch.Generator().manual_seed(1))
+    assert all(torch.equal(masks[k], again[k]) for k in masks)
+    assert not all(torch.equal(masks[k], other[k]) for k in masks)
+
+
+def test_fraction_zero_keeps_everything_and_ties_are_kept():
+    model = small_model()
+    masks = magnitude_masks(model, 0.0)
+    assert all(bool(m.all()) for m in masks.values()) and mask_sparsity(masks) == 0.0
+    with torch.no_grad():
+        for w in (model[0].weight, model[2].weight):
+            w.fill_(0.3)
+    assert mask_sparsity(magnitude_masks(model, 0.5)) == 0.0  # all tied at the threshold: |w| >= threshold
+
+
+@pytest.mark.parametrize("kwargs", [dict(prune_fraction=1.0), dict(prune_fraction=-0.1), dict(prune_fraction=1.5),
+                                    dict(prune_fraction=0.5, random_fraction=1.0),
+                                    dict(prune_fraction=0.5, random_fraction=-0.2)])
+def test_bad_fractions_raise(kwargs):
+    with pytest.raises(ValueError):
+        magnitude_masks(small_model(), **kwargs)
