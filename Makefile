@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 # torch/torchvision: the versions this project is developed and tested with (see README)
 TORCH ?= torch==2.14.1 torchvision==0.29.1
 
-.PHONY: install demo test test-slow test-dist gpu-check clean
+.PHONY: install demo test test-slow test-dist bench gpu-check clean
 
 $(BIN)/contrastlab: pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
@@ -32,6 +32,13 @@ test-slow: install
 
 test-dist: install
 	$(BIN)/python -m pytest -q -m distributed
+
+## CPU benchmarks (ratios measured in one run; installs the peer library lightly for the comparison).
+bench: install
+	$(BIN)/pip install -q -e '.[test,bench]'
+	$(BIN)/python benchmarks/simclr_step.py --out results/bench_simclr_step.json
+	$(BIN)/python benchmarks/views.py --out results/bench_views.json
+	$(BIN)/python benchmarks/knn_memory.py --out results/bench_knn_memory.json
 
 ## On a machine with a CUDA GPU: real bf16 training steps through the library (under 5 minutes).
 gpu-check: install

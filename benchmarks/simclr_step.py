@@ -13,8 +13,14 @@ is benchmarked on its own in views.py.
 - lightly: the same backbone with lightly's `SimCLRProjectionHead` and `NTXentLoss` (its head
   also has a BatchNorm after the last layer).
 
+Second case, `--case digits`: the CPU preset of the embedded data set (SmallCNN 16-32-64-64 x2,
+per-image standardisation, batch 256, Adam, t=0.1, channels_last). Here the step includes
+making the two batched views, as in training: contrastlab's step (`train_step` on a batch of
+uint8 images) against a bare loop that calls the same `BatchedViews` and a plain nn.Sequential
+CNN of the same shape; and contrastlab with channels_last off (the speed option's effect). This is the "framework vs single-file script" comparison at the preset.
+
 Prints per-contender medians and the median of per-round ratios; the last line is JSON.
-Usage: python benchmarks/simclr_step.py [--rounds 7] [--reps 3] [--batch 128] [--out results/x.json]
+Usage: python benchmarks/simclr_step.py [--case resnet18|digits|both] [--rounds 7] [--reps 3] [--out F]
 """
 from __future__ import annotations
 
@@ -121,17 +127,76 @@ def lightly(views):
     return step
 
 
-def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    ap.add_argument("--batch", type=int, default=128)
-    ap.add_argument("--rounds", type=int, default=7)
-    ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
-    ap.add_argument("--no-lightly", action="store_true", help="skip the peer (lightly not installed)")
-    ap.add_argument("--out", default=None)
-    a = ap.parse_args(argv)
-    if a.threads:
-        torch.set_num_threads(a.threads)
+def bare_digits(images, vcfg):
+    from contrastlab.data.views import BatchedViews
+
+    torch.manual_seed(0)
+
+    def block(cin, cout):
+        return [nn.Conv2d(cin, cout, 3, 1, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True)]
+
+    layers, cin = [], 3
+    for i, w in enumerate((16, 32, 64, 64)):
+        if i:
+            layers.append(nn.MaxPool2d(2))
+        layers += block(cin, w) + block(w, w)
+        cin = w
+    net = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten()).to(memory_format=torch.channels_last)
+    head = nn.Sequential(nn.Linear(64, 256, bias=False), nn.BatchNorm1d(256), nn.ReLU(inplace=True), nn.Linear(256, 128))
+    opt = torch.optim.Adam(list(net.parameters()) + list(head.parameters()), lr=2e-3, weight_decay=1e-6)
+    views = BatchedViews(vcfg, 32)
+    g = torch.Generator()
+    k = [0]
+
+    def enc(x):
+        x = (x - x.mean((2, 3), keepdim=True)) / (x.std((2, 3), keepdim=True) + 1e-3)
+        return head(net(x.contiguous(memory_format=torch.channels_last)))
+
+    def step():
+        k[0] += 1
+        g.manual_seed(k[0])
+        x = images()
+        v1, v2 = views(x, g), views(x, g)
+        z = F.normalize(torch.cat([enc(v1), enc(v2)]), dim=1)  # one pass per view (faster on CPUs)
+        n = x.shape[0]
+        sim = z @ z.t() / 0.1
+        sim.fill_diagonal_(float("-inf"))
+        loss = F.cross_entropy(sim, torch.cat([torch.arange(n, 2 * n), torch.arange(n)]))
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+
+    return step
+
+
+def contrastlab_digits(images, channels_last=True):
+    from contrastlab.config import load_config
+    from contrastlab.engine.optim import build_optimizer, build_scheduler
+    from contrastlab.engine.trainer import _fabric_class, train_step
+    from contrastlab.methods import build_method
+
+    cfg = load_config("simclr", ["trainer.max_steps=1000000"])
+    torch.manual_seed(0)
+    method = build_method(cfg)
+    if channels_last:
+        method.encoder.to_channels_last()
+    fabric = _fabric_class()(accelerator="cpu", devices=1)
+    opt = build_optimizer(method, cfg.optim, cfg.optim.batch_size)
+    sched = build_scheduler(opt, cfg.optim, cfg.trainer.max_steps)
+    model, opt = fabric.setup(method, opt)
+    model.train()
+    g = torch.Generator()
+    k = [0]
+
+    def step():
+        k[0] += 1
+        g.manual_seed(k[0])
+        train_step(model, opt, sched, fabric, {"images": images(), "generator": g})
+
+    return step, cfg
+
+
+def run_resnet18(a, res):
     g = torch.Generator().manual_seed(0)
     pool = [torch.rand(a.batch, 3, 32, 32, generator=g) for _ in range(4)]
     k = [0]
@@ -144,17 +209,62 @@ def main(argv=None):
     if not a.no_lightly:
         contenders["lightly"] = lightly(views)
     times = interleaved(contenders, a.rounds, a.reps)
-    res = {"benchmark": "simclr_step", "batch": a.batch, "rounds": a.rounds, "reps": a.reps, **environment(),
-           "median_s": {n: round(statistics.median(t), 4) for n, t in times.items()},
-           "img_per_s": {n: round(2 * a.batch / statistics.median(t), 1) for n, t in times.items()},
-           "ratio_contrastlab_vs_bare": round(median_ratio(times, "contrastlab", "bare"), 4)}  # fmt: skip
+    r = {"batch": a.batch, "median_s": {n: round(statistics.median(t), 4) for n, t in times.items()},
+         "img_per_s": {n: round(2 * a.batch / statistics.median(t), 1) for n, t in times.items()},
+         "ratio_contrastlab_vs_bare": round(median_ratio(times, "contrastlab", "bare"), 4)}  # fmt: skip
     if "lightly" in times:
-        res["ratio_contrastlab_vs_lightly"] = round(median_ratio(times, "contrastlab", "lightly"), 4)
+        r["ratio_contrastlab_vs_lightly"] = round(median_ratio(times, "contrastlab", "lightly"), 4)
+    res["resnet18"] = r
+    print(f"ResNet-18 CIFAR stem, batch {a.batch}, pre-made views:")
     for n, t in times.items():
-        print(f"{n:12s} median {statistics.median(t) * 1000:8.1f} ms/step  ({2 * a.batch / statistics.median(t):7.1f} img/s)")
-    print(f"contrastlab / bare    = {res['ratio_contrastlab_vs_bare']:.3f} (median of per-round ratios)")
-    if "ratio_contrastlab_vs_lightly" in res:
-        print(f"contrastlab / lightly = {res['ratio_contrastlab_vs_lightly']:.3f}")
+        print(f"  {n:12s} median {statistics.median(t) * 1000:8.1f} ms/step  ({2 * a.batch / statistics.median(t):7.1f} img/s)")
+    print(f"  contrastlab / bare    = {r['ratio_contrastlab_vs_bare']:.3f} (median of per-round ratios)")
+    if "ratio_contrastlab_vs_lightly" in r:
+        print(f"  contrastlab / lightly = {r['ratio_contrastlab_vs_lightly']:.3f}")
+
+
+def run_digits(a, res):
+    from contrastlab.data import digit_scenes
+
+    pool = digit_scenes()[0].images[:2048]
+    k = [0]
+
+    def images():
+        k[0] += 1
+        return pool[(k[0] % 8) * 256 : (k[0] % 8 + 1) * 256]
+
+    cl_step, cfg = contrastlab_digits(images)
+    nchw_step, _ = contrastlab_digits(images, channels_last=False)
+    contenders = {"bare": bare_digits(images, cfg.views), "contrastlab": cl_step, "contrastlab_nchw": nchw_step}
+    times = interleaved(contenders, a.rounds, a.reps)
+    res["digits"] = {"batch": 256, "median_s": {n: round(statistics.median(t), 4) for n, t in times.items()},
+                     "img_per_s": {n: round(2 * 256 / statistics.median(t), 1) for n, t in times.items()},
+                     "ratio_contrastlab_vs_bare": round(median_ratio(times, "contrastlab", "bare"), 4),
+                     "ratio_nchw_vs_channels_last": round(median_ratio(times, "contrastlab_nchw", "contrastlab"), 4)}  # fmt: skip
+    print("digits preset (SmallCNN 16x2, batch 256, views included):")
+    for n, t in times.items():
+        print(f"  {n:12s} median {statistics.median(t) * 1000:8.1f} ms/step")
+    print(f"  contrastlab / bare = {res['digits']['ratio_contrastlab_vs_bare']:.3f}")
+    print(f"  channels_last off / on = {res['digits']['ratio_nchw_vs_channels_last']:.3f}")
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--case", choices=["resnet18", "digits", "both"], default="both")
+    ap.add_argument("--batch", type=int, default=128)
+    ap.add_argument("--rounds", type=int, default=7)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--no-lightly", action="store_true", help="skip the peer (lightly not installed)")
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    res = {"benchmark": "simclr_step", "rounds": a.rounds, "reps": a.reps, **environment()}
+    if a.case in ("resnet18", "both"):
+        run_resnet18(a, res)
+    if a.case in ("digits", "both"):
+        run_digits(a, res)
     emit(res, a.out)
 
 

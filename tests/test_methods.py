@@ -81,3 +81,36 @@ def test_per_image_norm_removes_colour_offsets():
     assert torch.allclose(n(x), n(shifted), atol=1e-2)
     out = n(x)
     assert torch.allclose(out.mean(dim=(2, 3)), torch.zeros(2, 3), atol=1e-5)
+
+
+@pytest.mark.parametrize("tau_plus,beta", [(0.1, 0.0), (0.1, 1.0), (0.0, 0.5)])
+def test_simclr_loss_axis_uses_the_debiased_loss(tiny, tau_plus, beta):
+    from contrastlab.losses import debiased_nt_xent, nt_xent
+
+    cfg = load_config("simclr", tiny + [f"method.tau_plus={tau_plus}", f"method.beta={beta}"])
+    torch.manual_seed(0)
+    m = build_method(cfg)
+    v1, v2 = torch.rand(2, 16, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    loss = m({"views": [v1, v2]})["loss"]
+    z1, z2 = m.projector(m.encoder(v1)), m.projector(m.encoder(v2))  # train-mode BN: same outputs
+    t = cfg.method["temperature"]
+    assert torch.allclose(loss, debiased_nt_xent(z1, z2, t, tau_plus, beta), atol=1e-6)
+    assert not torch.allclose(loss, nt_xent(z1, z2, t), atol=1e-4)
+
+
+@pytest.mark.parametrize("tau_plus,beta", [(0.1, 0.0), (0.1, 1.0)])
+def test_moco_loss_axis_uses_the_debiased_queue_loss(tiny, tau_plus, beta):
+    from contrastlab.losses import debiased_info_nce, info_nce
+
+    cfg = load_config("moco", tiny + ["method.queue_size=32", "method.symmetric=false", f"method.tau_plus={tau_plus}",
+                                      f"method.beta={beta}"])  # fmt: skip
+    torch.manual_seed(0)
+    m = build_method(cfg)
+    queue = m.queue.keys.clone()
+    v1, v2 = torch.rand(2, 16, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    loss = m({"views": [v1, v2]})["loss"]
+    # step 0: the key branch equals the online one, so the momentum update leaves it unchanged
+    q, k = m.projector(m.encoder(v1)), m.projector(m.encoder(v2))
+    t = cfg.method["temperature"]
+    assert torch.allclose(loss, debiased_info_nce(q, k, queue, t, tau_plus, beta), atol=1e-5)
+    assert not torch.allclose(loss, info_nce(q, k, queue, t), atol=1e-4)

@@ -13,7 +13,7 @@ import torch
 import torch.nn as nn
 
 from ..engine.distributed import gather_no_grad, rank_and_world
-from ..losses import info_nce
+from ..losses import debiased_info_nce, info_nce
 from .common import Queue, build_encoder, build_projector, build_views, frozen_copy, momentum_update, two_views
 
 
@@ -25,6 +25,9 @@ class MoCoConfig:
     momentum: float = 0.999
     bn: Literal["shuffle", "sync", "none"] = "shuffle"  # how the key encoder avoids BN leakage
     symmetric: bool = False
+    # the loss axis: tau_plus > 0 is the debiased loss (DCL) over the queue, beta > 0 HCL
+    tau_plus: float = 0.0
+    beta: float = 0.0
 
 
 @torch.no_grad()
@@ -57,12 +60,18 @@ class MoCo(nn.Module):
         self.projector = build_projector(self.encoder.out_dim, cfg.model)
         self.key_encoder = frozen_copy(self.encoder)
         self.key_projector = frozen_copy(self.projector)
+        self.tau_plus, self.beta = m["tau_plus"], m["beta"]
         self.queue = Queue(m["queue_size"], cfg.model.proj_dim)
         self.views = build_views(cfg)
 
     def keys(self, x):
         net = lambda v: self.key_projector(self.key_encoder(v))  # noqa: E731
         return shuffled_keys(net, x) if self.bn == "shuffle" else net(x)
+
+    def loss(self, q, k, queue):
+        if self.tau_plus or self.beta:
+            return debiased_info_nce(q, k, queue, self.temperature, self.tau_plus, self.beta)
+        return info_nce(q, k, queue, self.temperature)
 
     def forward(self, batch: dict) -> dict:
         x1, x2 = two_views(self.views, batch)
@@ -74,9 +83,9 @@ class MoCo(nn.Module):
         queue = self.queue.keys.clone()  # the loss needs the queue as it was before this push
         if self.symmetric:
             q1, q2 = self.projector(self.encoder(torch.cat([x1, x2]))).chunk(2)
-            loss = 0.5 * (info_nce(q1, k2, queue, self.temperature) + info_nce(q2, k1, queue, self.temperature))
+            loss = 0.5 * (self.loss(q1, k2, queue) + self.loss(q2, k1, queue))
         else:
             q1 = self.projector(self.encoder(x1))
-            loss = info_nce(q1, k2, queue, self.temperature)
+            loss = self.loss(q1, k2, queue)
         self.queue.push(k2)
         return {"loss": loss}
