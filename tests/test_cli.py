@@ -78,3 +78,25 @@ def test_eval_unknown_option_and_label(run_dir, capsys):
 def test_console_script_entry_point():
     out = subprocess.run([sys.executable, "-m", "contrastlab.cli", "list"], capture_output=True, text=True, check=True)
     assert "simclr" in out.stdout and "moco/digits" in out.stdout
+
+
+def test_eval_a_checkpoint_written_before_newer_config_keys(run_dir, tmp_path, capsys):
+    """A run saved by an older version (its stored config lacks keys added since) still loads:
+    the missing keys take their defaults."""
+    import shutil
+
+    import torch
+
+    from contrastlab.engine.checkpoint import load_checkpoint, save_atomic
+
+    old = tmp_path / "old"
+    shutil.copytree(run_dir, old)
+    ckpt = load_checkpoint(old)
+    for key in ("tau_plus", "beta"):
+        del ckpt["config"]["method"][key]
+    for key in ("rotation", "channel_perm_p", "invert_p"):
+        del ckpt["config"]["views"][key]
+    save_atomic(ckpt, old / "last.ckpt")
+    assert main(["eval", "knn", str(old), "k=5"]) == 0
+    assert _last_json(capsys)["top1"] >= 0
+    assert "tau_plus" not in torch.load(old / "last.ckpt", weights_only=True)["config"]["method"]

@@ -55,13 +55,13 @@ def cmd_train(args) -> int:
 
 def load_run(checkpoint: str, data_overrides: list[str]):
     """(cfg, method with weights) from a checkpoint path or run folder."""
-    from .config import apply_overrides, build_dataclass, Config
+    from .config import apply_overrides, from_dict
     from .engine.checkpoint import load_checkpoint
     from .methods import build_method
 
     ckpt = load_checkpoint(checkpoint)
     tree = apply_overrides(ckpt["config"], data_overrides)
-    cfg = build_dataclass(Config, tree)
+    cfg = from_dict(tree)  # defaults for keys newer than the checkpoint
     method = build_method(cfg)
     method.load_state_dict(ckpt["model"])
     if cfg.trainer.channels_last:  # evaluate with the memory layout the run used (same numbers)

@@ -298,6 +298,12 @@ def load_config(recipe: str | None = None, overrides: list[str] | None = None) -
     """Load a recipe (path or name) and apply ``key=value`` overrides; validated."""
     tree = read_yaml(resolve_recipe(recipe)) if recipe else {}
     tree = apply_overrides(tree, list(overrides or []))
+    return from_dict(tree)
+
+
+def from_dict(tree: dict) -> Config:
+    """A validated Config from a plain tree (a recipe, or the config stored in a checkpoint):
+    keys added to the schema after the tree was written take their defaults."""
     cfg = build_dataclass(Config, tree)
     # the method section is validated by the method's own config class
     from .methods import method_config_class
@@ -335,6 +341,3 @@ def check_config(cfg: Config) -> None:
 def to_dict(cfg: Config) -> dict:
     return dataclasses.asdict(cfg)
 
-
-def from_dict(tree: dict) -> Config:
-    return build_dataclass(Config, tree)
