@@ -72,3 +72,13 @@ def test_cross_field_checks():
         load_config("simclrr")
     with pytest.raises(ConfigError, match="not of the form key=value"):
         load_config("simclr", ["optim.lr"])
+
+
+@pytest.mark.parametrize("recipe", ["simclr", "moco"])
+def test_negatives_options_are_checked(recipe):
+    with pytest.raises(ConfigError, match=r"method.tau_plus is a class prior in \[0, 1\), got 1.0"):
+        load_config(recipe, ["method.tau_plus=1.0"])
+    with pytest.raises(ConfigError, match="no synthetic negatives"):
+        load_config(recipe, ["method.mochi_n_hard=16"])
+    with pytest.raises(ConfigError, match="method.beta must be >= 0"):
+        load_config(recipe, ["method.beta=-1"])

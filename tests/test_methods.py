@@ -114,3 +114,42 @@ def test_moco_loss_axis_uses_the_debiased_queue_loss(tiny, tau_plus, beta):
     t = cfg.method["temperature"]
     assert torch.allclose(loss, debiased_info_nce(q, k, queue, t, tau_plus, beta), atol=1e-5)
     assert not torch.allclose(loss, info_nce(q, k, queue, t), atol=1e-4)
+
+
+@pytest.mark.parametrize("step,active", [(0, True), (4, False)])
+def test_moco_mochi_appends_each_querys_synthetic_negatives(tiny, step, active):
+    """The loss is InfoNCE with mochi_negatives(q, queue) as per-query extra negatives (drawn
+    from the step's generator), and plain InfoNCE before the warm-up ends."""
+    from contrastlab.losses import info_nce, mochi_negatives
+
+    warm = 0 if active else 5
+    cfg = load_config("moco", tiny + ["method.queue_size=32", "method.symmetric=false", "method.mochi_n_hard=8",
+                                      "method.mochi_s=4", "method.mochi_s_prime=2", f"method.mochi_warmup_steps={warm}"])  # fmt: skip
+    torch.manual_seed(0)
+    m = build_method(cfg)
+    queue = m.queue.keys.clone()
+    v1, v2 = torch.rand(2, 16, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    loss = m({"views": [v1, v2], "generator": torch.Generator().manual_seed(7), "step": step})["loss"]
+    q, k = m.projector(m.encoder(v1)), m.projector(m.encoder(v2))
+    t = cfg.method["temperature"]
+    extra = mochi_negatives(q, queue, 8, 4, 2, generator=torch.Generator().manual_seed(7))
+    assert torch.allclose(loss, info_nce(q, k, queue, t, extra_negatives=extra if active else None), atol=1e-5)
+    assert active == (not torch.allclose(loss, info_nce(q, k, queue, t), atol=1e-4))
+
+
+def test_simclr_mochi_uses_the_batch_as_pool(tiny):
+    from contrastlab.losses import mochi_negatives, nt_xent
+
+    cfg = load_config("simclr", tiny + ["method.mochi_n_hard=6", "method.mochi_s=3", "method.mochi_s_prime=1"])
+    torch.manual_seed(0)
+    m = build_method(cfg)
+    v1, v2 = torch.rand(2, 16, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    loss = m({"views": [v1, v2], "generator": torch.Generator().manual_seed(3)})["loss"]
+    z1, z2 = m.projector(m.encoder(v1)), m.projector(m.encoder(v2))
+    anchors = torch.nn.functional.normalize(torch.cat([z1, z2]).detach(), dim=1)
+    i = torch.arange(32)
+    extra = mochi_negatives(anchors, anchors, 6, 3, 1, generator=torch.Generator().manual_seed(3),
+                            exclude=torch.stack([i, (i + 16) % 32], dim=1))  # fmt: skip
+    t = cfg.method["temperature"]
+    assert torch.allclose(loss, nt_xent(z1, z2, t, extra_negatives=extra), atol=1e-5)
+    assert not torch.allclose(loss, nt_xent(z1, z2, t), atol=1e-4)

@@ -411,3 +411,86 @@ def test_fraction_zero_keeps_everything_and_ties_are_kept():
 def test_bad_fractions_raise(kwargs):
     with pytest.raises(ValueError):
         magnitude_masks(small_model(), **kwargs)
+
+
+# --- extra (per-anchor) negatives, as MoCHi feeds them to the losses ---------------------------
+
+
+def _loop_nt_xent_extra(z1, z2, extra, t):
+    """Plain loops: anchors [z1; z2]; the denominator runs over the other 2B - 1 embeddings and
+    the anchor's own extra negatives."""
+    norm = lambda v: [x / math.sqrt(sum(y * y for y in v)) for x in v]  # noqa: E731
+    z = [norm(v) for v in torch.cat([z1, z2]).double().tolist()]
+    e = [[norm(v) for v in row] for row in extra.double().tolist()]
+    dot = lambda a, b: sum(x * y for x, y in zip(a, b))  # noqa: E731
+    n2, b = len(z), len(z) // 2
+    total = 0.0
+    for i in range(n2):
+        p = (i + b) % n2
+        den = sum(math.exp(dot(z[i], z[k]) / t) for k in range(n2) if k != i)
+        den += sum(math.exp(dot(z[i], x) / t) for x in e[i])
+        total += -(dot(z[i], z[p]) / t - math.log(den))
+    return total / n2
+
+
+def _loop_info_nce_extra(q, k, queue, extra, t):
+    norm = lambda v: [x / math.sqrt(sum(y * y for y in v)) for x in v]  # noqa: E731
+    dot = lambda a, b: sum(x * y for x, y in zip(a, b))  # noqa: E731
+    total = 0.0
+    for i in range(q.shape[0]):
+        qi, ki = norm(q[i].double().tolist()), norm(k[i].double().tolist())
+        negs = [norm(v) for v in queue.double().tolist()] + [norm(v) for v in extra[i].double().tolist()]
+        den = math.exp(dot(qi, ki) / t) + sum(math.exp(dot(qi, v) / t) for v in negs)
+        total += -(dot(qi, ki) / t - math.log(den))
+    return total / q.shape[0]
+
+
+@pytest.mark.parametrize("b,d,m,t", [(2, 3, 1, 0.1), (4, 5, 3, 0.5), (3, 8, 2, 0.2)])
+def test_nt_xent_and_info_nce_with_extra_negatives_match_loops(b, d, m, t):
+    from contrastlab.losses import info_nce, nt_xent
+
+    g = torch.Generator().manual_seed(b * 100 + d)
+    z1, z2 = torch.randn(b, d, generator=g), torch.randn(b, d, generator=g)
+    extra = torch.randn(2 * b, m, d, generator=g)
+    assert nt_xent(z1, z2, t, extra_negatives=extra).item() == pytest.approx(_loop_nt_xent_extra(z1, z2, extra, t), abs=1e-5)
+    q, k, queue = torch.randn(b, d, generator=g), torch.randn(b, d, generator=g), torch.randn(7, d, generator=g)
+    ex = torch.randn(b, m, d, generator=g)
+    assert info_nce(q, k, queue, t, extra_negatives=ex).item() == pytest.approx(_loop_info_nce_extra(q, k, queue, ex, t), abs=1e-5)
+    # tau_plus = 0: the debiased forms take the same extra negatives
+    assert debiased_nt_xent(z1, z2, t, 0.0, 0.0, extra_negatives=extra).item() == pytest.approx(
+        nt_xent(z1, z2, t, extra_negatives=extra).item(), abs=1e-5)  # fmt: skip
+    assert debiased_info_nce(q, k, queue, t, 0.0, 0.0, extra_negatives=ex).item() == pytest.approx(
+        info_nce(q, k, queue, t, extra_negatives=ex).item(), abs=1e-5)  # fmt: skip
+
+
+def test_debiased_with_extra_negatives_counts_them_in_n():
+    """N = K + M in the queue form: the loop over the formula with the extra points as negatives."""
+    g = torch.Generator().manual_seed(5)
+    q, k, queue, ex = torch.randn(3, 4, generator=g), torch.randn(3, 4, generator=g), torch.randn(6, 4, generator=g), torch.randn(3, 2, 4, generator=g)
+    t, tp = 0.5, 0.1
+    norm = lambda v: [x / math.sqrt(sum(y * y for y in v)) for x in v]  # noqa: E731
+    dot = lambda a, b: sum(x * y for x, y in zip(a, b))  # noqa: E731
+    total = 0.0
+    for i in range(3):
+        qi, ki = norm(q[i].tolist()), norm(k[i].tolist())
+        negs = [norm(v) for v in queue.tolist()] + [norm(v) for v in ex[i].tolist()]
+        n = len(negs)
+        pos = math.exp(dot(qi, ki) / t)
+        ng = max((sum(math.exp(dot(qi, v) / t) for v in negs) - tp * n * pos) / (1 - tp), n * math.exp(-1 / t))
+        total += -math.log(pos / (pos + ng))
+    assert debiased_info_nce(q, k, queue, t, tp, extra_negatives=ex).item() == pytest.approx(total / 3, abs=1e-5)
+
+
+def test_mochi_exclude_keeps_rows_out_of_the_hard_set():
+    import torch.nn.functional as F
+
+    """With n_hard = 1 every synthetic point is the single hardest allowed row; excluding each
+    query's hardest row makes it the second hardest."""
+    g = torch.Generator().manual_seed(0)
+    q = F.normalize(torch.randn(4, 6, generator=g), dim=1)
+    queue = F.normalize(torch.randn(10, 6, generator=g), dim=1)
+    order = (q @ queue.T).argsort(dim=1, descending=True)
+    out = mochi_negatives(q, queue, 1, 2, 0, generator=g)
+    assert torch.allclose(out, queue[order[:, 0]][:, None].expand(4, 2, 6), atol=1e-6)
+    out = mochi_negatives(q, queue, 1, 2, 0, generator=g, exclude=order[:, :1])
+    assert torch.allclose(out, queue[order[:, 1]][:, None].expand(4, 2, 6), atol=1e-6)

@@ -284,6 +284,7 @@ def fit(cfg: Config) -> FitResult:
                 torch.manual_seed(s)
                 gen.manual_seed(s)
                 batch["generator"] = gen
+                batch["step"] = step
                 out = train_step(model, optimizer, scheduler, fabric, batch, step)
                 loss = out["loss"]
                 step += 1

@@ -11,7 +11,23 @@ import torch.nn.functional as F
 from ..engine.distributed import gather_with_grad, rank_and_world
 
 
-def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5, gather: bool = True) -> torch.Tensor:
+def _extra_logits(anchors: torch.Tensor, extra: torch.Tensor | None, temperature: float, what: str):
+    """Similarities of each anchor (n, d) to its own extra negatives (n, M, d), divided by t."""
+    if extra is None:
+        return None
+    if extra.dim() != 3 or extra.shape[0] != anchors.shape[0] or extra.shape[2] != anchors.shape[1]:
+        raise ValueError(f"{what}: extra_negatives must be ({anchors.shape[0]}, M, {anchors.shape[1]}), got {tuple(extra.shape)}")
+    extra = F.normalize(extra.to(anchors.dtype), dim=2)
+    return torch.einsum("nd,nmd->nm", anchors, extra) / temperature
+
+
+def nt_xent(
+    z1: torch.Tensor,
+    z2: torch.Tensor,
+    temperature: float = 0.5,
+    gather: bool = True,
+    extra_negatives: torch.Tensor | None = None,
+) -> torch.Tensor:
     """SimCLR's normalized temperature-scaled cross entropy (Chen et al., ICML 2020).
 
     z1, z2: (B, d) projections of two views of the same B images, not yet normalised. Over
@@ -27,6 +43,9 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5, gather
     batch's (2 N - 2 for a global batch N) and each process averages over its own 2B anchors;
     DDP's gradient averaging then yields exactly the gradient of the single-process loss on the
     concatenated batch. In one process ``gather`` changes nothing.
+
+    ``extra_negatives`` (2B, M, d), optional: further negatives per anchor (e.g. MoCHi's
+    synthetic ones), anchors in the order [z1; z2]; normalised here, added to the denominator.
     """
     if z1.shape != z2.shape or z1.dim() != 2:
         raise ValueError(f"nt_xent expects two (B, d) tensors of the same shape, got {tuple(z1.shape)} and {tuple(z2.shape)}")
@@ -47,16 +66,26 @@ def nt_xent(z1: torch.Tensor, z2: torch.Tensor, temperature: float = 0.5, gather
     pos_idx = torch.cat([local + n, local])
     rows = torch.arange(2 * b, device=z1.device)
     logits[rows, self_idx] = float("-inf")
+    extra = _extra_logits(anchors, extra_negatives, temperature, "nt_xent")
+    if extra is not None:
+        logits = torch.cat([logits, extra], dim=1)
     return F.cross_entropy(logits, pos_idx)
 
 
-def info_nce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature: float = 0.2) -> torch.Tensor:
+def info_nce(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    queue: torch.Tensor,
+    temperature: float = 0.2,
+    extra_negatives: torch.Tensor | None = None,
+) -> torch.Tensor:
     """MoCo's InfoNCE loss (He et al., CVPR 2020; MoCo v2: Chen et al., 2020).
 
     q, k: (B, d) queries and their positive keys; queue: (K, d) negative keys. All three are
     L2-normalised here (a no-op for normalised inputs). For each query the logits are
     ``[q.k, q.queue_1, ..., q.queue_K] / t`` with the positive at index 0; the loss is the mean
-    cross entropy over the batch.
+    cross entropy over the batch. ``extra_negatives`` (B, M, d), optional: further negatives
+    per query (MoCHi's synthetic points), normalised here and appended to its logits.
     """
     if q.dim() != 2 or q.shape != k.shape or queue.dim() != 2 or queue.shape[1] != q.shape[1]:
         raise ValueError(
@@ -68,4 +97,7 @@ def info_nce(q: torch.Tensor, k: torch.Tensor, queue: torch.Tensor, temperature:
     l_pos = (q * k).sum(dim=1, keepdim=True)
     l_neg = q @ queue.T
     logits = torch.cat([l_pos, l_neg], dim=1) / temperature
+    extra = _extra_logits(q, extra_negatives, temperature, "info_nce")
+    if extra is not None:
+        logits = torch.cat([logits, extra], dim=1)
     return F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))

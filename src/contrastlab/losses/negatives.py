@@ -9,6 +9,7 @@ import torch
 import torch.nn.functional as F
 
 from ..engine.distributed import gather_with_grad, rank_and_world
+from .contrastive import _extra_logits
 
 
 def _real(x: torch.Tensor) -> torch.Tensor:
@@ -55,6 +56,7 @@ def debiased_nt_xent(
     tau_plus: float = 0.1,
     beta: float = 0.0,
     gather: bool = True,
+    extra_negatives: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """Debiased contrastive loss, DCL (Chuang et al., NeurIPS 2020), and its hard-negative
     variant HCL (Robinson et al., ICLR 2021), on SimCLR's two-view batch.
@@ -74,6 +76,7 @@ def debiased_nt_xent(
 
     ``gather`` as in ``nt_xent``: with several processes the negatives are the global batch's
     (N = 2 * global_B - 2) and each process averages over its own 2B anchors.
+    ``extra_negatives`` (2B, M, d): further negatives per anchor (MoCHi), so N = 2B - 2 + M.
     """
     if z1.shape != z2.shape or z1.dim() != 2:
         raise ValueError(
@@ -101,6 +104,9 @@ def debiased_nt_xent(
     keep[rows, pos_idx] = False
     l_pos = logits[rows, pos_idx]
     l_neg = logits[keep].view(2 * b, 2 * n - 2)
+    extra = _extra_logits(anchors, extra_negatives, temperature, "debiased_nt_xent")
+    if extra is not None:
+        l_neg = torch.cat([l_neg, extra], dim=1)
     return _debiased_terms(l_pos, l_neg, temperature, tau_plus, beta).mean()
 
 
@@ -111,6 +117,7 @@ def debiased_info_nce(
     temperature: float = 0.2,
     tau_plus: float = 0.1,
     beta: float = 0.0,
+    extra_negatives: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """DCL / HCL (Chuang et al., NeurIPS 2020; Robinson et al., ICLR 2021) in MoCo's queue form.
 
@@ -121,7 +128,8 @@ def debiased_info_nce(
         l  = -log( pos / (pos + Ng) )
 
     with HCL's reweighting of sum_j neg_j when ``beta > 0`` (see ``debiased_nt_xent``); mean
-    over the batch. tau_plus = 0, beta = 0 is exactly ``info_nce``.
+    over the batch. tau_plus = 0, beta = 0 is exactly ``info_nce``. ``extra_negatives``
+    (B, M, d): further negatives per query (MoCHi), so N = K + M.
     """
     if q.dim() != 2 or q.shape != k.shape or queue.dim() != 2 or queue.shape[1] != q.shape[1]:
         raise ValueError(
@@ -134,6 +142,9 @@ def debiased_info_nce(
     queue = F.normalize(_real(queue), dim=1)
     l_pos = (q * k).sum(dim=1) / temperature
     l_neg = q @ queue.T / temperature
+    extra = _extra_logits(q, extra_negatives, temperature, "debiased_info_nce")
+    if extra is not None:
+        l_neg = torch.cat([l_neg, extra], dim=1)
     return _debiased_terms(l_pos, l_neg, temperature, tau_plus, beta).mean()
 
 
@@ -145,6 +156,7 @@ def mochi_negatives(
     s: int,
     s_prime: int,
     generator: torch.Generator | None = None,
+    exclude: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """MoCHi's synthetic hard negatives (Kalantidis et al., NeurIPS 2020), per query.
 
@@ -157,6 +169,9 @@ def mochi_negatives(
     Returns (B, s + s', d): the s mixes of two hard negatives, then the s' mixes with the query;
     unit norm, no gradient. Vectorised over the batch; draws come from ``generator`` if given.
     The caller appends q . h / t as extra negative logits (never enqueued).
+
+    ``exclude`` (B, E) long, optional: rows of ``queue`` that query b must not use (when the
+    pool is the batch itself: the anchor and its positive).
     """
     if q.dim() != 2 or queue.dim() != 2 or queue.shape[1] != q.shape[1] or queue.shape[0] == 0:
         raise ValueError(
@@ -168,7 +183,11 @@ def mochi_negatives(
     queue = F.normalize(_real(queue.detach()), dim=1)
     bsz, d = q.shape
     n = min(int(n_hard), queue.shape[0])
-    hard_idx = (q @ queue.T).topk(n, dim=1).indices  # (B, n): per query, never the first row's
+    sims = q @ queue.T
+    if exclude is not None:
+        sims = sims.scatter(1, exclude.to(sims.device), float("-inf"))
+        n = min(n, queue.shape[0] - exclude.shape[1])
+    hard_idx = sims.topk(n, dim=1).indices  # (B, n): per query, never the first row's
     hard = queue[hard_idx]  # (B, n, d)
     dev = generator.device if generator is not None else q.device
 

@@ -12,6 +12,20 @@ from ..engine.distributed import gather_no_grad
 from ..nn import Encoder, MLPHead, build_backbone
 
 
+def check_negatives_options(c) -> None:
+    """Checks of the loss and mixing axes shared by SimCLR and MoCo configs (one-line errors)."""
+    from ..errors import ConfigError
+
+    if not 0 <= c.tau_plus < 1:
+        raise ConfigError(f"method.tau_plus is a class prior in [0, 1), got {c.tau_plus}")
+    if c.beta < 0:
+        raise ConfigError(f"method.beta must be >= 0, got {c.beta}")
+    if min(c.mochi_n_hard, c.mochi_s, c.mochi_s_prime, c.mochi_warmup_steps) < 0:
+        raise ConfigError("method.mochi_n_hard, mochi_s, mochi_s_prime and mochi_warmup_steps must be >= 0")
+    if c.mochi_n_hard and not (c.mochi_s or c.mochi_s_prime):
+        raise ConfigError("method.mochi_n_hard is set but mochi_s and mochi_s_prime are 0: no synthetic negatives")
+
+
 def build_encoder(mcfg) -> Encoder:
     return Encoder(build_backbone(mcfg.backbone, width=mcfg.width, depth=mcfg.depth, cifar_stem=mcfg.cifar_stem), norm=mcfg.norm)
 

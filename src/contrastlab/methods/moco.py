@@ -13,8 +13,8 @@ import torch
 import torch.nn as nn
 
 from ..engine.distributed import gather_no_grad, rank_and_world
-from ..losses import debiased_info_nce, info_nce
-from .common import Queue, build_encoder, build_projector, build_views, frozen_copy, momentum_update, two_views
+from ..losses import debiased_info_nce, info_nce, mochi_negatives
+from .common import check_negatives_options, Queue, build_encoder, build_projector, build_views, frozen_copy, momentum_update, two_views
 
 
 @dataclass
@@ -28,6 +28,15 @@ class MoCoConfig:
     # the loss axis: tau_plus > 0 is the debiased loss (DCL) over the queue, beta > 0 HCL
     tau_plus: float = 0.0
     beta: float = 0.0
+    # negative mixing (MoCHi): per query, s mixes of two and s_prime mixes with the query of its
+    # mochi_n_hard hardest queue negatives, from step mochi_warmup_steps on (0 = off)
+    mochi_n_hard: int = 0
+    mochi_s: int = 0
+    mochi_s_prime: int = 0
+    mochi_warmup_steps: int = 0
+
+    def __post_init__(self):
+        check_negatives_options(self)
 
 
 @torch.no_grad()
@@ -61,6 +70,8 @@ class MoCo(nn.Module):
         self.key_encoder = frozen_copy(self.encoder)
         self.key_projector = frozen_copy(self.projector)
         self.tau_plus, self.beta = m["tau_plus"], m["beta"]
+        self.mochi = (m["mochi_n_hard"], m["mochi_s"], m["mochi_s_prime"]) if m["mochi_n_hard"] else None
+        self.mochi_warmup = m["mochi_warmup_steps"]
         self.queue = Queue(m["queue_size"], cfg.model.proj_dim)
         self.views = build_views(cfg)
 
@@ -68,10 +79,13 @@ class MoCo(nn.Module):
         net = lambda v: self.key_projector(self.key_encoder(v))  # noqa: E731
         return shuffled_keys(net, x) if self.bn == "shuffle" else net(x)
 
-    def loss(self, q, k, queue):
+    def loss(self, q, k, queue, batch):
+        extra = None
+        if self.mochi is not None and batch.get("step", 0) >= self.mochi_warmup:
+            extra = mochi_negatives(q, queue, *self.mochi, generator=batch.get("generator"))
         if self.tau_plus or self.beta:
-            return debiased_info_nce(q, k, queue, self.temperature, self.tau_plus, self.beta)
-        return info_nce(q, k, queue, self.temperature)
+            return debiased_info_nce(q, k, queue, self.temperature, self.tau_plus, self.beta, extra_negatives=extra)
+        return info_nce(q, k, queue, self.temperature, extra_negatives=extra)
 
     def forward(self, batch: dict) -> dict:
         x1, x2 = two_views(self.views, batch)
@@ -83,9 +97,9 @@ class MoCo(nn.Module):
         queue = self.queue.keys.clone()  # the loss needs the queue as it was before this push
         if self.symmetric:
             q1, q2 = self.projector(self.encoder(torch.cat([x1, x2]))).chunk(2)
-            loss = 0.5 * (self.loss(q1, k2, queue) + self.loss(q2, k1, queue))
+            loss = 0.5 * (self.loss(q1, k2, queue, batch) + self.loss(q2, k1, queue, batch))
         else:
             q1 = self.projector(self.encoder(x1))
-            loss = self.loss(q1, k2, queue)
+            loss = self.loss(q1, k2, queue, batch)
         self.queue.push(k2)
         return {"loss": loss}

@@ -6,8 +6,11 @@ from typing import Literal
 
 import torch.nn as nn
 
-from ..losses import debiased_nt_xent, nt_xent
-from .common import build_encoder, build_projector, build_views, two_views
+import torch
+import torch.nn.functional as F
+
+from ..losses import debiased_nt_xent, mochi_negatives, nt_xent
+from .common import check_negatives_options, build_encoder, build_projector, build_views, two_views
 
 
 @dataclass
@@ -17,6 +20,15 @@ class SimCLRConfig:
     # the loss axis: tau_plus > 0 is the debiased loss (DCL), beta > 0 its hard variant (HCL)
     tau_plus: float = 0.0
     beta: float = 0.0
+    # negative mixing (MoCHi) with this process's batch as the pool (each anchor's 2B - 2
+    # negatives), from step mochi_warmup_steps on; mochi_n_hard = 0 is off
+    mochi_n_hard: int = 0
+    mochi_s: int = 0
+    mochi_s_prime: int = 0
+    mochi_warmup_steps: int = 0
+
+    def __post_init__(self):
+        check_negatives_options(self)
 
 
 class SimCLR(nn.Module):
@@ -25,7 +37,10 @@ class SimCLR(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         self.temperature = cfg.method["temperature"]
-        self.tau_plus, self.beta = cfg.method["tau_plus"], cfg.method["beta"]
+        m = cfg.method
+        self.tau_plus, self.beta = m["tau_plus"], m["beta"]
+        self.mochi = (m["mochi_n_hard"], m["mochi_s"], m["mochi_s_prime"]) if m["mochi_n_hard"] else None
+        self.mochi_warmup = m["mochi_warmup_steps"]
         self.encoder = build_encoder(cfg.model)
         self.projector = build_projector(self.encoder.out_dim, cfg.model)
         self.views = build_views(cfg)
@@ -36,8 +51,21 @@ class SimCLR(nn.Module):
         # two passes of B are ~1.4x faster than one of 2B, and the result is the same method
         z1 = self.projector(self.encoder(x1))
         z2 = self.projector(self.encoder(x2))
+        extra = None
+        if self.mochi is not None and batch.get("step", 0) >= self.mochi_warmup:
+            extra = batch_mochi(z1, z2, *self.mochi, generator=batch.get("generator"))
         if self.tau_plus or self.beta:  # DCL / HCL (negatives gathered across processes)
-            loss = debiased_nt_xent(z1, z2, self.temperature, self.tau_plus, self.beta)
+            loss = debiased_nt_xent(z1, z2, self.temperature, self.tau_plus, self.beta, extra_negatives=extra)
         else:
-            loss = nt_xent(z1, z2, self.temperature)  # negatives gathered across processes
+            loss = nt_xent(z1, z2, self.temperature, extra_negatives=extra)  # negatives gathered across processes
         return {"loss": loss}
+
+
+def batch_mochi(z1, z2, n_hard, s, s_prime, generator=None):
+    """MoCHi with the local batch as the pool: anchors [z1; z2], each anchor's hard negatives
+    drawn from the other 2B - 2 embeddings (itself and its positive excluded). (2B, s+s', d)."""
+    anchors = F.normalize(torch.cat([z1, z2]).detach().float(), dim=1)
+    b = z1.shape[0]
+    i = torch.arange(2 * b, device=anchors.device)
+    exclude = torch.stack([i, (i + b) % (2 * b)], dim=1)
+    return mochi_negatives(anchors, anchors, n_hard, s, s_prime, generator=generator, exclude=exclude)
