@@ -32,9 +32,10 @@ def _batch(n=16):
     return {"images": (torch.rand(n, 3, 32, 32, generator=g) * 255).to(torch.uint8), "generator": g}
 
 
-@pytest.mark.parametrize("recipe", ["simclr", "moco"])
+@pytest.mark.parametrize("recipe", ["simclr", "moco", "dcl", "hcl", "mochi", "sdclr", "combined"])
 def test_one_step_reaches_every_trainable_weight(recipe, tiny):
-    cfg = load_config(recipe, tiny + ["method.queue_size=32"] * (recipe == "moco"))
+    moco_family = load_config(recipe).method["name"] == "moco"
+    cfg = load_config(recipe, tiny + ["method.queue_size=32"] * moco_family)
     m = build_method(cfg)
     out = m(_batch())
     assert out["loss"].ndim == 0 and torch.isfinite(out["loss"])
@@ -153,3 +154,76 @@ def test_simclr_mochi_uses_the_batch_as_pool(tiny):
     t = cfg.method["temperature"]
     assert torch.allclose(loss, nt_xent(z1, z2, t, extra_negatives=extra), atol=1e-5)
     assert not torch.allclose(loss, nt_xent(z1, z2, t), atol=1e-4)
+
+
+def test_sdclr_branch_masks_wiring_and_epoch_renewal(tiny):
+    """SimCLR with the pruned branch: view 1 through the dense model, view 2 through the pruned
+    twin; masks cover the encoder's convs at the pruning fraction, are renewed when the epoch
+    changes (not within one), and travel in the state dict."""
+    from contrastlab.losses import nt_xent
+    from contrastlab.nn.pruning import mask_sparsity
+
+    cfg = load_config("simclr", tiny + ["method.pruned_branch=true", "method.prune_fraction=0.7"])
+    torch.manual_seed(0)
+    m = build_method(cfg)
+    v1, v2 = torch.rand(2, 16, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    loss = m({"views": [v1, v2], "epoch": 0})["loss"]
+    masks = m.pruned.encoder_twin.masks()
+    n_convs = sum(isinstance(x, torch.nn.Conv2d) for x in m.encoder.modules())
+    assert len(masks) == n_convs and abs(mask_sparsity(masks) - 0.7) < 0.01
+    z1 = m.projector(m.encoder(v1))
+    z2 = m.pruned(m.encoder, m.projector, v2, 0)
+    assert torch.allclose(loss, nt_xent(z1, z2, cfg.method["temperature"]), atol=1e-5)
+    assert not torch.allclose(z2, m.projector(m.encoder(v2)), atol=1e-3)
+    loss.backward()
+    assert all(p.grad is not None for p in m.encoder.parameters())
+    before = {k: v.clone() for k, v in masks.items()}
+    with torch.no_grad():
+        for p in m.encoder.parameters():
+            p.add_(torch.randn_like(p))
+    m({"views": [v1, v2], "epoch": 0})
+    assert all(torch.equal(before[k], v) for k, v in m.pruned.encoder_twin.masks().items())
+    m({"views": [v1, v2], "epoch": 1})
+    assert int(m.pruned.mask_epoch) == 1
+    assert any(not torch.equal(before[k], v) for k, v in m.pruned.encoder_twin.masks().items())
+    fresh = build_method(cfg)
+    fresh.load_state_dict(m.state_dict())  # strict: masks and their epoch are part of the state
+    assert int(fresh.pruned.mask_epoch) == 1
+
+
+def test_moco_with_all_three_axes_runs_and_wires_the_pruned_query(tiny):
+    """MoCo + HCL loss + MoCHi + pruned branch (the combination of issue 4) in one config."""
+    from contrastlab.losses import debiased_info_nce
+
+    cfg = load_config("moco", tiny + ["method.queue_size=64", "method.tau_plus=0.1", "method.beta=1.0",
+                                      "method.mochi_n_hard=16", "method.mochi_s=8", "method.mochi_s_prime=4",
+                                      "method.pruned_branch=true", "method.prune_fraction=0.5"])  # fmt: skip
+    torch.manual_seed(0)
+    m = build_method(cfg)
+    out = m(_batch())
+    assert torch.isfinite(out["loss"])
+    out["loss"].backward()
+    assert all(p.grad is not None for p in m.encoder.parameters())
+    assert all(p.grad is not None for p in m.pruned.parameters())
+    # wiring with mixing off: 0.5 (L(dense q1, k2) + L(pruned q2, k1))
+    cfg2 = load_config("moco", tiny + ["method.queue_size=64", "method.tau_plus=0.1", "method.pruned_branch=true",
+                                       "method.prune_fraction=0.5"])  # fmt: skip
+    torch.manual_seed(0)
+    m2 = build_method(cfg2)
+    queue = m2.queue.keys.clone()
+    v1, v2 = torch.rand(2, 16, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    loss = m2({"views": [v1, v2]})["loss"]
+    k1, k2 = m2.projector(m2.encoder(v1)), m2.projector(m2.encoder(v2))  # step 0: key = online weights
+    q2 = m2.pruned(m2.encoder, m2.projector, v2, 0)
+    t = cfg2.method["temperature"]
+    ref = 0.5 * (debiased_info_nce(k1, k2, queue, t, 0.1) + debiased_info_nce(q2, k1, queue, t, 0.1))
+    assert torch.allclose(loss, ref, atol=1e-5)
+
+
+def test_pruning_that_empties_a_layer_fails_at_the_start(tiny):
+    from contrastlab.errors import ConfigError
+
+    cfg = load_config("simclr", tiny + ["method.pruned_branch=true", "method.prune_fraction=0.99"])
+    m = build_method(cfg)
+    with pytest.raises(ConfigError, match="prunes every weight of .*lower method.prune_fraction"):
+        m(_batch())

@@ -494,3 +494,66 @@ def test_mochi_exclude_keeps_rows_out_of_the_hard_set():
     assert torch.allclose(out, queue[order[:, 0]][:, None].expand(4, 2, 6), atol=1e-6)
     out = mochi_negatives(q, queue, 1, 2, 0, generator=g, exclude=order[:, :1])
     assert torch.allclose(out, queue[order[:, 1]][:, None].expand(4, 2, 6), atol=1e-6)
+
+
+# --- SDCLR's pruned twin -------------------------------------------------------------------------
+
+
+def _small_net():
+    torch.manual_seed(0)
+    return nn.Sequential(nn.Conv2d(3, 4, 3, padding=1), nn.BatchNorm2d(4), nn.ReLU(), nn.Conv2d(4, 5, 3, padding=1),
+                         nn.BatchNorm2d(5), nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(5, 3), nn.BatchNorm1d(3))  # fmt: skip
+
+
+def test_pruned_twin_is_the_masked_network_with_its_own_batchnorm():
+    import copy
+
+    from contrastlab.nn.pruning import PrunedTwin
+
+    net = _small_net().train()
+    twin = PrunedTwin(net)
+    masks = magnitude_masks(net, 0.6)
+    twin.set_masks(masks)
+    with torch.no_grad():  # the twin's BN differs from the dense one's
+        for bn in twin.norms:
+            bn.weight.mul_(2.0)
+            bn.running_mean.add_(1.0)
+    x = torch.randn(6, 3, 8, 8)
+    dense_stats = [m.running_mean.clone() for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    # independent computation: a copy of the net with masked conv weights and the twin's BN layers
+    ref = copy.deepcopy(net)
+    twin_bn = [copy.deepcopy(b) for b in twin.norms]
+    out = twin(net, x)
+    with torch.no_grad():
+        for name, m in masks.items():
+            ref.get_parameter(name).mul_(m)
+    for i, b in zip([1, 4, 8], twin_bn):
+        ref[i].load_state_dict(b.state_dict())
+    expected = ref(x)
+    assert torch.allclose(out, expected, atol=1e-5)
+    # running statistics: the twin's moved like the reference copy's, the dense ones did not move
+    assert torch.allclose(twin.norms[0].running_mean, ref[1].running_mean, atol=1e-6)
+    after = [m.running_mean for m in net.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    assert all(torch.equal(a, b) for a, b in zip(dense_stats, after))
+
+
+def test_pruned_twin_gradients_reach_the_shared_weights_through_the_mask():
+    from contrastlab.nn.pruning import PrunedTwin
+
+    net = _small_net().train()
+    twin = PrunedTwin(net)
+    masks = magnitude_masks(net, 0.5)
+    twin.set_masks(masks)
+    x = torch.randn(6, 3, 8, 8)
+    twin(net, x).pow(2).sum().backward()
+    w = net[0].weight
+    m = masks["0.weight"]
+    assert w.grad is not None and (w.grad[m == 0] == 0).all() and (w.grad[m == 1] != 0).any()
+    assert net[7].weight.grad is not None  # the linear layer is shared, never pruned
+    assert twin.norms[0].weight.grad is not None and net[1].weight.grad is None  # the twin's own BN
+    net.zero_grad()
+    (net(x).pow(2).sum() + twin(net, x).pow(2).sum()).backward()  # dense + pruned: both contribute
+    g_both = w.grad.clone()
+    net.zero_grad()
+    net(x).pow(2).sum().backward()
+    assert not torch.allclose(g_both, w.grad)

@@ -17,12 +17,16 @@ def _weights(run_dir):
     return load_checkpoint(Path(run_dir) / "last.ckpt")["model"]
 
 
-@pytest.mark.parametrize("recipe", ["simclr", "moco"])
+@pytest.mark.parametrize("recipe", ["simclr", "moco", "combined"])
 def test_killed_run_resumes_to_identical_weights(tmp_path, tiny, recipe):
+    """combined: MoCo + HCL + MoCHi (from step 10) + the pruned branch, whose masks are renewed
+    every 8 steps (epochs of 256 images): the mixing draws and the masks resume exactly too."""
     steps = 120
     common = tiny + [f"trainer.max_steps={steps}", "trainer.ckpt_every=10", "optim.warmup_steps=5"]
-    if recipe == "moco":
+    if recipe in ("moco", "combined"):
         common.append("method.queue_size=64")
+    if recipe == "combined":
+        common.append("method.mochi_warmup_steps=10")
     # the uninterrupted run
     fit(load_config(recipe, common + [f"trainer.out_dir={tmp_path / 'full'}"]))
     # the same run in a process that is killed (SIGKILL: no chance to clean up) half way

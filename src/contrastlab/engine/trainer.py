@@ -285,6 +285,7 @@ def fit(cfg: Config) -> FitResult:
                 gen.manual_seed(s)
                 batch["generator"] = gen
                 batch["step"] = step
+                batch["epoch"] = step // per_epoch
                 out = train_step(model, optimizer, scheduler, fabric, batch, step)
                 loss = out["loss"]
                 step += 1

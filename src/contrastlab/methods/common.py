@@ -24,6 +24,55 @@ def check_negatives_options(c) -> None:
         raise ConfigError("method.mochi_n_hard, mochi_s, mochi_s_prime and mochi_warmup_steps must be >= 0")
     if c.mochi_n_hard and not (c.mochi_s or c.mochi_s_prime):
         raise ConfigError("method.mochi_n_hard is set but mochi_s and mochi_s_prime are 0: no synthetic negatives")
+    for name in ("prune_fraction", "prune_random_fraction"):
+        if not 0 <= getattr(c, name) < 1:
+            raise ConfigError(f"method.{name} must be in [0, 1), got {getattr(c, name)}")
+
+
+class PrunedBranch(nn.Module):
+    """SDCLR's self-damaging branch (Jiang et al., ICML 2021) of an encoder + projector: the
+    same weights with the encoder's conv weights masked by global magnitude pruning, renewed at
+    the start of every epoch, and BatchNorm layers of its own in both encoder and projector.
+    The masks and the epoch they belong to are buffers, so a resumed run continues exactly."""
+
+    def __init__(self, encoder: nn.Module, projector: nn.Module, prune_fraction: float, random_fraction: float = 0.0):
+        super().__init__()
+        from ..nn.pruning import PrunedTwin
+
+        self.prune_fraction, self.random_fraction = prune_fraction, random_fraction
+        self.encoder_twin = PrunedTwin(encoder)
+        self.projector_twin = PrunedTwin(projector)  # linear layers are never pruned: own BN only
+        self.register_buffer("mask_epoch", torch.tensor(-1, dtype=torch.long))
+
+    @torch.no_grad()
+    def refresh(self, encoder: nn.Module, epoch: int) -> None:
+        """New masks from the current weights when a new epoch starts (identical on every rank:
+        the weights are, and the random part is seeded by the epoch)."""
+        if int(self.mask_epoch) == epoch:
+            return
+        from ..nn.pruning import magnitude_masks
+
+        dev = next(encoder.parameters()).device
+        g = torch.Generator(device=dev).manual_seed(1_000_003 + epoch)
+        masks = magnitude_masks(encoder, self.prune_fraction, self.random_fraction, generator=g)
+        dead = [name for name, mk in masks.items() if not mk.any()]
+        if dead:
+            # a fully pruned layer without a skip connection makes the branch output constant
+            msg = (f"method.prune_fraction={self.prune_fraction} prunes every weight of {', '.join(dead)} "
+                   f"(global magnitude pruning favours small-fan-in layers); lower method.prune_fraction")
+            if int(self.mask_epoch) < 0:
+                from ..errors import ConfigError
+
+                raise ConfigError(msg)
+            import warnings
+
+            warnings.warn(msg, stacklevel=2)
+        self.encoder_twin.set_masks(masks)
+        self.mask_epoch.fill_(epoch)
+
+    def forward(self, encoder: nn.Module, projector: nn.Module, x: torch.Tensor, epoch: int = 0) -> torch.Tensor:
+        self.refresh(encoder, epoch)
+        return self.projector_twin(projector, self.encoder_twin(encoder, x))
 
 
 def build_encoder(mcfg) -> Encoder:

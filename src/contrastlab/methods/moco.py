@@ -3,6 +3,11 @@
 Per step: momentum-update the key branch, encode keys of view 2 (with shuffle-BN across
 processes), encode queries of view 1, InfoNCE against the queue, then enqueue the keys of
 all processes. ``symmetric`` adds the swapped pair (view 2 queries, view 1 keys).
+
+Axes of the instance-contrastive core, all off by default and combinable: the debiased / hard
+loss over the queue (DCL, HCL: ``tau_plus``, ``beta``), negative mixing (MoCHi: ``mochi_*``),
+and SDCLR's pruned branch (``pruned_branch``: the swapped pair's query comes from the pruned
+encoder, so the dense model sees view 1 and the pruned one view 2).
 """
 from __future__ import annotations
 
@@ -14,7 +19,7 @@ import torch.nn as nn
 
 from ..engine.distributed import gather_no_grad, rank_and_world
 from ..losses import debiased_info_nce, info_nce, mochi_negatives
-from .common import check_negatives_options, Queue, build_encoder, build_projector, build_views, frozen_copy, momentum_update, two_views
+from .common import PrunedBranch, check_negatives_options, Queue, build_encoder, build_projector, build_views, frozen_copy, momentum_update, two_views
 
 
 @dataclass
@@ -34,6 +39,11 @@ class MoCoConfig:
     mochi_s: int = 0
     mochi_s_prime: int = 0
     mochi_warmup_steps: int = 0
+    # the second branch: SDCLR's pruned copy of the encoder (shared weights, own BatchNorm),
+    # global magnitude pruning of the conv weights renewed every epoch
+    pruned_branch: bool = False
+    prune_fraction: float = 0.9
+    prune_random_fraction: float = 0.0
 
     def __post_init__(self):
         check_negatives_options(self)
@@ -74,6 +84,7 @@ class MoCo(nn.Module):
         self.mochi_warmup = m["mochi_warmup_steps"]
         self.queue = Queue(m["queue_size"], cfg.model.proj_dim)
         self.views = build_views(cfg)
+        self.pruned = PrunedBranch(self.encoder, self.projector, m["prune_fraction"], m["prune_random_fraction"]) if m["pruned_branch"] else None
 
     def keys(self, x):
         net = lambda v: self.key_projector(self.key_encoder(v))  # noqa: E731
@@ -93,9 +104,14 @@ class MoCo(nn.Module):
             momentum_update(self.encoder, self.key_encoder, self.m)
             momentum_update(self.projector, self.key_projector, self.m)
             k2 = self.keys(x2)
-            k1 = self.keys(x1) if self.symmetric else None
+            k1 = self.keys(x1) if self.symmetric or self.pruned is not None else None
         queue = self.queue.keys.clone()  # the loss needs the queue as it was before this push
-        if self.symmetric:
+        if self.pruned is not None:
+            # SDCLR on a queue: the dense encoder queries with view 1, the pruned branch with view 2
+            q1 = self.projector(self.encoder(x1))
+            q2 = self.pruned(self.encoder, self.projector, x2, batch.get("epoch", 0))
+            loss = 0.5 * (self.loss(q1, k2, queue, batch) + self.loss(q2, k1, queue, batch))
+        elif self.symmetric:
             q1, q2 = self.projector(self.encoder(torch.cat([x1, x2]))).chunk(2)
             loss = 0.5 * (self.loss(q1, k2, queue, batch) + self.loss(q2, k1, queue, batch))
         else:

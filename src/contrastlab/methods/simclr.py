@@ -1,4 +1,9 @@
-"""SimCLR (Chen et al., ICML 2020): two views, one encoder, NT-Xent over the global batch."""
+"""SimCLR (Chen et al., ICML 2020): two views, one encoder, NT-Xent over the global batch.
+
+Axes of the instance-contrastive core, all off by default and combinable: the debiased / hard
+loss (DCL, HCL: ``tau_plus``, ``beta``), negative mixing with the batch as the pool (MoCHi:
+``mochi_*``), and the pruned second branch (SDCLR: ``pruned_branch``).
+"""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -10,7 +15,7 @@ import torch
 import torch.nn.functional as F
 
 from ..losses import debiased_nt_xent, mochi_negatives, nt_xent
-from .common import check_negatives_options, build_encoder, build_projector, build_views, two_views
+from .common import PrunedBranch, check_negatives_options, build_encoder, build_projector, build_views, two_views
 
 
 @dataclass
@@ -26,6 +31,11 @@ class SimCLRConfig:
     mochi_s: int = 0
     mochi_s_prime: int = 0
     mochi_warmup_steps: int = 0
+    # the second branch: SDCLR's pruned copy of the encoder (shared weights, own BatchNorm),
+    # global magnitude pruning of the conv weights renewed every epoch
+    pruned_branch: bool = False
+    prune_fraction: float = 0.9
+    prune_random_fraction: float = 0.0
 
     def __post_init__(self):
         check_negatives_options(self)
@@ -44,13 +54,17 @@ class SimCLR(nn.Module):
         self.encoder = build_encoder(cfg.model)
         self.projector = build_projector(self.encoder.out_dim, cfg.model)
         self.views = build_views(cfg)
+        self.pruned = PrunedBranch(self.encoder, self.projector, m["prune_fraction"], m["prune_random_fraction"]) if m["pruned_branch"] else None
 
     def forward(self, batch: dict) -> dict:
         x1, x2 = two_views(self.views, batch)
         # one forward pass per view (BatchNorm statistics per view, as solo-learn): on CPUs
         # two passes of B are ~1.4x faster than one of 2B, and the result is the same method
         z1 = self.projector(self.encoder(x1))
-        z2 = self.projector(self.encoder(x2))
+        if self.pruned is None:
+            z2 = self.projector(self.encoder(x2))
+        else:  # SDCLR: view 2 goes through the pruned branch (shared weights, own BN)
+            z2 = self.pruned(self.encoder, self.projector, x2, batch.get("epoch", 0))
         extra = None
         if self.mochi is not None and batch.get("step", 0) >= self.mochi_warmup:
             extra = batch_mochi(z1, z2, *self.mochi, generator=batch.get("generator"))

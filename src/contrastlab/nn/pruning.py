@@ -1,6 +1,7 @@
 """Global unstructured magnitude pruning masks for SDCLR (Jiang et al., ICML 2021)."""
 from __future__ import annotations
 
+import copy
 import math
 
 import torch
@@ -73,3 +74,42 @@ def mask_sparsity(masks: dict[str, torch.Tensor]) -> float:
     """The pruned share of all masked weights: 1 - sum(masks) / numel(masks); 0.0 for no masks."""
     total = sum(m.numel() for m in masks.values())
     return 0.0 if total == 0 else 1.0 - float(sum(m.sum().item() for m in masks.values())) / total
+
+
+class PrunedTwin(nn.Module):
+    """SDCLR's pruned branch of a network: the same weights with the conv weights masked, and
+    BatchNorm layers of its own (dual BN), run through ``torch.func.functional_call``.
+
+    ``twin(net, x)`` evaluates ``net`` on ``x`` with every conv weight ``w`` replaced by
+    ``w * mask`` and every BatchNorm's affine parameters and running statistics replaced by the
+    twin's copies. Gradients reach the shared weights through the product (zero at pruned
+    positions) and the twin's BatchNorm parameters; the dense network's BatchNorm statistics
+    are left untouched. Masks are buffers (checkpointed); all ones until :meth:`set_masks`.
+    """
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        from torch.nn.modules.batchnorm import _BatchNorm
+
+        self._bn_names = [n for n, m in net.named_modules() if isinstance(m, _BatchNorm)]
+        self.norms = nn.ModuleList([copy.deepcopy(net.get_submodule(n)) for n in self._bn_names])
+        self._conv_names = [f"{n}.weight" for n, m in net.named_modules() if isinstance(m, nn.Conv2d)]
+        for i, name in enumerate(self._conv_names):
+            self.register_buffer(f"mask{i}", torch.ones_like(net.get_parameter(name), requires_grad=False))
+
+    def masks(self) -> dict[str, torch.Tensor]:
+        return {name: getattr(self, f"mask{i}") for i, name in enumerate(self._conv_names)}
+
+    @torch.no_grad()
+    def set_masks(self, masks: dict[str, torch.Tensor]) -> None:
+        if set(masks) != set(self._conv_names):
+            raise ValueError(f"masks must cover exactly the conv weights {self._conv_names}, got {sorted(masks)}")
+        for i, name in enumerate(self._conv_names):
+            getattr(self, f"mask{i}").copy_(masks[name])
+
+    def forward(self, net: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        tensors = {name: net.get_parameter(name) * mask for name, mask in self.masks().items()}
+        for name, bn in zip(self._bn_names, self.norms):
+            for key, t in list(bn.named_parameters()) + list(bn.named_buffers()):
+                tensors[f"{name}.{key}"] = t
+        return torch.func.functional_call(net, tensors, (x,), strict=False)
