@@ -219,7 +219,8 @@ def build_dataclass(cls, values: Any, where: str = ""):
     kwargs = {}
     for key, value in values.items():
         if key not in names:
-            raise _unknown_key(key, names, where)
+            own = cls.__dict__.get("__annotations__", {})  # a class's own keys first, then inherited ones
+            raise _unknown_key(key, [n for n in names if n in own] + [n for n in names if n not in own], where)
         path = f"{where}.{key}" if where else key
         kwargs[key] = _coerce(value, hints[key], path)
     return cls(**kwargs)

@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
@@ -12,8 +13,46 @@ from ..engine.distributed import gather_no_grad
 from ..nn import Encoder, MLPHead, build_backbone
 
 
+@dataclass
+class AxesConfig:
+    """The axes of the instance-contrastive core shared by SimCLR and MoCo (issue 4), all off by
+    default: the loss (DCL ``tau_plus`` > 0, HCL ``beta`` > 0), negative mixing (MoCHi: per
+    query, ``mochi_s`` mixes of two and ``mochi_s_prime`` mixes with the query of its
+    ``mochi_n_hard`` hardest negatives, from step ``mochi_warmup_steps``; 0 = off) and SDCLR's
+    pruned second branch (global magnitude pruning of the conv weights, renewed every epoch)."""
+
+    tau_plus: float = 0.0
+    beta: float = 0.0
+    mochi_n_hard: int = 0
+    mochi_s: int = 0
+    mochi_s_prime: int = 0
+    mochi_warmup_steps: int = 0
+    pruned_branch: bool = False
+    prune_fraction: float = 0.9
+    prune_random_fraction: float = 0.0
+
+    def __post_init__(self):
+        check_negatives_options(self)
+
+
+def setup_axes(method: nn.Module, m: dict) -> None:
+    """Reads the axes of ``AxesConfig`` from a method section onto the method (after its encoder
+    and projector exist): ``tau_plus``, ``beta``, ``mochi`` (n_hard, s, s') or None,
+    ``mochi_warmup`` and ``pruned`` (a :class:`PrunedBranch` or None)."""
+    method.tau_plus, method.beta = m["tau_plus"], m["beta"]
+    method.mochi = (m["mochi_n_hard"], m["mochi_s"], m["mochi_s_prime"]) if m["mochi_n_hard"] else None
+    method.mochi_warmup = m["mochi_warmup_steps"]
+    method.pruned = None
+    if m["pruned_branch"]:
+        method.pruned = PrunedBranch(method.encoder, method.projector, m["prune_fraction"], m["prune_random_fraction"])
+
+
+def mochi_active(method: nn.Module, batch: dict) -> bool:
+    return method.mochi is not None and batch.get("step", 0) >= method.mochi_warmup
+
+
 def check_negatives_options(c) -> None:
-    """Checks of the loss and mixing axes shared by SimCLR and MoCo configs (one-line errors)."""
+    """Checks of the loss, mixing and branch axes (one-line errors)."""
     from ..errors import ConfigError
 
     if not 0 <= c.tau_plus < 1:

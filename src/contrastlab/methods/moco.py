@@ -19,34 +19,18 @@ import torch.nn as nn
 
 from ..engine.distributed import gather_no_grad, rank_and_world
 from ..losses import debiased_info_nce, info_nce, mochi_negatives
-from .common import PrunedBranch, check_negatives_options, Queue, build_encoder, build_projector, build_views, frozen_copy, momentum_update, two_views
+from .common import (AxesConfig, Queue, build_encoder, build_projector, build_views, frozen_copy, mochi_active,
+                     momentum_update, setup_axes, two_views)
 
 
 @dataclass
-class MoCoConfig:
+class MoCoConfig(AxesConfig):
     name: Literal["moco"] = "moco"
     temperature: float = 0.2
     queue_size: int = 65536
     momentum: float = 0.999
     bn: Literal["shuffle", "sync", "none"] = "shuffle"  # how the key encoder avoids BN leakage
     symmetric: bool = False
-    # the loss axis: tau_plus > 0 is the debiased loss (DCL) over the queue, beta > 0 HCL
-    tau_plus: float = 0.0
-    beta: float = 0.0
-    # negative mixing (MoCHi): per query, s mixes of two and s_prime mixes with the query of its
-    # mochi_n_hard hardest queue negatives, from step mochi_warmup_steps on (0 = off)
-    mochi_n_hard: int = 0
-    mochi_s: int = 0
-    mochi_s_prime: int = 0
-    mochi_warmup_steps: int = 0
-    # the second branch: SDCLR's pruned copy of the encoder (shared weights, own BatchNorm),
-    # global magnitude pruning of the conv weights renewed every epoch
-    pruned_branch: bool = False
-    prune_fraction: float = 0.9
-    prune_random_fraction: float = 0.0
-
-    def __post_init__(self):
-        check_negatives_options(self)
 
 
 @torch.no_grad()
@@ -79,12 +63,9 @@ class MoCo(nn.Module):
         self.projector = build_projector(self.encoder.out_dim, cfg.model)
         self.key_encoder = frozen_copy(self.encoder)
         self.key_projector = frozen_copy(self.projector)
-        self.tau_plus, self.beta = m["tau_plus"], m["beta"]
-        self.mochi = (m["mochi_n_hard"], m["mochi_s"], m["mochi_s_prime"]) if m["mochi_n_hard"] else None
-        self.mochi_warmup = m["mochi_warmup_steps"]
         self.queue = Queue(m["queue_size"], cfg.model.proj_dim)
         self.views = build_views(cfg)
-        self.pruned = PrunedBranch(self.encoder, self.projector, m["prune_fraction"], m["prune_random_fraction"]) if m["pruned_branch"] else None
+        setup_axes(self, m)
 
     def keys(self, x):
         net = lambda v: self.key_projector(self.key_encoder(v))  # noqa: E731
@@ -92,7 +73,7 @@ class MoCo(nn.Module):
 
     def loss(self, q, k, queue, batch):
         extra = None
-        if self.mochi is not None and batch.get("step", 0) >= self.mochi_warmup:
+        if mochi_active(self, batch):
             extra = mochi_negatives(q, queue, *self.mochi, generator=batch.get("generator"))
         if self.tau_plus or self.beta:
             return debiased_info_nce(q, k, queue, self.temperature, self.tau_plus, self.beta, extra_negatives=extra)

@@ -9,36 +9,18 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-import torch.nn as nn
-
 import torch
+import torch.nn as nn
 import torch.nn.functional as F
 
 from ..losses import debiased_nt_xent, mochi_negatives, nt_xent
-from .common import PrunedBranch, check_negatives_options, build_encoder, build_projector, build_views, two_views
+from .common import AxesConfig, build_encoder, build_projector, build_views, mochi_active, setup_axes, two_views
 
 
 @dataclass
-class SimCLRConfig:
+class SimCLRConfig(AxesConfig):
     name: Literal["simclr"] = "simclr"
     temperature: float = 0.5
-    # the loss axis: tau_plus > 0 is the debiased loss (DCL), beta > 0 its hard variant (HCL)
-    tau_plus: float = 0.0
-    beta: float = 0.0
-    # negative mixing (MoCHi) with this process's batch as the pool (each anchor's 2B - 2
-    # negatives), from step mochi_warmup_steps on; mochi_n_hard = 0 is off
-    mochi_n_hard: int = 0
-    mochi_s: int = 0
-    mochi_s_prime: int = 0
-    mochi_warmup_steps: int = 0
-    # the second branch: SDCLR's pruned copy of the encoder (shared weights, own BatchNorm),
-    # global magnitude pruning of the conv weights renewed every epoch
-    pruned_branch: bool = False
-    prune_fraction: float = 0.9
-    prune_random_fraction: float = 0.0
-
-    def __post_init__(self):
-        check_negatives_options(self)
 
 
 class SimCLR(nn.Module):
@@ -46,15 +28,12 @@ class SimCLR(nn.Module):
 
     def __init__(self, cfg):
         super().__init__()
-        self.temperature = cfg.method["temperature"]
         m = cfg.method
-        self.tau_plus, self.beta = m["tau_plus"], m["beta"]
-        self.mochi = (m["mochi_n_hard"], m["mochi_s"], m["mochi_s_prime"]) if m["mochi_n_hard"] else None
-        self.mochi_warmup = m["mochi_warmup_steps"]
+        self.temperature = m["temperature"]
         self.encoder = build_encoder(cfg.model)
         self.projector = build_projector(self.encoder.out_dim, cfg.model)
         self.views = build_views(cfg)
-        self.pruned = PrunedBranch(self.encoder, self.projector, m["prune_fraction"], m["prune_random_fraction"]) if m["pruned_branch"] else None
+        setup_axes(self, m)
 
     def forward(self, batch: dict) -> dict:
         x1, x2 = two_views(self.views, batch)
@@ -66,7 +45,7 @@ class SimCLR(nn.Module):
         else:  # SDCLR: view 2 goes through the pruned branch (shared weights, own BN)
             z2 = self.pruned(self.encoder, self.projector, x2, batch.get("epoch", 0))
         extra = None
-        if self.mochi is not None and batch.get("step", 0) >= self.mochi_warmup:
+        if mochi_active(self, batch):
             extra = batch_mochi(z1, z2, *self.mochi, generator=batch.get("generator"))
         if self.tau_plus or self.beta:  # DCL / HCL (negatives gathered across processes)
             loss = debiased_nt_xent(z1, z2, self.temperature, self.tau_plus, self.beta, extra_negatives=extra)
