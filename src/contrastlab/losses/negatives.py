@@ -187,19 +187,19 @@ def mochi_negatives(
     if exclude is not None:
         sims = sims.scatter(1, exclude.to(sims.device), float("-inf"))
         n = min(n, queue.shape[0] - exclude.shape[1])
-    hard_idx = sims.topk(n, dim=1).indices  # (B, n): per query, never the first row's
-    hard = queue[hard_idx]  # (B, n, d)
+    hard_idx = sims.topk(n, dim=1, sorted=False).indices  # (B, n): per query, never the first row's
     dev = generator.device if generator is not None else q.device
 
     def pick(count: int) -> torch.Tensor:  # (B, count, d) uniform draws from each row's own hard set
         idx = torch.randint(n, (bsz, count), generator=generator, device=dev).to(q.device)
-        return torch.gather(hard, 1, idx[..., None].expand(bsz, count, d))
+        return queue[hard_idx.gather(1, idx)]  # index space first: no (B, n, d) copy of the hard set
 
     def uniform(count: int, high: float) -> torch.Tensor:
         return (torch.rand(bsz, count, 1, generator=generator, device=dev, dtype=q.dtype) * high).to(q.device)
 
+    out = torch.empty(bsz, s + s_prime, d, dtype=q.dtype, device=q.device)
     a = uniform(s, 1.0)
-    mixed = a * pick(s) + (1 - a) * pick(s)
+    torch.lerp(pick(s), pick(s), 1 - a, out=out[:, :s])  # a n_i + (1 - a) n_j
     b = uniform(s_prime, 0.5)
-    with_query = b * q[:, None, :] + (1 - b) * pick(s_prime)
-    return F.normalize(torch.cat([mixed, with_query], dim=1), dim=2)
+    torch.lerp(pick(s_prime), q[:, None, :].expand(bsz, s_prime, d), b, out=out[:, s:])  # b q + (1 - b) n_j
+    return out.div_(out.norm(dim=2, keepdim=True).clamp_min_(1e-12))
