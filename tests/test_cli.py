@@ -100,3 +100,23 @@ def test_eval_a_checkpoint_written_before_newer_config_keys(run_dir, tmp_path, c
     assert main(["eval", "knn", str(old), "k=5"]) == 0
     assert _last_json(capsys)["top1"] >= 0
     assert "tau_plus" not in torch.load(old / "last.ckpt", weights_only=True)["config"]["method"]
+
+
+def test_long_tail_linear_eval_probes_the_balanced_set(tmp_path, capsys):
+    """SDCLR's protocol: pre-train on the long-tailed set, probe on the balanced one, report
+    many / medium / few accuracy and the spread of per-class accuracy by pre-training counts."""
+    from conftest import TINY
+
+    out = tmp_path / "lt"
+    assert main(["train", "sdclr", *TINY, "data.long_tail_ratio=10", "method.prune_fraction=0.5",
+                 "trainer.max_steps=4", f"trainer.out_dir={out}"]) == 0  # fmt: skip
+    capsys.readouterr()
+    assert main(["eval", "linear", str(out), "epochs=5"]) == 0
+    r = _last_json(capsys)
+    counts = r["pretrain_class_counts"]
+    assert r["probe_data"] == "balanced" and r["n_train"] == 256 and sum(counts) < 256
+    assert counts == sorted(counts, reverse=True) and counts[0] >= 10 * counts[-1] * 0.5
+    assert {"many", "medium", "few", "std"} <= set(r) and (r["n_many"], r["n_medium"], r["n_few"]) == (4, 3, 3)
+    assert main(["eval", "linear", str(out), "epochs=5", "probe_data=pretrain"]) == 0
+    r2 = _last_json(capsys)
+    assert r2["n_train"] == sum(counts) and r2["pretrain_class_counts"] == counts

@@ -11,7 +11,7 @@ from .errors import ConfigError, UserError
 EVAL_DEFAULTS = {
     "knn": {"label": None, "k": 20, "temperature": 0.1, "features": "model", "device": "auto", "batch_size": 512},
     "linear": {"label": None, "epochs": 100, "weight_decay": 1e-3, "features": "model", "device": "auto",
-               "batch_size": 512, "groups": "thirds"},
+               "batch_size": 512, "groups": "thirds", "probe_data": "balanced"},
 }  # fmt: skip
 FEATURE_KINDS = ("model", "random", "pixels")
 
@@ -119,6 +119,21 @@ def cmd_eval(args) -> int:
     protocol = args.protocol
     opts, data_overrides = _parse_kv(args.options, EVAL_DEFAULTS[protocol], f"eval {protocol}")
     cfg, method, ckpt = load_run(args.checkpoint, data_overrides)
+    lt_counts = None
+    if protocol == "linear" and cfg.data.long_tail_ratio is not None:
+        # long-tailed pre-training (SDCLR's protocol): groups by the pre-training set's class counts,
+        # the probe trained on the balanced set (probe_data=balanced) or on the long-tailed one
+        if opts["probe_data"] not in ("balanced", "pretrain"):
+            raise ConfigError(f"probe_data must be balanced or pretrain, got {opts['probe_data']!r}")
+        import dataclasses
+
+        from .data import build_datasets
+
+        lt_train, _ = build_datasets(cfg.data)
+        lt_label = opts["label"] or lt_train.default_label
+        lt_counts = lt_train.labels[lt_label]
+        if opts["probe_data"] == "balanced":
+            cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, long_tail_ratio=None))
     train, test, label, ftr, fte, ytr, yte, n_classes = eval_features(cfg, method, opts)
     result = {"protocol": protocol, "checkpoint": str(args.checkpoint), "step": int(ckpt["step"]),
               "label": label, "features": opts["features"], "n_train": len(ftr), "n_test": len(fte)}  # fmt: skip
@@ -134,8 +149,9 @@ def cmd_eval(args) -> int:
         r = linear_probe(ftr, ytr, fte, yte, n_classes, epochs=opts["epochs"], weight_decay=opts["weight_decay"],
                          device=_device(opts["device"]))  # fmt: skip
         result.update({k: r[k] for k in ("top1", "top5", "train_top1") if k in r})
-        counts = [int((ytr == c).sum()) for c in range(n_classes)]
-        if cfg.data.long_tail_ratio is not None:
+        if lt_counts is not None:
+            counts = [int((lt_counts == c).sum()) for c in range(n_classes)]
+            result.update({"probe_data": opts["probe_data"], "pretrain_class_counts": counts})
             result.update(long_tail_groups(r["per_class_acc"], counts, scheme=opts["groups"]))
         result["per_class_acc"] = [round(float(a), 4) for a in r["per_class_acc"]]
     _write_eval(Path(args.checkpoint), protocol, result)
