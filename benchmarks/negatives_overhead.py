@@ -16,33 +16,8 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _steps import make_step  # noqa: E402
 from _timing import emit, environment, interleaved, median_ratio  # noqa: E402
-
-
-def make_step(recipe: str, images, overrides=()):
-    from contrastlab.config import load_config
-    from contrastlab.engine.optim import build_optimizer, build_scheduler
-    from contrastlab.engine.trainer import _fabric_class, train_step
-    from contrastlab.methods import build_method
-
-    cfg = load_config(recipe, ["trainer.max_steps=1000000", "data.long_tail_ratio=null", *overrides])
-    torch.manual_seed(0)
-    method = build_method(cfg)
-    method.encoder.to_channels_last()
-    fabric = _fabric_class()(accelerator="cpu", devices=1)
-    opt = build_optimizer(method, cfg.optim, cfg.optim.batch_size)
-    sched = build_scheduler(opt, cfg.optim, cfg.trainer.max_steps)
-    model, opt = fabric.setup(method, opt)
-    model.train()
-    g = torch.Generator()
-    k = [0]
-
-    def step():
-        k[0] += 1
-        g.manual_seed(k[0])
-        train_step(model, opt, sched, fabric, {"images": images(), "generator": g, "step": 10_000, "epoch": 0})
-
-    return step
 
 
 def main(argv=None):

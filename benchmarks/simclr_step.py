@@ -169,33 +169,6 @@ def bare_digits(images, vcfg):
     return step
 
 
-def contrastlab_digits(images, channels_last=True):
-    from contrastlab.config import load_config
-    from contrastlab.engine.optim import build_optimizer, build_scheduler
-    from contrastlab.engine.trainer import _fabric_class, train_step
-    from contrastlab.methods import build_method
-
-    cfg = load_config("simclr", ["trainer.max_steps=1000000"])
-    torch.manual_seed(0)
-    method = build_method(cfg)
-    if channels_last:
-        method.encoder.to_channels_last()
-    fabric = _fabric_class()(accelerator="cpu", devices=1)
-    opt = build_optimizer(method, cfg.optim, cfg.optim.batch_size)
-    sched = build_scheduler(opt, cfg.optim, cfg.trainer.max_steps)
-    model, opt = fabric.setup(method, opt)
-    model.train()
-    g = torch.Generator()
-    k = [0]
-
-    def step():
-        k[0] += 1
-        g.manual_seed(k[0])
-        train_step(model, opt, sched, fabric, {"images": images(), "generator": g})
-
-    return step, cfg
-
-
 def run_resnet18(a, res):
     g = torch.Generator().manual_seed(0)
     pool = [torch.rand(a.batch, 3, 32, 32, generator=g) for _ in range(4)]
@@ -233,9 +206,11 @@ def run_digits(a, res):
         k[0] += 1
         return pool[(k[0] % 8) * 256 : (k[0] % 8 + 1) * 256]
 
-    cl_step, cfg = contrastlab_digits(images)
-    nchw_step, _ = contrastlab_digits(images, channels_last=False)
-    contenders = {"bare": bare_digits(images, cfg.views), "contrastlab": cl_step, "contrastlab_nchw": nchw_step}
+    from _steps import make_step
+    from contrastlab.config import load_config
+
+    contenders = {"bare": bare_digits(images, load_config("simclr").views), "contrastlab": make_step("simclr", images),
+                  "contrastlab_nchw": make_step("simclr", images, channels_last=False)}  # fmt: skip
     times = interleaved(contenders, a.rounds, a.reps)
     res["digits"] = {"batch": 256, "median_s": {n: round(statistics.median(t), 4) for n, t in times.items()},
                      "img_per_s": {n: round(2 * 256 / statistics.median(t), 1) for n, t in times.items()},

@@ -21,6 +21,21 @@ def _extra_logits(anchors: torch.Tensor, extra: torch.Tensor | None, temperature
     return torch.einsum("nd,nmd->nm", anchors, extra) / temperature
 
 
+def batch_logits(z1: torch.Tensor, z2: torch.Tensor, temperature: float, gather: bool):
+    """SimCLR's similarity logits for normalised (B, d) views: anchors [z1; z2] (2B, d) against the
+    2N candidates of the global batch (gathered with gradient when ``gather`` and several
+    processes), divided by t; with each anchor's own column ``self_idx`` and its positive's
+    ``pos_idx`` (2B,). Shared by ``nt_xent`` and ``debiased_nt_xent``."""
+    b = z1.shape[0]
+    rank, world = rank_and_world() if gather else (0, 1)
+    all1, all2 = (gather_with_grad(z1), gather_with_grad(z2)) if world > 1 else (z1, z2)
+    n = all1.shape[0]  # global batch
+    anchors = torch.cat([z1, z2], dim=0)
+    logits = anchors @ torch.cat([all1, all2], dim=0).T / temperature  # (2b, 2n)
+    local = torch.arange(b, device=z1.device) + rank * b
+    return anchors, logits, torch.cat([local, local + n]), torch.cat([local + n, local])
+
+
 def nt_xent(
     z1: torch.Tensor,
     z2: torch.Tensor,
@@ -49,22 +64,9 @@ def nt_xent(
     """
     if z1.shape != z2.shape or z1.dim() != 2:
         raise ValueError(f"nt_xent expects two (B, d) tensors of the same shape, got {tuple(z1.shape)} and {tuple(z2.shape)}")
-    z1 = F.normalize(z1.float(), dim=1)
-    z2 = F.normalize(z2.float(), dim=1)
-    b = z1.shape[0]
-    rank, world = rank_and_world() if gather else (0, 1)
-    if world > 1:
-        all1, all2 = gather_with_grad(z1), gather_with_grad(z2)
-    else:
-        all1, all2 = z1, z2
-    n = all1.shape[0]  # global batch
-    candidates = torch.cat([all1, all2], dim=0)  # (2n, d)
-    anchors = torch.cat([z1, z2], dim=0)  # (2b, d)
-    logits = anchors @ candidates.T / temperature  # (2b, 2n)
-    local = torch.arange(b, device=z1.device) + rank * b
-    self_idx = torch.cat([local, local + n])
-    pos_idx = torch.cat([local + n, local])
-    rows = torch.arange(2 * b, device=z1.device)
+    anchors, logits, self_idx, pos_idx = batch_logits(F.normalize(z1.float(), dim=1), F.normalize(z2.float(), dim=1),
+                                                      temperature, gather)  # fmt: skip
+    rows = torch.arange(anchors.shape[0], device=anchors.device)
     logits[rows, self_idx] = float("-inf")
     extra = _extra_logits(anchors, extra_negatives, temperature, "nt_xent")
     if extra is not None:

@@ -8,8 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..engine.distributed import gather_with_grad, rank_and_world
-from .contrastive import _extra_logits
+from .contrastive import _extra_logits, batch_logits
 
 
 def _real(x: torch.Tensor) -> torch.Tensor:
@@ -83,27 +82,14 @@ def debiased_nt_xent(
             f"debiased_nt_xent expects (B, d) tensors of the same shape, got {tuple(z1.shape)} and {tuple(z2.shape)}"
         )
     _check_debias("debiased_nt_xent", temperature, tau_plus, beta)
-    z1 = F.normalize(_real(z1), dim=1)
-    z2 = F.normalize(_real(z2), dim=1)
-    b = z1.shape[0]
-    rank, world = rank_and_world() if gather else (0, 1)
-    if world > 1:
-        all1, all2 = gather_with_grad(z1), gather_with_grad(z2)
-    else:
-        all1, all2 = z1, z2
-    n = all1.shape[0]
-    candidates = torch.cat([all1, all2], dim=0)  # (2n, d)
-    anchors = torch.cat([z1, z2], dim=0)  # (2b, d)
-    logits = anchors @ candidates.T / temperature  # (2b, 2n)
-    local = torch.arange(b, device=z1.device) + rank * b
-    self_idx = torch.cat([local, local + n])
-    pos_idx = torch.cat([local + n, local])
-    rows = torch.arange(2 * b, device=z1.device)
+    anchors, logits, self_idx, pos_idx = batch_logits(F.normalize(_real(z1), dim=1), F.normalize(_real(z2), dim=1),
+                                                      temperature, gather)  # fmt: skip
+    rows = torch.arange(anchors.shape[0], device=anchors.device)
     keep = torch.ones_like(logits, dtype=torch.bool)
     keep[rows, self_idx] = False
     keep[rows, pos_idx] = False
     l_pos = logits[rows, pos_idx]
-    l_neg = logits[keep].view(2 * b, 2 * n - 2)
+    l_neg = logits[keep].view(rows.shape[0], logits.shape[1] - 2)
     extra = _extra_logits(anchors, extra_negatives, temperature, "debiased_nt_xent")
     if extra is not None:
         l_neg = torch.cat([l_neg, extra], dim=1)
