@@ -62,6 +62,37 @@ def test_moco_step_enqueues_keys_and_updates_key_encoder(tiny):
         assert torch.allclose(k, 0.5 * kb + 0.5 * o)
 
 
+def test_single_process_shuffle_bn_encodes_keys_in_shuffled_sub_batches():
+    """Shuffle-BN in one process: each key is computed with the BatchNorm statistics of a random
+    sub-batch (the groups of a permutation), not of the whole batch, and comes back in order."""
+    import torch.nn as nn
+
+    from contrastlab.methods.moco import shuffled_keys
+
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Conv2d(3, 4, 3), nn.BatchNorm2d(4), nn.Flatten()).train()
+    x = torch.rand(12, 3, 5, 5)
+    keys = shuffled_keys(net, x, torch.Generator().manual_seed(3), groups=3)
+    perm = torch.randperm(12, generator=torch.Generator().manual_seed(3))
+    ref = torch.empty_like(keys)
+    for g in range(3):
+        idx = perm[4 * g : 4 * (g + 1)]
+        with torch.no_grad():
+            ref[idx] = net(x[idx])  # BN statistics of these four images only
+    assert torch.allclose(keys, ref, atol=1e-6)
+    with torch.no_grad():
+        whole = net(x)
+    assert not torch.allclose(keys, whole, atol=1e-3)  # the sub-batch statistics really differ
+    assert torch.allclose(shuffled_keys(net, x, groups=1), whole, atol=1e-6)
+
+
+def test_moco_shuffle_groups_is_validated(tiny):
+    from contrastlab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="shuffle_groups must be >= 1"):
+        load_config("moco", tiny + ["method.shuffle_groups=0"])
+
+
 def test_channels_last_encoder_computes_the_same_features():
     from contrastlab.nn import Encoder, SmallCNN
 
@@ -103,7 +134,8 @@ def test_simclr_loss_axis_uses_the_debiased_loss(tiny, tau_plus, beta):
 def test_moco_loss_axis_uses_the_debiased_queue_loss(tiny, tau_plus, beta):
     from contrastlab.losses import debiased_info_nce, info_nce
 
-    cfg = load_config("moco", tiny + ["method.queue_size=32", "method.symmetric=false", f"method.tau_plus={tau_plus}",
+    cfg = load_config("moco", tiny + ["method.queue_size=32", "method.symmetric=false", "method.shuffle_groups=1",
+                                      f"method.tau_plus={tau_plus}",
                                       f"method.beta={beta}"])  # fmt: skip
     torch.manual_seed(0)
     m = build_method(cfg)
@@ -124,7 +156,8 @@ def test_moco_mochi_appends_each_querys_synthetic_negatives(tiny, step, active):
     from contrastlab.losses import info_nce, mochi_negatives
 
     warm = 0 if active else 5
-    cfg = load_config("moco", tiny + ["method.queue_size=32", "method.symmetric=false", "method.mochi_n_hard=8",
+    cfg = load_config("moco", tiny + ["method.queue_size=32", "method.symmetric=false", "method.shuffle_groups=1",
+                                      "method.mochi_n_hard=8",
                                       "method.mochi_s=4", "method.mochi_s_prime=2", f"method.mochi_warmup_steps={warm}"])  # fmt: skip
     torch.manual_seed(0)
     m = build_method(cfg)
@@ -207,7 +240,7 @@ def test_moco_with_all_three_axes_runs_and_wires_the_pruned_query(tiny):
     assert all(p.grad is not None for p in m.pruned.parameters())
     # wiring with mixing off: 0.5 (L(dense q1, k2) + L(pruned q2, k1))
     cfg2 = load_config("moco", tiny + ["method.queue_size=64", "method.tau_plus=0.1", "method.pruned_branch=true",
-                                       "method.prune_fraction=0.5"])  # fmt: skip
+                                       "method.prune_fraction=0.5", "method.shuffle_groups=1"])  # fmt: skip
     torch.manual_seed(0)
     m2 = build_method(cfg2)
     queue = m2.queue.keys.clone()

@@ -30,18 +30,34 @@ class MoCoConfig(AxesConfig):
     queue_size: int = 65536
     momentum: float = 0.999
     bn: Literal["shuffle", "sync", "none"] = "shuffle"  # how the key encoder avoids BN leakage
+    shuffle_groups: int = 8  # shuffle-BN in one process: keys are encoded in this many shuffled sub-batches
     symmetric: bool = False
+
+    def __post_init__(self):
+        super().__post_init__()
+        from ..errors import ConfigError
+
+        if self.shuffle_groups < 1:
+            raise ConfigError(f"method.shuffle_groups must be >= 1, got {self.shuffle_groups}")
+        if not 0 <= self.momentum < 1:
+            raise ConfigError(f"method.momentum must be in [0, 1), got {self.momentum}")
 
 
 @torch.no_grad()
-def shuffled_keys(key_net: nn.Module, x: torch.Tensor, generator=None) -> torch.Tensor:
+def shuffled_keys(key_net: nn.Module, x: torch.Tensor, generator=None, groups: int = 1) -> torch.Tensor:
     """Shuffle-BN: the key encoder sees the global batch in a random order, so the BatchNorm
-    statistics of a key and of its query come from different sub-batches. Across processes
-    the batch is gathered, permuted with a permutation shared by all ranks, split, encoded and
-    un-shuffled; in one process it is a no-op."""
+    statistics of a key and of its query come from different sub-batches (otherwise a query can
+    find its key through the batch statistics, a shortcut the MoCo paper calls BN leakage).
+    Across processes the batch is gathered, permuted with a permutation shared by all ranks,
+    split, encoded and un-shuffled. In one process the same is simulated: the batch is permuted
+    and encoded in ``groups`` sub-batches (``groups=1``: plain BN over the whole batch)."""
     rank, world = rank_and_world()
     if world == 1:
-        return key_net(x)
+        if groups <= 1:
+            return key_net(x)
+        perm = torch.randperm(x.shape[0], device=x.device, generator=generator)
+        k = torch.cat([key_net(c) for c in x[perm].chunk(groups)])
+        return k[torch.argsort(perm)]
     b = x.shape[0]
     x_all = gather_no_grad(x)
     perm = torch.randperm(x_all.shape[0], device=x.device)
@@ -59,6 +75,7 @@ class MoCo(nn.Module):
         super().__init__()
         m = cfg.method
         self.temperature, self.m, self.bn, self.symmetric = m["temperature"], m["momentum"], m["bn"], m["symmetric"]
+        self.shuffle_groups = m["shuffle_groups"]
         self.encoder = build_encoder(cfg.model)
         self.projector = build_projector(self.encoder.out_dim, cfg.model)
         self.key_encoder = frozen_copy(self.encoder)
@@ -67,9 +84,9 @@ class MoCo(nn.Module):
         self.views = build_views(cfg)
         setup_axes(self, m)
 
-    def keys(self, x):
+    def keys(self, x, generator=None):
         net = lambda v: self.key_projector(self.key_encoder(v))  # noqa: E731
-        return shuffled_keys(net, x) if self.bn == "shuffle" else net(x)
+        return shuffled_keys(net, x, generator, self.shuffle_groups) if self.bn == "shuffle" else net(x)
 
     def loss(self, q, k, queue, batch):
         extra = None
@@ -84,8 +101,9 @@ class MoCo(nn.Module):
         with torch.no_grad():
             momentum_update(self.encoder, self.key_encoder, self.m)
             momentum_update(self.projector, self.key_projector, self.m)
-            k2 = self.keys(x2)
-            k1 = self.keys(x1) if self.symmetric or self.pruned is not None else None
+            g = batch.get("generator")
+            k2 = self.keys(x2, g)
+            k1 = self.keys(x1, g) if self.symmetric or self.pruned is not None else None
         queue = self.queue.keys.clone()  # the loss needs the queue as it was before this push
         if self.pruned is not None:
             # SDCLR on a queue: the dense encoder queries with view 1, the pruned branch with view 2
