@@ -9,7 +9,9 @@ def test_every_recipe_loads():
     assert {"simclr/digits", "moco/digits", "simclr/cifar10", "moco/cifar10"} <= set(names)
     for name in names:
         cfg = load_config(name)
-        assert cfg.method["name"] in ("simclr", "moco")
+        assert cfg.method["name"] in ("simclr", "moco", "cut", "dclgan", "simdcl")
+        # the recipe's folder names its method (named seed methods are recipes over the core's axes)
+        assert name.split("/")[0] == cfg.method["name"] or cfg.method["name"] in ("simclr", "moco")
 
 
 def test_short_name_is_digits_preset_and_overrides_apply():
@@ -82,3 +84,28 @@ def test_negatives_options_are_checked(recipe):
         load_config(recipe, ["method.mochi_n_hard=16"])
     with pytest.raises(ConfigError, match="method.beta must be >= 0"):
         load_config(recipe, ["method.beta=-1"])
+
+
+def test_linear_schedule_is_constant_then_decays_linearly_to_the_floor():
+    """CycleGAN / CUT / DCLGAN's schedule: full rate for decay_start of the steps (after warm-up),
+    then a straight line to min_frac at the last step."""
+    from contrastlab.engine.optim import lr_factor
+
+    total = 100
+    for s in range(total + 1):
+        expect = 1.0 if s <= 50 else 1.0 - (s - 50) / 50
+        assert abs(lr_factor(s, total, 0, "linear", 0.0, 0.5) - expect) < 1e-12, s
+    assert abs(lr_factor(100, 100, 0, "linear", 0.1, 0.5) - 0.1) < 1e-12
+    assert lr_factor(4, 100, 10, "linear") == 0.5  # warm-up first
+    assert lr_factor(60, 100, 0, "linear", 0.0, 0.0) == 0.4  # decay from the first step
+
+
+def test_variable_length_list_option_is_typed():
+    cfg = load_config("cut", ["method.nce_layers=[0, 4, 8]"])
+    assert cfg.method["nce_layers"] == (0, 4, 8)
+    with pytest.raises(ConfigError, match=r"method.nce_layers\[1\]: expected an integer"):
+        load_config("cut", ["method.nce_layers=[0, x]"])
+    with pytest.raises(ConfigError, match=r"method.nce_layers: expected a list \(each an integer\), got 4"):
+        load_config("cut", ["method.nce_layers=4"])
+    with pytest.raises(ConfigError, match=r"nce_layers \[40\] out of range: the generator has modules 0..21"):
+        load_config("cut", ["method.nce_layers=[0, 40]"])

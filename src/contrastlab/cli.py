@@ -12,7 +12,10 @@ EVAL_DEFAULTS = {
     "knn": {"label": None, "k": 20, "temperature": 0.1, "features": "model", "device": "auto", "batch_size": 512},
     "linear": {"label": None, "epochs": 100, "weight_decay": 1e-3, "features": "model", "device": "auto",
                "batch_size": 512, "groups": "thirds", "probe_data": "balanced"},
+    "translation": {"extractor": "auto", "weights": "", "direction": "both", "device": "auto", "batch_size": 64,
+                    "max_images": 0},
 }  # fmt: skip
+TRANSLATE_DEFAULTS = {"direction": "AtoB", "size": 0, "device": "auto"}
 FEATURE_KINDS = ("model", "random", "pixels")
 
 
@@ -119,6 +122,8 @@ def cmd_eval(args) -> int:
     protocol = args.protocol
     opts, data_overrides = _parse_kv(args.options, EVAL_DEFAULTS[protocol], f"eval {protocol}")
     cfg, method, ckpt = load_run(args.checkpoint, data_overrides)
+    if protocol == "translation":
+        return _eval_translation(args, cfg, method, ckpt, opts)
     lt_counts = None
     if protocol == "linear" and cfg.data.long_tail_ratio is not None:
         # long-tailed pre-training (SDCLR's protocol): groups by the pre-training set's class counts,
@@ -156,6 +161,34 @@ def cmd_eval(args) -> int:
         result["per_class_acc"] = [round(float(a), 4) for a in r["per_class_acc"]]
     _write_eval(Path(args.checkpoint), protocol, result)
     print(json.dumps(result))
+    return 0
+
+
+def _eval_translation(args, cfg, method, ckpt, opts) -> int:
+    from .data import build_datasets
+    from .eval.translation import evaluate_translation
+
+    train, test = build_datasets(cfg.data)
+    r = evaluate_translation(method, test, extractor=opts["extractor"], weights=opts["weights"], direction=opts["direction"],
+                             device=_device(opts["device"]), batch_size=opts["batch_size"], max_images=opts["max_images"],
+                             train_set=train)  # fmt: skip
+    result = {"protocol": "translation", "checkpoint": str(args.checkpoint), "step": int(ckpt["step"]),
+              "method": cfg.method["name"], "label": "translation", "features": r["extractor"], **r}  # fmt: skip
+    _write_eval(Path(args.checkpoint), "translation", result)
+    print(json.dumps(result))
+    return 0
+
+
+def cmd_translate(args) -> int:
+    from .eval.translation import translate_folder
+
+    opts, data_overrides = _parse_kv(args.options, TRANSLATE_DEFAULTS, "translate")
+    if data_overrides:
+        raise ConfigError("translate takes no data.* options; valid options: " + ", ".join(TRANSLATE_DEFAULTS))
+    cfg, method, ckpt = load_run(args.checkpoint, [])
+    r = translate_folder(method, args.input_dir, args.out_dir, direction=opts["direction"], size=opts["size"],
+                         device=_device(opts["device"]))  # fmt: skip
+    print(json.dumps({"checkpoint": str(args.checkpoint), "step": int(ckpt["step"]), **r}))
     return 0
 
 
@@ -201,8 +234,15 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="evaluate frozen features of a checkpoint")
     e.add_argument("protocol", choices=sorted(EVAL_DEFAULTS))
     e.add_argument("checkpoint", help="a checkpoint file or a run folder (uses its last.ckpt)")
-    e.add_argument("options", nargs="*", help="key=value: label=color, k=20, features=random|pixels, data.root=...")
+    e.add_argument("options", nargs="*", help="key=value: label=color, k=20, features=random|pixels, data.root=...; "
+                   "translation: extractor=auto|inception|random, weights=PATH, direction=AtoB|BtoA|both")
     e.set_defaults(fn=cmd_eval)
+    tr = sub.add_parser("translate", help="translate a folder of images with a cut / dclgan / simdcl checkpoint")
+    tr.add_argument("checkpoint", help="a checkpoint file or a run folder")
+    tr.add_argument("input_dir")
+    tr.add_argument("out_dir")
+    tr.add_argument("options", nargs="*", help="key=value: direction=AtoB|BtoA, size=0 (keep) | N, device=auto")
+    tr.set_defaults(fn=cmd_translate)
     r = sub.add_parser("report", help="write an HTML report with plots for a run folder")
     r.add_argument("run_dir")
     r.set_defaults(fn=cmd_report)

@@ -25,7 +25,7 @@ from .errors import ConfigError, UserError  # noqa: F401  (re-exported)
 # ----------------------------------------------------------------------------- schema
 @dataclass
 class DataConfig:
-    name: Literal["digits", "cifar10", "cifar100", "stl10", "imagefolder"] = "digits"
+    name: Literal["digits", "cifar10", "cifar100", "stl10", "imagefolder", "digit_domains", "unpaired"] = "digits"
     root: Optional[str] = None  # folder of the data set (CIFAR/STL-10: torchvision layout)
     download: bool = False  # torchvision sets only; nothing downloads unless asked
     image_size: int = 32  # side of the images the loader yields (and of the views)
@@ -44,6 +44,8 @@ class DataConfig:
     light_fraction: float = 0.5  # share of scenes with a light background and a dark digit
     # stl10: which split feeds pre-training
     stl_split: Literal["unlabeled", "train", "train+unlabeled"] = "train+unlabeled"
+    # unpaired (translation): ROOT/trainA, trainB, testA, testB; images resized to load_size, cropped to image_size
+    load_size: Optional[int] = None  # default round(image_size * 286 / 256), as CycleGAN
     # imagefolder: sub-folders for train/test (test optional)
     train_dir: str = "train"
     test_dir: Optional[str] = "val"
@@ -84,8 +86,9 @@ class OptimConfig:
     lars_eta: float = 0.02
     exclude_bias_bn: bool = True  # no weight decay / LARS adaptation for biases and norms
     warmup_steps: int = 0
-    schedule: Literal["cosine", "constant"] = "cosine"
+    schedule: Literal["cosine", "constant", "linear"] = "cosine"  # linear: constant, then linear decay (CycleGAN)
     min_lr_frac: float = 0.0
+    decay_start_frac: float = 0.5  # linear schedule: share of the steps at the full rate before the decay
 
 
 @dataclass
@@ -133,7 +136,10 @@ def _type_name(tp) -> str:
         s = " or ".join(_type_name(a) for a in args)
         return s + (" or null" if len(args) < len(typing.get_args(tp)) else "")
     if origin is tuple:
-        return "a list [" + ", ".join(_type_name(a) for a in typing.get_args(tp)) + "]"
+        args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:
+            return f"a list (each {_type_name(args[0])})"
+        return "a list [" + ", ".join(_type_name(a) for a in args) + "]"
     if origin is dict or tp is dict:
         return "a mapping"
     return {int: "an integer", float: "a number", bool: "true or false", str: "a string"}.get(tp, str(tp))
@@ -161,6 +167,10 @@ def _coerce(value, tp, where: str):
         raise bad
     if origin is tuple:
         args = typing.get_args(tp)
+        if len(args) == 2 and args[1] is Ellipsis:  # a list of any length
+            if not isinstance(value, (list, tuple)):
+                raise bad
+            return tuple(_coerce(v, args[0], f"{where}[{i}]") for i, v in enumerate(value))
         if not isinstance(value, (list, tuple)) or len(value) != len(args):
             raise bad
         return tuple(_coerce(v, a, f"{where}[{i}]") for i, (v, a) in enumerate(zip(value, args)))

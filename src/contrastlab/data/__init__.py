@@ -35,6 +35,8 @@ def digit_scenes(spec: DigitScenesSpec | None = None) -> tuple[TensorImageSet, T
 def build_datasets(dcfg) -> tuple[ImageSet, ImageSet | None]:
     """(train, test) for a DataConfig; the long-tail profile (if any) applies to train only."""
     label = dcfg.label
+    if dcfg.name in ("digit_domains", "unpaired"):
+        return build_domains(dcfg)
     if dcfg.name == "digits":
         spec = DigitScenesSpec(
             n_train=dcfg.n_train,
@@ -72,4 +74,20 @@ def build_datasets(dcfg) -> tuple[ImageSet, ImageSet | None]:
         idx = long_tail_indices(train.labels[label][train.labels[label] >= 0], dcfg.long_tail_ratio)
         known = (train.labels[label] >= 0).nonzero().flatten()
         train = train.subset(known[idx])
+    return train, test
+
+
+def build_domains(dcfg):
+    """(train, test) pairs of unpaired domains for translation: the embedded digit domains or
+    the folders ROOT/trainA, trainB, testA, testB. Items are (a, b); ``get_batch`` makes batches."""
+    from .unpaired import DigitDomains, UnpairedFolders
+
+    if dcfg.name == "digit_domains":
+        opts = dict(n_train=dcfg.n_train, n_test=dcfg.n_test, image_size=dcfg.image_size, seed=dcfg.scene_seed)
+        return DigitDomains("train", **opts), DigitDomains("test", **opts)
+    if dcfg.root is None:
+        raise UserError("data.root is not set: unpaired data needs a folder with trainA, trainB, testA, testB (data.root=PATH)")
+    root = str(Path(dcfg.root).expanduser())
+    train = UnpairedFolders(root, "train", image_size=dcfg.image_size, load_size=dcfg.load_size)
+    test = UnpairedFolders(root, "test", image_size=dcfg.image_size) if Path(root, "testA").exists() else None
     return train, test

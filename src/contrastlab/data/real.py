@@ -95,15 +95,7 @@ class FileImageSet(ImageSet):
         self.transform = fn
 
     def _open_rgb(self, path: str) -> Image.Image:
-        try:
-            with Image.open(path) as im:
-                return im.convert("RGB")  # convert() loads the pixels, so errors surface here
-        except FileNotFoundError:
-            raise UserError(f"image file {path} no longer exists; rescan the data folder") from None
-        except _DECODE_ERRORS as e:
-            raise UserError(
-                f"image file {path} is unreadable or corrupt ({_one_line(e)}); remove or replace it"
-            ) from None
+        return open_rgb(path)
 
     def __getitem__(self, i):
         im = self._open_rgb(self.path(i))
@@ -156,6 +148,17 @@ def resize_center_crop(im: Image.Image, size: int) -> torch.Tensor:
         im = im.crop((left, top, left + size, top + size))
     arr = np.asarray(im, dtype=np.uint8)
     return torch.from_numpy(arr.copy()).permute(2, 0, 1).contiguous()
+
+
+def open_rgb(path: str) -> Image.Image:
+    """An image file as an RGB PIL image; a missing or undecodable file is a UserError naming it."""
+    try:
+        with Image.open(path) as im:
+            return im.convert("RGB")  # convert() loads the pixels, so errors surface here
+    except FileNotFoundError:
+        raise UserError(f"image file {path} no longer exists; rescan the data folder") from None
+    except _DECODE_ERRORS as e:
+        raise UserError(f"image file {path} is unreadable or corrupt ({_one_line(e)}); remove or replace it") from None
 
 
 def _scan_dirs(folder: str) -> list[os.DirEntry]:

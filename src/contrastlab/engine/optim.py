@@ -77,17 +77,25 @@ def build_optimizer(module: nn.Module, ocfg, global_batch: int) -> torch.optim.O
     raise ValueError(f"unknown optimizer {ocfg.name!r}")
 
 
-def lr_factor(step: int, total: int, warmup: int, schedule: str = "cosine", min_frac: float = 0.0) -> float:
-    """Linear warm-up from ~0 over ``warmup`` steps, then cosine decay to ``min_frac`` at ``total``."""
+def lr_factor(step: int, total: int, warmup: int, schedule: str = "cosine", min_frac: float = 0.0,
+              decay_start: float = 0.5) -> float:  # fmt: skip
+    """Linear warm-up from ~0 over ``warmup`` steps, then: ``cosine`` decay to ``min_frac`` at
+    ``total``; ``constant``; or ``linear``: the full rate until ``decay_start`` of the steps after
+    warm-up, then linear decay to ``min_frac`` at ``total`` (CycleGAN / CUT / DCLGAN)."""
     if warmup > 0 and step < warmup:
         return (step + 1) / warmup
     if schedule == "constant":
         return 1.0
     progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    if schedule == "linear":
+        if progress <= decay_start:
+            return 1.0
+        return 1.0 - (1 - min_frac) * (progress - decay_start) / max(1e-12, 1 - decay_start)
     return min_frac + (1 - min_frac) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
 def build_scheduler(optimizer, ocfg, total_steps: int):
     return torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, total_steps, ocfg.warmup_steps, ocfg.schedule, ocfg.min_lr_frac)
+        optimizer,
+        lambda s: lr_factor(s, total_steps, ocfg.warmup_steps, ocfg.schedule, ocfg.min_lr_frac, ocfg.decay_start_frac),
     )

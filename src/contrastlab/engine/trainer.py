@@ -25,9 +25,10 @@ from ..config import Config, UserError, to_dict
 from ..data import build_datasets
 from ..data.base import TensorImageSet
 from ..eval.features import extract_features
-from ..methods import build_method
+from ..methods import build_method, method_class
 from .checkpoint import load_checkpoint, save_atomic
 from .logging import RunLogger
+from .manual import ManualSteps, OptimizerSet, SchedulerSet
 from .optim import build_optimizer, build_scheduler
 
 CKPT_NAME = "last.ckpt"
@@ -93,6 +94,13 @@ def _batches(train_set, sampler: StepBatches, cfg: Config, device):
         loader = _loader(_TwoViewSet(train_set, tf), sampler, d, pin)
         for v1, v2, idx in loader:
             yield {"views": [v1.to(device, non_blocking=pin), v2.to(device, non_blocking=pin)], "index": idx}
+    elif hasattr(train_set, "get_batch"):
+        # data sets that assemble whole batches themselves (e.g. unpaired domains: {"a", "b"});
+        # their random picks use the step's seed, so a resumed run sees the same batches
+        for step, idx in zip(range(sampler.start, sampler.total), sampler):
+            g = torch.Generator().manual_seed(step_seed(cfg.seed, sampler.rank, step) + 1)
+            out = train_set.get_batch(torch.tensor(idx), generator=g)
+            yield {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in out.items()} | {"index": torch.tensor(idx)}
     elif isinstance(train_set, TensorImageSet):
         for idx in sampler:
             idx = torch.tensor(idx)
@@ -165,9 +173,27 @@ def monitor_knn(method, train_set, test_set, cfg: Config, device) -> dict:
     return {f"knn_{k}": v for k, v in res.items() if v is not None}
 
 
+def monitor(method, train_set, test_set, cfg: Config, device, run_dir: Path, step: int) -> dict:
+    """The periodic check of a run: the method's own ``monitor`` (e.g. sample grids and scores of a
+    translation method) or, by default, the kNN accuracy of its encoder."""
+    if hasattr(method, "monitor"):
+        was = method.training
+        out = method.monitor(train_set, test_set, run_dir=run_dir, step=step, device=device)
+        method.train(was)
+        return out
+    return monitor_knn(method, train_set, test_set, cfg, device)
+
+
 def train_step(model, optimizer, scheduler, fabric, batch: dict, step: int = 0) -> dict:
     """One optimisation step of any method: forward, finite-loss check, backward through Fabric
-    (precision, DDP gradient averaging), optimiser and schedule. Returns the method's outputs."""
+    (precision, DDP gradient averaging), optimiser and schedule. Returns the method's outputs.
+    With an :class:`OptimizerSet` (methods with several optimisers) the method makes its own
+    updates through ``batch["optim"]`` and the trainer only steps the schedules."""
+    if isinstance(optimizer, OptimizerSet):
+        batch["optim"] = ManualSteps(fabric, optimizer, step)
+        out = model(batch)
+        scheduler.step()
+        return out
     out = model(batch)
     loss = out["loss"]
     if not torch.isfinite(loss):
@@ -191,6 +217,10 @@ def fit(cfg: Config) -> FitResult:
     Fabric = _fabric_class()
 
     t, o = cfg.trainer, cfg.optim
+    if getattr(method_class(cfg.method["name"]), "manual_optimization", False) and (
+        str(t.devices) not in ("1", "auto") or t.num_nodes != 1
+    ):
+        raise _one_process_only(cfg)
     if t.threads:
         torch.set_num_threads(t.threads)
     fabric = Fabric(
@@ -223,8 +253,15 @@ def fit(cfg: Config) -> FitResult:
         for m in method.modules():
             if isinstance(m, Encoder):
                 m.to_channels_last()
-    optimizer = build_optimizer(method, o, global_batch)
-    scheduler = build_scheduler(optimizer, o, total)
+    manual = getattr(method, "manual_optimization", False)
+    if manual:
+        if world > 1:
+            raise _one_process_only(cfg)
+        optimizer = OptimizerSet(method.configure_optimizers(o))
+        scheduler = SchedulerSet({n: build_scheduler(opt, o, total) for n, opt in optimizer.items()})
+    else:
+        optimizer = build_optimizer(method, o, global_batch)
+        scheduler = build_scheduler(optimizer, o, total)
 
     step, resumed_from = 0, None
     ckpt_path = run_dir / CKPT_NAME
@@ -240,7 +277,13 @@ def fit(cfg: Config) -> FitResult:
         step = int(ckpt["step"])
 
     model = torch.compile(method) if t.compile else method
-    model, optimizer = fabric.setup(model, optimizer)
+    if manual:
+        model = fabric.setup_module(model)
+        names = list(optimizer.optimizers)
+        wrapped = fabric.setup_optimizers(*optimizer.optimizers.values())
+        optimizer = OptimizerSet(dict(zip(names, wrapped if len(names) > 1 else [wrapped])))
+    else:
+        model, optimizer = fabric.setup(model, optimizer)
 
     if is_main:
         run_dir.mkdir(parents=True, exist_ok=True)
@@ -302,7 +345,7 @@ def fit(cfg: Config) -> FitResult:
                     bar.update(1)
                 if t.knn_every and step % t.knn_every == 0 and step < total and test_set is not None:
                     if is_main:
-                        metrics = monitor_knn(method, train_set, test_set, cfg, device)
+                        metrics = monitor(method, train_set, test_set, cfg, device, run_dir, step)
                         logger.log(step, metrics)
                         if bar is not None:
                             bar.write(f"step {step}: " + " ".join(f"{k}={v:.4f}" for k, v in metrics.items()))
@@ -330,13 +373,20 @@ def fit(cfg: Config) -> FitResult:
     save()
     train_seconds = time.time() - t0
     if is_main and test_set is not None:
-        metrics = monitor_knn(method, train_set, test_set, cfg, device)
+        metrics = monitor(method, train_set, test_set, cfg, device, run_dir, step)
         logger.log(step, metrics)
     logger.close()
     summary = {"step": step, "total_steps": total, "train_seconds": round(train_seconds, 1), **metrics}
     if is_main:
         (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
     return FitResult(run_dir, step, summary, is_main)
+
+
+def _one_process_only(cfg) -> UserError:
+    return UserError(
+        f"{cfg.method['name']} updates several networks per step and runs in one process for now; "
+        "set trainer.devices=1 and trainer.num_nodes=1 (multi-process training of such methods is not supported yet)"
+    )
 
 
 def _plain(x):

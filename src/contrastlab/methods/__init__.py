@@ -14,6 +14,9 @@ from ..errors import ConfigError
 REGISTRY = {
     "simclr": "contrastlab.methods.simclr:SimCLR",
     "moco": "contrastlab.methods.moco:MoCo",
+    "cut": "contrastlab.methods.cut:CUT",
+    "dclgan": "contrastlab.methods.dclgan:DCLGAN",
+    "simdcl": "contrastlab.methods.dclgan:SimDCL",
 }
 
 

@@ -111,6 +111,8 @@ def _panels(cols: list[str]) -> list[tuple[str, list[str]]]:
         ("accuracy", pick(lambda c: "top1" in c or "top5" in c or "acc" in c)),
         ("learning rate", pick(lambda c: c == "lr" or c.startswith("lr_") or c.endswith("_lr"))),
         ("images / s", pick(lambda c: "per_s" in c or "throughput" in c)),
+        ("FID (lower is better)", pick(lambda c: c.startswith("fid"))),
+        ("KID (lower is better)", pick(lambda c: c.startswith("kid"))),
     ]
     return [(name, keys) for name, keys in panels if keys]
 
@@ -467,6 +469,7 @@ def write_report(
     embedding_method: str | None = None,
     max_points: int | None = 2000,
     seed: int = 0,
+    figures: Sequence[tuple[str, str, str]] = (),
 ) -> Path:
     """Write ``run_dir/report.html`` (+ ``run_dir/report/*.png``); returns the html path.
 
@@ -487,6 +490,8 @@ def write_report(
             "pca" (instant); overrides ``embeddings["method"]``.
         max_points: embedding points (random, seeded subset); None for all.
         seed: seeds the subset and t-SNE.
+        figures: extra images already under ``run_dir/report``: (heading, file name, caption),
+            e.g. the sample grids of a translation run.
     """
     run_dir = Path(run_dir)
     img_dir = run_dir / "report"
@@ -540,6 +545,10 @@ def write_report(
             "cosine similarity; green frame = same label, red = different. "
             f'Precision@{info["k"]} over these {info["n_queries"]} queries: {_fmt(info["precision_at_k"])}.</p>',
         ]
+
+    for heading, name, caption in figures:
+        parts += [f"<h2>{html.escape(heading)}</h2>", f'<img src="report/{html.escape(name)}" alt="{html.escape(heading)}">',
+                  f'<p class="caption">{html.escape(caption)}</p>']  # fmt: skip
 
     parts.append("</body></html>")
     out = run_dir / "report.html"

@@ -21,6 +21,8 @@ def build_run_report(run_dir: Path, device=None, n_embed: int = 2000) -> Path:
     if not (run_dir / "last.ckpt").exists():
         raise UserError(f"{run_dir} is not a run folder (no last.ckpt); pass the folder given as trainer.out_dir")
     cfg, method, ckpt = load_run(str(run_dir), [])
+    if hasattr(method, "translators"):
+        return _translation_report(run_dir, cfg, ckpt)
     device = device or torch.device("cpu")
     encoder = method.encoder.to(device)
     train, test = build_datasets(cfg.data)
@@ -43,6 +45,14 @@ def build_run_report(run_dir: Path, device=None, n_embed: int = 2000) -> Path:
             return self.ds[int(self.idx[i])][0]
 
     retrieval = retrieval_from_features(fte, yte, _Images(evalset, sub), ftr, ytr, _Images(train, bank), n_queries=8, k=8)
+    summary = _read_results(run_dir)
+    metrics = read_metrics_csv(run_dir / "metrics.csv") if (run_dir / "metrics.csv").exists() else []
+    title = f"contrastlab: {cfg.method['name']} on {cfg.data.name} (step {ckpt['step']})"
+    return write_report(run_dir, metrics, embeddings={"feats": fte, "labels": yte, "class_names": names},
+                        retrieval=retrieval, title=title, summary=summary)  # fmt: skip
+
+
+def _read_results(run_dir: Path) -> dict:
     summary = {}
     for name in ("summary.json", "eval.json"):
         p = run_dir / name
@@ -51,11 +61,33 @@ def build_run_report(run_dir: Path, device=None, n_embed: int = 2000) -> Path:
                 summary[name[:-5]] = json.loads(p.read_text())
             except json.JSONDecodeError:
                 pass
-    summary = {**_flatten_eval(summary)}
+    return _flatten_eval(summary)
+
+
+def _translation_report(run_dir: Path, cfg, ckpt) -> Path:
+    """Curves (losses, FID / KID of the monitor) and the sample grids of a translation run."""
+    from PIL import Image
+
+    from .report import read_metrics_csv, write_report
+
+    img_dir = run_dir / "report"
+    img_dir.mkdir(parents=True, exist_ok=True)
+    figures = []
+    grids = sorted((run_dir / "samples").glob("step_*.png"))
+    two_way = cfg.method["name"] != "cut"
+    rows = ("input A, its translation to B, a real B image, the generator applied to it (identity)"
+            + ("; then the same for B -> A" if two_way else ""))  # fmt: skip
+    for label, path in (("first", grids[0] if grids else None), ("latest", grids[-1] if grids else None)):
+        if path is None or (label == "first" and len(grids) < 2):
+            continue
+        im = Image.open(path)
+        scale = max(1, 512 // im.width)  # small images: enlarge without smoothing
+        im.resize((im.width * scale, im.height * scale), Image.NEAREST).save(img_dir / f"samples_{label}.png")
+        step = int(path.stem.split("_")[1])
+        figures.append((f"Samples at step {step}", f"samples_{label}.png", f"Rows: {rows}."))
     metrics = read_metrics_csv(run_dir / "metrics.csv") if (run_dir / "metrics.csv").exists() else []
     title = f"contrastlab: {cfg.method['name']} on {cfg.data.name} (step {ckpt['step']})"
-    return write_report(run_dir, metrics, embeddings={"feats": fte, "labels": yte, "class_names": names},
-                        retrieval=retrieval, title=title, summary=summary)  # fmt: skip
+    return write_report(run_dir, metrics, title=title, summary=_read_results(run_dir), figures=figures)
 
 
 def _flatten_eval(summary: dict) -> dict:

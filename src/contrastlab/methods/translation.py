@@ -1,0 +1,138 @@
+"""Shared pieces of the unpaired translation methods (CUT, DCLGAN, SimDCL).
+
+Not a base class: the options every translation recipe has (:class:`TranslationConfig`), the
+PatchNCE term between an input and its translation (:func:`patch_nce_loss`), the Adam
+optimisers of the papers, and the monitor that saves sample grids and scores translations with
+FID / KID during training (:func:`translation_monitor`). Images enter the methods in [0, 1]
+(``batch["a"]``, ``batch["b"]``) and the networks work in [-1, 1].
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import torch
+
+from ..errors import ConfigError
+from ..losses.translation import patch_nce
+
+
+@dataclass
+class TranslationConfig:
+    ngf: int = 64  # generator width
+    n_blocks: int = 9  # residual blocks of the generator
+    n_down: int = 2  # stride-2 downsamplings of the generator
+    ndf: int = 64  # discriminator width
+    n_layers_d: int = 3  # PatchGAN depth (3: 70x70 receptive field)
+    gan_mode: Literal["lsgan", "hinge", "nonsaturating"] = "lsgan"
+    lambda_gan: float = 1.0
+    lambda_nce: float = 1.0
+    nce_t: float = 0.07
+    nce_layers: tuple[int, ...] = (0, 4, 8, 12, 16)  # generator module indices (see ResnetGenerator)
+    num_patches: int = 256  # patches per image and layer (0: all positions)
+    head_dim: int = 256
+    pool_size: int = 0  # discriminator history of generated images (CycleGAN's 50; 0: off)
+    monitor_images: int = 500  # test images translated and scored (FID / KID) at each monitor step
+    grid_images: int = 8  # images per row of the saved sample grids
+
+    def __post_init__(self):
+        for name in ("ngf", "ndf", "head_dim", "n_layers_d"):
+            if getattr(self, name) < 1:
+                raise ConfigError(f"method.{name} must be >= 1, got {getattr(self, name)}")
+        if self.n_blocks < 0 or self.n_down < 0 or self.pool_size < 0 or self.num_patches < 0:
+            raise ConfigError("method.n_blocks, n_down, pool_size and num_patches must be >= 0")
+        if self.nce_t <= 0:
+            raise ConfigError(f"method.nce_t must be positive, got {self.nce_t}")
+        if not self.nce_layers:
+            raise ConfigError("method.nce_layers is empty: PatchNCE needs at least one generator layer")
+        n_modules = 4 + 3 * self.n_down + self.n_blocks + 3 * self.n_down + 3
+        bad = [i for i in self.nce_layers if not 0 <= i < n_modules]
+        if bad:
+            raise ConfigError(
+                f"method.nce_layers {list(bad)} out of range: the generator has modules 0..{n_modules - 1} "
+                f"(n_down={self.n_down}, n_blocks={self.n_blocks}); the encoder ends at {3 + 3 * self.n_down + self.n_blocks}"
+            )
+
+
+def to_signed(x: torch.Tensor) -> torch.Tensor:
+    """[0, 1] (or uint8) images -> [-1, 1] floats."""
+    if x.dtype == torch.uint8:
+        x = x.float() / 255
+    return x * 2 - 1
+
+
+def to_unit(x: torch.Tensor) -> torch.Tensor:
+    return ((x + 1) / 2).clamp(0, 1)
+
+
+def adam(params, ocfg) -> torch.optim.Adam:
+    """The translation papers' optimiser: Adam(lr, betas) without weight decay (lr not scaled)."""
+    return torch.optim.Adam([p for p in params if p.requires_grad], lr=ocfg.lr, betas=tuple(ocfg.betas))
+
+
+def patch_nce_loss(enc_k, heads_k, src, enc_q, heads_q, tgt, layers, num_patches, t, generator=None):
+    """PatchNCE between an image ``src`` and its translation ``tgt``, averaged over ``layers``.
+
+    Keys: ``heads_k(enc_k.encode(src))`` at random patch positions (detached, computed without
+    gradient); queries: ``heads_q(enc_q.encode(tgt))`` at the SAME positions. CUT uses one
+    generator and one head for both; DCLGAN takes keys and queries from different generators
+    and heads (its cross-encoder wiring)."""
+    with torch.no_grad():
+        keys, ids = heads_k(enc_k.encode(src, layers), num_patches, generator=generator)
+    queries, _ = heads_q(enc_q.encode(tgt, layers), num_patches, patch_ids=ids)
+    return sum(patch_nce(q, k, t) for q, k in zip(queries, keys)) / len(layers)
+
+
+def _fixed(ds, n: int, domain: str) -> torch.Tensor:
+    """The first ``n`` images of one domain of a test set of pairs, as [0, 1] floats."""
+    n = min(n, len(ds))
+    batch = ds.get_batch(torch.arange(n))
+    return batch["a" if domain == "A" else "b"]
+
+
+@torch.no_grad()
+def translate(generator_net, images: torch.Tensor, batch_size: int = 64, device=None) -> torch.Tensor:
+    """[0, 1] images -> [0, 1] translations, in chunks, in eval mode (caller restores the mode)."""
+    device = device or next(generator_net.parameters()).device
+    generator_net.eval()
+    out = [to_unit(generator_net(to_signed(x.to(device)))).cpu() for x in images.split(batch_size)]
+    return torch.cat(out)
+
+
+def translation_monitor(pairs: dict, test_set, run_dir: Path, step: int, n_images: int, n_grid: int, device) -> dict:
+    """Save a sample grid and score the translations of test images with FID / KID.
+
+    ``pairs``: {"ab": G translating A -> B, "ba": optional G translating B -> A}. The grid has one
+    block per direction: inputs, translations, and the identity mapping (the generator applied
+    to an image of its output domain). The scores compare the translations of the first
+    ``n_images`` test inputs with the real test images of the output domain, on the features
+    of the fallback extractor (``RandomConvFeatures``; fast and always available, comparable
+    only with itself), and are returned as ``fid_ab``, ``kid_ab`` (and ``_ba``); ``contrastlab
+    eval translation`` computes the final numbers with the extractor of the user's choice."""
+    from torchvision.utils import save_image
+
+    from ..eval.translation_metrics import RandomConvFeatures, extract, translation_scores
+
+    if test_set is None:
+        return {}
+    real = {"A": _fixed(test_set, n_images, "A"), "B": _fixed(test_set, n_images, "B")}
+    extractor = RandomConvFeatures(seed=0).to(device)
+    rows, out = [], {}
+    for direction, net in pairs.items():
+        if net is None:
+            continue
+        src, dst = (("A", "B") if direction == "ab" else ("B", "A"))
+        fake = translate(net, real[src], device=device)
+        idt = translate(net, real[dst][:n_grid], device=device)
+        rows += [real[src][:n_grid], fake[:n_grid], real[dst][:n_grid], idt]
+        f_real = extract(extractor, real[dst])
+        f_fake = extract(extractor, fake)
+        s = translation_scores(f_real, f_fake, n_subsets=20, subset_size=min(200, len(fake)))
+        out[f"fid_{direction}"], out[f"kid_{direction}"] = s["fid"], s["kid_mean"]
+    grid = torch.cat(rows)
+    samples = Path(run_dir) / "samples"
+    samples.mkdir(parents=True, exist_ok=True)
+    save_image(grid, samples / f"step_{step:07d}.png", nrow=n_grid, padding=1)
+    save_image(grid, samples / "latest.png", nrow=n_grid, padding=1)
+    return out
