@@ -30,3 +30,15 @@ def test_preset_learns_digits(tmp_path, capsys, recipe, target):
     print(json.dumps({"recipe": recipe, "learned": learned, "pixels": pixels, "random": random}))
     assert pixels <= 0.40 and random < learned - 0.15
     assert learned >= target
+
+
+def test_cut_preset_translates_digit_domains(tmp_path, capsys):
+    """CUT on the embedded domains: the translations must be closer to real B images than the
+    untranslated A inputs are (FID and KID, fallback extractor) and keep the digit (a classifier
+    trained on real B recognises it far above chance)."""
+    fit(load_config("cut", [f"trainer.out_dir={tmp_path}", "trainer.progress=false"]))
+    assert main(["eval", "translation", str(tmp_path), "extractor=random"]) == 0
+    r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["AtoB"]
+    print(json.dumps(r))
+    assert r["fid"] < 0.5 * r["fid_untranslated"] and r["kid_mean"] < 0.5 * r["kid_mean_untranslated"]
+    assert r["digit_acc_translated"] >= 0.5 and r["digit_acc_untranslated"] < r["digit_acc_translated"]

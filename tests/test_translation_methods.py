@@ -209,3 +209,5 @@ def test_cli_eval_translation_and_translate(tmp_path):
     out = subprocess.run(cli + ["translate", str(run), str(src), str(tmp_path / "o3"), "direction=BtoA"],
                          capture_output=True, text=True)  # fmt: skip
     assert out.returncode == 2 and "learns AtoB only" in out.stderr
+    out = subprocess.run(cli + ["eval", "knn", str(run)], capture_output=True, text=True)
+    assert out.returncode == 2 and "use: contrastlab eval translation" in out.stderr

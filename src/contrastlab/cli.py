@@ -124,6 +124,9 @@ def cmd_eval(args) -> int:
     cfg, method, ckpt = load_run(args.checkpoint, data_overrides)
     if protocol == "translation":
         return _eval_translation(args, cfg, method, ckpt, opts)
+    if not hasattr(method, "encoder"):
+        raise UserError(f"{args.checkpoint} is a {cfg.method['name']} run (image translation), which has no encoder "
+                        f"to probe; use: contrastlab eval translation {args.checkpoint}")  # fmt: skip
     lt_counts = None
     if protocol == "linear" and cfg.data.long_tail_ratio is not None:
         # long-tailed pre-training (SDCLR's protocol): groups by the pre-training set's class counts,
