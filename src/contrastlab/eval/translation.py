@@ -105,8 +105,10 @@ def evaluate_translation(method, test_set, extractor: str = "auto", weights: str
         x_src, x_dst = _domain_images(test_set, src, max_images), _domain_images(test_set, dst, max_images)
         fake = translate(net.to(device), x_src, batch_size=batch_size, device=device)
         f_dst = extract(feat_net, x_dst, batch_size=batch_size)
-        ours = translation_scores(f_dst, extract(feat_net, fake, batch_size=batch_size))
-        base = translation_scores(f_dst, extract(feat_net, x_src, batch_size=batch_size))
+        # KID over 100 random subsets of half the set (at most 1000): its mean is unbiased and its std is a spread
+        sub = dict(n_subsets=100, subset_size=max(2, min(1000, min(len(fake), len(x_dst)) // 2)))
+        ours = translation_scores(f_dst, extract(feat_net, fake, batch_size=batch_size), **sub)
+        base = translation_scores(f_dst, extract(feat_net, x_src, batch_size=batch_size), **sub)
         result[name] = {"n_inputs": len(x_src), "n_real": len(x_dst), **ours,
                         **{f"{k}_untranslated": v for k, v in base.items()}}  # fmt: skip
     if train_set is not None and hasattr(train_set, "labels_a"):

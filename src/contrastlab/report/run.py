@@ -81,7 +81,7 @@ def _translation_report(run_dir: Path, cfg, ckpt) -> Path:
         if path is None or (label == "first" and len(grids) < 2):
             continue
         im = Image.open(path)
-        scale = max(1, 512 // im.width)  # small images: enlarge without smoothing
+        scale = max(1, round(800 / im.width))  # small images: enlarge without smoothing
         im.resize((im.width * scale, im.height * scale), Image.NEAREST).save(img_dir / f"samples_{label}.png")
         step = int(path.stem.split("_")[1])
         figures.append((f"Samples at step {step}", f"samples_{label}.png", f"Rows: {rows}."))
