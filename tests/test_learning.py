@@ -41,4 +41,4 @@ def test_cut_preset_translates_digit_domains(tmp_path, capsys):
     r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["AtoB"]
     print(json.dumps(r))
     assert r["fid"] < 0.5 * r["fid_untranslated"] and r["kid_mean"] < 0.5 * r["kid_mean_untranslated"]
-    assert r["digit_acc_translated"] >= 0.5 and r["digit_acc_untranslated"] < r["digit_acc_translated"]
+    assert r["digit_acc_translated"] >= 0.35 and r["digit_acc_untranslated"] < 0.5 * r["digit_acc_translated"]  # chance: 10%
