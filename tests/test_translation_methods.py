@@ -157,9 +157,9 @@ def test_checkpoint_holds_every_network_optimiser_and_schedule(tmp_path):
 
 
 def test_interrupted_translation_run_resumes_to_identical_weights(tmp_path):
-    """Stopped at step 6 (trainer.max_minutes=0 stops after the first step... so: a 6-step run,
-    then the same run continued to 12 from its checkpoint) == an uninterrupted 12-step run; the
-    image pools, both optimisers and schedules and the step-seeded B picks carry over."""
+    """A run stopped after its first step (time budget 0: the trainer checkpoints and exits) and
+    resumed to 12 steps ends with the same weights as an uninterrupted 12-step run: the image
+    pools, both optimisers and schedules and the step-seeded B picks carry over."""
     common = TINY_GAN + ["method.pool_size=3", "optim.schedule=linear", "trainer.ckpt_every=100"]
     fit(load_config("dclgan", common + ["trainer.max_steps=12", f"trainer.out_dir={tmp_path / 'full'}"]))
     half = tmp_path / "half"

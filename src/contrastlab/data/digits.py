@@ -192,21 +192,26 @@ def generate(spec: DigitScenesSpec) -> dict:
     }
 
 
-def load(spec: DigitScenesSpec, cache: bool = True) -> dict:
-    """Generate or read from the cache. The cache file is written atomically."""
-    path = cache_dir() / f"digit-scenes-{spec.key()}.pt"
+def cached(path: Path, make, cache: bool = True) -> dict:
+    """``make()``, or its result read from ``path``; a corrupt cache file is regenerated, never
+    trusted, and the file is written atomically (temporary file, then rename)."""
     if cache and path.exists():
         try:
             return torch.load(path, weights_only=True)
-        except Exception:  # a corrupt cache is regenerated, never trusted
+        except Exception:
             pass
-    data = generate(spec)
+    data = make()
     if cache:
         path.parent.mkdir(parents=True, exist_ok=True)
         tmp = path.with_suffix(f".tmp{os.getpid()}")
         torch.save(data, tmp)
         os.replace(tmp, path)
     return data
+
+
+def load(spec: DigitScenesSpec, cache: bool = True) -> dict:
+    """Generate or read from the cache. The cache file is written atomically."""
+    return cached(cache_dir() / f"digit-scenes-{spec.key()}.pt", lambda: generate(spec), cache)
 
 
 def long_tail_indices(labels: torch.Tensor, imbalance_ratio: float, n_classes: int | None = None) -> torch.Tensor:

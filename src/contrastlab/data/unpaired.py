@@ -43,6 +43,7 @@ from contrastlab.data.digits import (
     _render_alpha,
     _source_digits,
     cache_dir,
+    cached,
 )
 from contrastlab.data.real import _EXT_TEXT, FileImageSet, _scan_images
 from contrastlab.errors import UserError
@@ -128,6 +129,13 @@ class _Pairs(torch.utils.data.Dataset):
             j = int(rng.integers(self.n_b))
             a.append(self._get("A", i % self.n_a, rng)), b.append(self._get("B", j, rng))
         return {"a": torch.stack(a), "b": torch.stack(b)}
+
+    def domain_images(self, domain: str, limit: int = 0) -> torch.Tensor:
+        """The first ``limit`` images of one domain (all when 0), each once, untransformed beyond
+        the test resize: [0, 1] floats (N, 3, S, S), for evaluation and sample grids."""
+        n = self.n_a if domain == "A" else self.n_b
+        n = min(n, limit) if limit else n
+        return torch.stack([self._get(domain, k, None) for k in range(n)])
 
     def _get(self, domain: str, k: int, rng: np.random.Generator | None) -> torch.Tensor:
         raise NotImplementedError
@@ -314,19 +322,7 @@ def digit_domains(n_train: int = 2000, n_test: int = 500, image_size: int = 32, 
         if int(value) < low:
             raise UserError(f"digit_domains: {name} must be >= {low}, got {value}")
     options = dict(n_train=int(n_train), n_test=int(n_test), image_size=int(image_size), seed=int(seed))
-    path = cache_dir() / f"digit-domains-{_options_key(options)}.pt"
-    if cache and path.exists():
-        try:
-            return torch.load(path, weights_only=True)
-        except Exception:  # a corrupt cache is regenerated, never trusted
-            pass
-    data = _generate(**options)
-    if cache:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(f".tmp{os.getpid()}")
-        torch.save(data, tmp)
-        os.replace(tmp, path)
-    return data
+    return cached(cache_dir() / f"digit-domains-{_options_key(options)}.pt", lambda: _generate(**options), cache)
 
 
 class DigitDomains(_Pairs):

@@ -29,15 +29,6 @@ def _directions(method, direction: str) -> dict:
     return {direction: nets[direction]}
 
 
-def _domain_images(ds, domain: str, limit: int) -> torch.Tensor:
-    """All test images of one domain (each once), [0, 1] floats."""
-    n = ds.n_a if domain == "A" else ds.n_b
-    if limit:
-        n = min(n, limit)
-    key = "a" if domain == "A" else "b"
-    return torch.cat([ds.get_batch(idx)[key] for idx in torch.arange(n).split(256)])
-
-
 def domain_classifier(images: torch.Tensor, labels: torch.Tensor, epochs: int = 8, seed: int = 0, device="cpu"):
     """A small CNN trained (supervised) to recognise the labels of one domain's images: the
     judge of whether a translation into that domain kept its content (the digit)."""
@@ -102,7 +93,7 @@ def evaluate_translation(method, test_set, extractor: str = "auto", weights: str
     result = {"extractor": feat_name}
     for name, net in nets.items():
         src, dst = DIRECTIONS[name]
-        x_src, x_dst = _domain_images(test_set, src, max_images), _domain_images(test_set, dst, max_images)
+        x_src, x_dst = test_set.domain_images(src, max_images), test_set.domain_images(dst, max_images)
         fake = translate(net.to(device), x_src, batch_size=batch_size, device=device)
         f_dst = extract(feat_net, x_dst, batch_size=batch_size)
         # KID over 100 random subsets of half the set (at most 1000): its mean is unbiased and its std is a spread

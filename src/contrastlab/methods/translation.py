@@ -84,13 +84,6 @@ def patch_nce_loss(enc_k, heads_k, src, enc_q, heads_q, tgt, layers, num_patches
     return sum(patch_nce(q, k, t) for q, k in zip(queries, keys)) / len(layers)
 
 
-def _fixed(ds, n: int, domain: str) -> torch.Tensor:
-    """The first ``n`` images of one domain of a test set of pairs, as [0, 1] floats."""
-    n = min(n, len(ds))
-    batch = ds.get_batch(torch.arange(n))
-    return batch["a" if domain == "A" else "b"]
-
-
 @torch.no_grad()
 def translate(generator_net, images: torch.Tensor, batch_size: int = 64, device=None) -> torch.Tensor:
     """[0, 1] images -> [0, 1] translations, in chunks, in eval mode (caller restores the mode)."""
@@ -116,7 +109,7 @@ def translation_monitor(pairs: dict, test_set, run_dir: Path, step: int, n_image
 
     if test_set is None:
         return {}
-    real = {"A": _fixed(test_set, n_images, "A"), "B": _fixed(test_set, n_images, "B")}
+    real = {"A": test_set.domain_images("A", n_images), "B": test_set.domain_images("B", n_images)}
     extractor = RandomConvFeatures(seed=0).to(device)
     rows, out = [], {}
     for direction, net in pairs.items():
