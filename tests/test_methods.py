@@ -62,6 +62,30 @@ def test_moco_step_enqueues_keys_and_updates_key_encoder(tiny):
         assert torch.allclose(k, 0.5 * kb + 0.5 * o)
 
 
+def test_moco_cosine_momentum_schedule(tiny):
+    """momentum_schedule=cosine: m rises from `momentum` at step 0 to 1 at the last step
+    (1 - (1 - m)(cos(pi k / K) + 1) / 2), and the step's key update uses it."""
+    import math
+
+    cfg = load_config("moco", tiny + ["method.queue_size=64", "method.momentum=0.9", "method.momentum_schedule=cosine"])
+    m = build_method(cfg)
+    K = 40
+    for k in (0, 10, 20, 30, 40):
+        expected = 1 - 0.1 * (math.cos(math.pi * k / K) + 1) / 2
+        assert abs(m.momentum_at(k, K) - expected) < 1e-12
+    assert m.momentum_at(0, K) == 0.9 and m.momentum_at(K, K) == 1.0 and abs(m.momentum_at(20, K) - 0.95) < 1e-12
+    with torch.no_grad():
+        for p in m.encoder.parameters():
+            p.add_(0.1)
+    key_before = [p.clone() for p in m.key_encoder.parameters()]
+    m(_batch(16) | {"step": 20, "total_steps": K})
+    for kb, k, o in zip(key_before, m.key_encoder.parameters(), m.encoder.parameters()):
+        assert torch.allclose(k, 0.95 * kb + 0.05 * o, atol=1e-6)
+    # constant (the default): the configured m at every step
+    const = build_method(load_config("moco", tiny + ["method.momentum=0.9"]))
+    assert const.momentum_at(20, K) == 0.9
+
+
 def test_single_process_shuffle_bn_encodes_keys_in_shuffled_sub_batches():
     """Shuffle-BN in one process: each key is computed with the BatchNorm statistics of a random
     sub-batch (the groups of a permutation), not of the whole batch, and comes back in order."""

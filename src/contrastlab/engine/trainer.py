@@ -175,13 +175,29 @@ def monitor_knn(method, train_set, test_set, cfg: Config, device) -> dict:
 
 def monitor(method, train_set, test_set, cfg: Config, device, run_dir: Path, step: int) -> dict:
     """The periodic check of a run: the method's own ``monitor`` (e.g. sample grids and scores of a
-    translation method) or, by default, the kNN accuracy of its encoder."""
-    if hasattr(method, "monitor"):
-        was = method.training
-        out = method.monitor(train_set, test_set, run_dir=run_dir, step=step, device=device)
-        method.train(was)
-        return out
-    return monitor_knn(method, train_set, test_set, cfg, device)
+    translation method) or, by default, the kNN accuracy of its encoder. Compiled networks run
+    eagerly here: evaluation shapes and eval-mode BatchNorm would otherwise compile new graphs."""
+    with torch.compiler.set_stance("force_eager"):
+        if hasattr(method, "monitor"):
+            was = method.training
+            out = method.monitor(train_set, test_set, run_dir=run_dir, step=step, device=device)
+            method.train(was)
+            return out
+        return monitor_knn(method, train_set, test_set, cfg, device)
+
+
+def compile_networks(method: torch.nn.Module) -> list[str]:
+    """``trainer.compile``: compiles, in place, each network the method holds (its direct
+    submodules with parameters: encoders, heads, momentum twins), not the method's step itself,
+    whose queues, random permutations and Python control flow would break the graph into many
+    small pieces. In-place compilation keeps the parameter names, so checkpoints are the same
+    with and without it. Returns the compiled names."""
+    names = []
+    for name, child in method.named_children():
+        if any(True for _ in child.parameters()):
+            child.compile(dynamic=False)
+            names.append(name)
+    return names
 
 
 def train_step(model, optimizer, scheduler, fabric, batch: dict, step: int = 0) -> dict:
@@ -276,7 +292,11 @@ def fit(cfg: Config) -> FitResult:
         scheduler.load_state_dict(ckpt["scheduler"])
         step = int(ckpt["step"])
 
-    model = torch.compile(method) if t.compile else method
+    if t.compile:
+        compiled = compile_networks(method)
+        if is_main:
+            print(f"torch.compile: {', '.join(compiled) or 'nothing to compile'} (the first steps compile them)", file=sys.stderr)
+    model = method
     if manual:
         model = fabric.setup_module(model)
         names = list(optimizer.optimizers)
@@ -328,6 +348,7 @@ def fit(cfg: Config) -> FitResult:
                 gen.manual_seed(s)
                 batch["generator"] = gen
                 batch["step"] = step
+                batch["total_steps"] = total
                 batch["epoch"] = step // per_epoch
                 out = train_step(model, optimizer, scheduler, fabric, batch, step)
                 loss = out["loss"]

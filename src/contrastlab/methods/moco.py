@@ -11,6 +11,7 @@ encoder, so the dense model sees view 1 and the pruned one view 2).
 """
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -29,6 +30,8 @@ class MoCoConfig(AxesConfig):
     temperature: float = 0.2
     queue_size: int = 65536
     momentum: float = 0.999
+    # constant, or cosine from `momentum` up to 1 over the run (BYOL; MoCo v3): m_k = 1 - (1 - m)(cos(pi k / K) + 1) / 2
+    momentum_schedule: Literal["constant", "cosine"] = "constant"
     bn: Literal["shuffle", "sync", "none"] = "shuffle"  # how the key encoder avoids BN leakage
     shuffle_groups: int = 8  # shuffle-BN in one process: keys are encoded in this many shuffled sub-batches
     symmetric: bool = False
@@ -75,7 +78,7 @@ class MoCo(nn.Module):
         super().__init__()
         m = cfg.method
         self.temperature, self.m, self.bn, self.symmetric = m["temperature"], m["momentum"], m["bn"], m["symmetric"]
-        self.shuffle_groups = m["shuffle_groups"]
+        self.shuffle_groups, self.m_schedule = m["shuffle_groups"], m["momentum_schedule"]
         self.encoder = build_encoder(cfg.model)
         self.projector = build_projector(self.encoder.out_dim, cfg.model)
         self.key_encoder = frozen_copy(self.encoder)
@@ -83,6 +86,12 @@ class MoCo(nn.Module):
         self.queue = Queue(m["queue_size"], cfg.model.proj_dim)
         self.views = build_views(cfg)
         setup_axes(self, m)
+
+    def momentum_at(self, step: int, total: int | None) -> float:
+        """The key encoder's EMA momentum at ``step`` of ``total``."""
+        if self.m_schedule == "constant" or not total:
+            return self.m
+        return 1 - (1 - self.m) * (math.cos(math.pi * min(step, total) / total) + 1) / 2
 
     def keys(self, x, generator=None):
         net = lambda v: self.key_projector(self.key_encoder(v))  # noqa: E731
@@ -99,8 +108,9 @@ class MoCo(nn.Module):
     def forward(self, batch: dict) -> dict:
         x1, x2 = two_views(self.views, batch)
         with torch.no_grad():
-            momentum_update(self.encoder, self.key_encoder, self.m)
-            momentum_update(self.projector, self.key_projector, self.m)
+            m = self.momentum_at(batch.get("step", 0), batch.get("total_steps"))
+            momentum_update(self.encoder, self.key_encoder, m)
+            momentum_update(self.projector, self.key_projector, m)
             g = batch.get("generator")
             k2 = self.keys(x2, g)
             k1 = self.keys(x1, g) if self.symmetric or self.pruned is not None else None
