@@ -39,7 +39,8 @@ def main(argv=None):
     groups = {
         "simclr_family": {"simclr": ("simclr", ()), "dcl": ("dcl", ()), "hcl": ("hcl", ()), "sdclr": ("sdclr", ())},
         # the setting: a 4,096-key queue, MoCHi(256, 128, 64) (the presets use 1,024 keys and N = 64)
-        "moco_family": {"moco": ("moco", ("method.queue_size=4096",)),
+        # (shuffle-BN over 8 sub-batches in each, as when results/bench_negatives_overhead.json was measured)
+        "moco_family": {"moco": ("moco", ("method.queue_size=4096", "method.shuffle_groups=8")),
                         "mochi": ("mochi", ("method.queue_size=4096", "method.mochi_n_hard=256")),
                         "combined": ("combined", ("method.queue_size=4096", "method.mochi_n_hard=256"))},
     }
