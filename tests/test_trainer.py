@@ -22,7 +22,10 @@ def test_killed_run_resumes_to_identical_weights(tmp_path, tiny, recipe):
     """combined: MoCo + HCL + MoCHi (from step 10) + the pruned branch, whose masks are renewed
     every 8 steps (epochs of 256 images): the mixing draws and the masks resume exactly too."""
     steps = 120
-    common = tiny + [f"trainer.max_steps={steps}", "trainer.ckpt_every=10", "optim.warmup_steps=5"]
+    # the same thread count in this process and in the subprocess (float sums depend on it; the
+    # subprocess would otherwise follow OMP_NUM_THREADS while this one follows conftest)
+    common = tiny + [f"trainer.max_steps={steps}", "trainer.ckpt_every=10", "optim.warmup_steps=5",
+                     f"trainer.threads={torch.get_num_threads()}"]  # fmt: skip
     if recipe in ("moco", "combined"):
         common.append("method.queue_size=64")
     if recipe == "combined":
