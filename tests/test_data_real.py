@@ -283,13 +283,95 @@ def test_imagefolder_errors(tmp_path, folder_root):
 
 
 def test_imagefolder_test_split(folder_root):
-    train, test = load_imagefolder(folder_root, test_dir="missing")
-    assert test is None
     _, test = load_imagefolder(folder_root, test_dir=None)
     assert test is None
     _save(folder_root / "val" / "wolf" / "w.png", np.zeros((4, 4, 3), np.uint8))
     with pytest.raises(UserError, match=r"test folder .*val has classes not in .*train: wolf"):
         load_imagefolder(folder_root)
+
+
+def test_imagefolder_test_dir_auto_val_or_test(folder_root):
+    """test_dir="auto" (the default): ROOT/val, else ROOT/test, else no test split with a note; both:
+    val, said in the note. A named test_dir that is missing is a one-line error; None: no split."""
+    root = folder_root
+    train, test = load_imagefolder(root, image_size=16)
+    assert test is not None and test.split_dir == str(root / "val") and train.split_dir == str(root / "train")
+    assert train.note is None and len(test) == 1
+    (root / "val").rename(root / "test")  # only test/: used, not silently ignored
+    train, test = load_imagefolder(root, image_size=16)
+    assert test is not None and test.split_dir == str(root / "test") and train.note is None
+    assert test.labels["label"].tolist() == [1] and test.classes == train.classes
+    _, named = load_imagefolder(root, test_dir="test", image_size=16)
+    assert named.split_dir == str(root / "test")
+    _save(root / "val" / "cat" / "v2.png", np.full((10, 10, 3), 7, np.uint8))  # both: val wins, said once
+    train, test = load_imagefolder(root, image_size=16)
+    assert test.split_dir == str(root / "val") and test.labels["label"].tolist() == [0]
+    assert "both val/ and test/" in train.note and "using val/" in train.note and "\n" not in train.note
+    import shutil
+
+    shutil.rmtree(root / "val")
+    shutil.rmtree(root / "test")
+    train, test = load_imagefolder(root, image_size=16)
+    assert test is None
+    assert train.note == (f"no val/ or test/ folder under {root}: the kNN monitor is off and eval needs a "
+                          "test split")
+    with pytest.raises(UserError) as e:
+        load_imagefolder(root, test_dir="val")
+    msg = str(e.value)
+    assert f"test folder {root / 'val'} does not exist" in msg and "data.test_dir=auto" in msg
+    assert "data.test_dir=null" in msg and "\n" not in msg
+    train, test = load_imagefolder(root, test_dir=None)
+    assert test is None and train.note is None
+
+
+def _imagefolder_cfg(root, **kw):
+    from types import SimpleNamespace
+
+    return SimpleNamespace(**{**dict(name="imagefolder", label="digit", root=str(root), download=False,
+                                     train_dir="train", test_dir="auto", image_size=16, long_tail_ratio=None), **kw})
+
+
+def test_build_datasets_imagefolder_test_dir_auto(folder_root):
+    """build_datasets passes test_dir="auto" through to load_imagefolder."""
+    from contrastlab.data import build_datasets
+
+    (folder_root / "val").rename(folder_root / "test")
+    train, test = build_datasets(_imagefolder_cfg(folder_root))
+    assert test is not None and test.split_dir == str(folder_root / "test") and test.default_label == "label"
+    import shutil
+
+    shutil.rmtree(folder_root / "test")
+    train, test = build_datasets(_imagefolder_cfg(folder_root))
+    assert test is None and train.note.startswith("no val/ or test/ folder under")
+
+
+def test_build_datasets_imagefolder_long_tail_keeps_default_label(folder_root):
+    """The long-tailed subset of an image folder keeps the default label (the trainer reads it),
+    the split folder and the note."""
+    from contrastlab.data import build_datasets
+
+    train, _ = build_datasets(_imagefolder_cfg(folder_root, test_dir="val", long_tail_ratio=2.0))
+    assert len(train) == 3 and train.default_label == "label"
+    assert train.split_dir == str(folder_root / "train")
+    import shutil
+
+    shutil.rmtree(folder_root / "val")
+    train, _ = build_datasets(_imagefolder_cfg(folder_root, long_tail_ratio=2.0))
+    assert train.note.startswith("no val/ or test/ folder under")
+
+
+def test_corrupt_image_in_test_split_named(folder_root):
+    """The test split's files are checked like the training files: test.check_readable() names the file."""
+    (folder_root / "val").rename(folder_root / "test")
+    bad = folder_root / "test" / "cat" / "broken.jpg"
+    bad.parent.mkdir()
+    bad.write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg" * 4)
+    train, test = load_imagefolder(folder_root, image_size=16)
+    train.check_readable()
+    with pytest.raises(UserError) as e:
+        test.check_readable()
+    msg = str(e.value)
+    assert str(bad) in msg and "unreadable or corrupt" in msg and "remove or replace" in msg and "\n" not in msg
 
 
 def test_corrupt_image_named(folder_root):
@@ -341,6 +423,177 @@ def test_fileimageset_subset_transform_pickle(folder_root):
 
     clone = pickle.loads(pickle.dumps(sub))  # DataLoader workers pickle the set
     assert clone.paths == sub.paths and torch.equal(clone[0][0], sub[0][0])
+
+
+# ----------------------------------------------------------------------------- image modes
+def _png16(path, array, color_type):
+    """A 16-bit PNG written byte by byte (Pillow cannot write 16-bit RGB or gray + alpha):
+    color_type 0 gray, 2 RGB, 4 gray + alpha, 6 RGBA; array (H, W[, C]) of uint16."""
+    import struct
+    import zlib
+
+    h, w = array.shape[:2]
+    raw = b"".join(b"\x00" + array[y].astype(">u2").tobytes() for y in range(h))
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", w, h, 16, color_type, 0, 0, 0)
+    body = chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(raw)) + chunk(b"IEND", b"")
+    path.write_bytes(b"\x89PNG\r\n\x1a\n" + body)
+
+
+def _gradient16():
+    """16 x 16 uint16: a ramp over 0..65535 with rounding edges (128 -> 0.498, 129 -> 0.502, 32767 -> 127.498)."""
+    v = np.linspace(0, 65535, 256).round().astype(np.uint16)
+    v[1:7] = [1, 128, 129, 257, 32767, 32768]
+    return v.reshape(16, 16)
+
+
+def _to8(v):
+    return np.floor(v.astype(np.float64) * 255 / 65535 + 0.5).astype(np.int64)
+
+
+def test_16bit_grayscale_png_scaled_not_clipped(tmp_path):
+    """A 16-bit grayscale PNG (Pillow mode I;16) decodes to round(v * 255 / 65535) in every channel,
+    through open_rgb and FileImageSet; convert("RGB") alone clips it to 0..255 (almost all white)."""
+    from contrastlab.data.real import open_rgb
+
+    g = _gradient16()
+    path = tmp_path / "g16.png"
+    Image.fromarray(g).save(path)
+    with Image.open(path) as im:
+        assert im.mode == "I;16"
+    want = _to8(g)
+    rgb = open_rgb(str(path))
+    assert rgb.mode == "RGB" and rgb.size == (16, 16)
+    got = np.asarray(rgb).astype(np.int64)
+    for c in range(3):
+        assert np.abs(got[..., c] - want).max() <= 1
+    assert got[0, :7, 0].tolist() == [0, 0, 0, 1, 1, 127, 128]  # the rounding edges
+    x, _ = FileImageSet([str(path)], {}, {}, 16)[0]  # 16 px: no resampling
+    assert x.shape == (3, 16, 16) and int((x.long() - torch.from_numpy(want)).abs().max()) <= 1
+    assert float(x.float().mean()) == pytest.approx(want.mean(), abs=1)  # not ~255
+    # a 16-bit grayscale TIFF, and 16-bit RGB / gray + alpha PNGs (Pillow decodes those to 8 bits)
+    Image.fromarray(g).save(tmp_path / "g16.tif")
+    _png16(tmp_path / "rgb16.png", np.stack([g, 65535 - g, g], -1), 2)
+    _png16(tmp_path / "ga16.png", np.stack([g, np.full_like(g, 65535)], -1), 4)
+    for name, expected in (("g16.tif", [want] * 3), ("rgb16.png", [want, _to8(65535 - g), want]),
+                           ("ga16.png", [want] * 3)):
+        got = np.asarray(open_rgb(str(tmp_path / name))).astype(np.int64)
+        for c in range(3):
+            assert np.abs(got[..., c] - expected[c]).max() <= 1, (name, c)
+
+
+def test_16bit_and_float_modes(tmp_path):
+    """32-bit integer TIFFs (mode I) holding 16-bit values, float TIFFs (mode F) in [0, 1] and in
+    [0, 255], and in memory I;16B (big-endian)."""
+    from contrastlab.data.real import open_rgb
+
+    g = _gradient16()
+    want = _to8(g)
+    Image.fromarray(g.astype(np.int32)).save(tmp_path / "i32.tif")
+    unit = (np.arange(256, dtype=np.float32) / 255).reshape(16, 16)
+    Image.fromarray(unit).save(tmp_path / "unit.tif")
+    scaled = unit * 255
+    scaled[0, 0], scaled[0, 1] = np.nan, 300.0  # NaN -> 0, clipped at 255
+    Image.fromarray(scaled).save(tmp_path / "f255.tif")
+    with Image.open(tmp_path / "i32.tif") as im, Image.open(tmp_path / "unit.tif") as f:
+        assert im.mode == "I" and f.mode == "F"
+    assert np.abs(np.asarray(open_rgb(str(tmp_path / "i32.tif")))[..., 1].astype(np.int64) - want).max() <= 1
+    assert np.asarray(open_rgb(str(tmp_path / "unit.tif")))[..., 0].reshape(-1).tolist() == list(range(256))
+    out = np.asarray(open_rgb(str(tmp_path / "f255.tif")))[..., 2].reshape(-1).tolist()
+    assert out == [0, 255] + list(range(2, 256))
+    from contrastlab.data.real import to_rgb
+
+    im = Image.fromarray(g.astype(">u2"))
+    assert im.mode == "I;16B"
+    assert np.abs(np.asarray(to_rgb(im))[..., 0].astype(np.int64) - want).max() <= 1
+
+
+def _mode_case(kind, path):
+    """(image file written in mode ``kind``, expected RGB pixels (H, W, 3))."""
+    if kind == "LA":
+        a = np.zeros((2, 2, 2), np.uint8)
+        a[..., 0] = [[10, 200], [90, 255]]
+        a[..., 1] = [[255, 0], [128, 255]]  # alpha is dropped, not blended
+        Image.fromarray(a, "LA").save(path)
+        return np.repeat(a[..., :1], 3, -1)
+    if kind in ("P-index", "P-bytes"):
+        im = Image.new("P", (2, 2))
+        im.putpalette([255, 0, 0, 0, 0, 255, 0, 200, 0])
+        im.putdata([0, 1, 2, 0])
+        im.info["transparency"] = 0 if kind == "P-index" else b"\x00\x80"
+        im.save(path, transparency=im.info["transparency"])
+        return np.array([[[255, 0, 0], [0, 0, 255]], [[0, 200, 0], [255, 0, 0]]], np.uint8)
+    if kind == "CMYK":
+        a = np.array([[[0, 0, 0, 0], [255, 0, 0, 0]], [[0, 255, 255, 0], [0, 0, 0, 255]]], np.uint8)
+        Image.fromarray(a, "CMYK").save(path)
+        return np.array([[[255, 255, 255], [0, 255, 255]], [[255, 0, 0], [0, 0, 0]]], np.uint8)
+    if kind == "1":
+        Image.fromarray(np.array([[True, False], [False, True]])).save(path)
+        return np.array([[[255] * 3, [0] * 3], [[0] * 3, [255] * 3]], np.uint8)
+    if kind == "RGBA":
+        a = np.array([[[1, 2, 3, 0], [250, 251, 252, 255]]] * 2, np.uint8)
+        Image.fromarray(a, "RGBA").save(path)
+        return a[..., :3]
+    raise AssertionError(kind)
+
+
+@pytest.mark.parametrize("kind,suffix", [("LA", "png"), ("P-index", "png"), ("P-bytes", "png"),
+                                         ("CMYK", "tif"), ("1", "png"), ("RGBA", "png")])
+def test_other_modes_give_plain_rgb(tmp_path, kind, suffix):
+    import warnings
+
+    from contrastlab.data.real import open_rgb
+
+    path = tmp_path / f"im.{suffix}"
+    expected = _mode_case(kind, path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no Pillow warning per image (P with transparency)
+        rgb = open_rgb(str(path))
+    assert rgb.mode == "RGB"
+    assert np.asarray(rgb).tolist() == expected.tolist()
+
+
+# ----------------------------------------------------------------------------- worker errors
+class _RaisesInWorker(torch.utils.data.Dataset):
+    def __init__(self, exc):
+        self.exc = exc
+
+    def __len__(self):
+        return 1
+
+    def __getitem__(self, i):
+        raise self.exc
+
+
+def test_worker_error_line_from_dataloader_worker(folder_root):
+    """A UserError in a DataLoader worker comes back with the worker's traceback in its message;
+    worker_error_line recovers the original one line. Other exceptions give None."""
+    from contrastlab.data.real import worker_error_line
+
+    bad = folder_root / "train" / "dog" / "bad.png"
+    bad.write_bytes(b"this is not a png at all" * 10)
+    train, _ = load_imagefolder(folder_root, image_size=16)
+    k = train.paths.index(str(bad))
+    with pytest.raises(UserError) as direct:
+        train[k]
+    one_line = str(direct.value)
+    ds = train.subset([0, k])
+    loader = torch.utils.data.DataLoader(ds, batch_size=1, num_workers=1)
+    with pytest.raises(UserError) as e:
+        list(loader)
+    assert "\n" in str(e.value) and "DataLoader worker" in str(e.value)  # what PyTorch gives
+    assert worker_error_line(e.value) == one_line
+    assert worker_error_line(direct.value) is None  # not from a worker
+    assert worker_error_line(ValueError("x")) is None
+    with pytest.raises(KeyError) as e:  # a bug in a worker keeps its traceback
+        list(torch.utils.data.DataLoader(_RaisesInWorker(KeyError("k")), num_workers=1))
+    assert worker_error_line(e.value) is None
+    with pytest.raises(RuntimeError) as e:
+        list(torch.utils.data.DataLoader(_RaisesInWorker(RuntimeError("boom")), num_workers=1))
+    assert worker_error_line(e.value) is None
 
 
 # ----------------------------------------------------------------------------- long tail

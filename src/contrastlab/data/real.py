@@ -6,8 +6,10 @@ used to download, and only when ``download=True``. Nothing downloads unless aske
 
 On-disk formats:
 
-- ImageFolder: ``ROOT/<train_dir>/<class>/<image>`` (and optionally ``ROOT/<test_dir>/<class>/...``);
-  images may sit in nested folders below a class folder; names starting with ``.`` are ignored.
+- ImageFolder: ``ROOT/<train_dir>/<class>/<image>`` (and optionally ``ROOT/<test_dir>/<class>/...``,
+  by default ``ROOT/val`` or else ``ROOT/test``); images may sit in nested folders below a class
+  folder; names starting with ``.`` are ignored. 16-bit and float images are scaled to 8 bits (see
+  :func:`open_rgb`).
 - CIFAR-10: ``ROOT/cifar-10-batches-py/{data_batch_1..5, test_batch, batches.meta}``. Each batch
   is a pickle dict with ``b'data'`` (N, 3072) uint8 -- a row is 1024 red, 1024 green then 1024 blue
   values, each plane row-major, i.e. it reshapes to (N, 3, 32, 32) -- and ``b'labels'`` (list of
@@ -24,13 +26,14 @@ from __future__ import annotations
 
 import os
 import pickle
+import re
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from contrastlab.errors import UserError
+from contrastlab.errors import ConfigError, UserError
 from contrastlab.data.base import ImageSet, TensorImageSet
 from contrastlab.data.digits import long_tail_indices
 
@@ -56,7 +59,14 @@ class FileImageSet(ImageSet):
 
     The paths are stored packed in two numpy arrays rather than as a list of Python strings, so
     DataLoader workers do not slowly copy the whole list (reference counts touch every page).
+
+    Attributes set by :func:`load_imagefolder` (None otherwise): ``split_dir``, the folder the files
+    were scanned from (``ROOT/train``, ``ROOT/val``, ...), and ``note``, a one-line message for the
+    user about how the split was chosen (on the training set; e.g. that there is no test split).
     """
+
+    split_dir: str | None = None
+    note: str | None = None
 
     def __init__(self, paths: list[str], labels: dict[str, torch.Tensor], classes: dict[str, list[str]],
                  image_size: int, name: str = ""):
@@ -124,11 +134,15 @@ class FileImageSet(ImageSet):
                 ) from None
 
     def subset(self, indices) -> "FileImageSet":
-        """The items at ``indices``, with the same classes, image size and transform."""
+        """The items at ``indices``, with the same classes, image size, transform, default label,
+        ``split_dir`` and ``note``."""
         idx = torch.as_tensor(indices, dtype=torch.long).flatten()
         out = FileImageSet([self.path(int(i)) for i in idx], {k: v[idx] for k, v in self.labels.items()},
                            self.classes, self.image_size, self.name)
         out.transform = self.transform
+        for attr in ("default_label", "split_dir", "note"):
+            if attr in vars(self):
+                setattr(out, attr, getattr(self, attr))
         return out
 
 
@@ -151,14 +165,50 @@ def resize_center_crop(im: Image.Image, size: int) -> torch.Tensor:
 
 
 def open_rgb(path: str) -> Image.Image:
-    """An image file as an RGB PIL image; a missing or undecodable file is a UserError naming it."""
+    """An image file as an 8-bit RGB PIL image; a missing or undecodable file is a UserError naming it.
+
+    See :func:`to_rgb` for how modes other than RGB are converted (16-bit and float grayscale are
+    scaled, not clipped)."""
     try:
         with Image.open(path) as im:
-            return im.convert("RGB")  # convert() loads the pixels, so errors surface here
+            return to_rgb(im)  # converting loads the pixels, so decode errors surface here
     except FileNotFoundError:
         raise UserError(f"image file {path} no longer exists; rescan the data folder") from None
     except _DECODE_ERRORS as e:
         raise UserError(f"image file {path} is unreadable or corrupt ({_one_line(e)}); remove or replace it") from None
+
+
+def to_rgb(im: Image.Image) -> Image.Image:
+    """A PIL image of any mode as 8-bit RGB.
+
+    - 16-bit grayscale (modes ``I;16``, ``I;16L``, ``I;16B``, ``I;16N``: what Pillow gives for a
+      16-bit grayscale PNG or TIFF) and 32-bit integer ``I`` (taken to hold 16-bit values, as
+      older Pillows decode 16-bit PNGs): ``round(v * 255 / 65535)``, values clipped to 0..65535.
+      (``convert("RGB")`` would clip them to 0..255, making almost every pixel white.)
+    - 32-bit float ``F`` (e.g. a float TIFF): an image whose largest value is <= 1 is taken to be
+      in [0, 1] and scaled by 255, any other in [0, 255]; then clipped to 0..255 and rounded
+      (NaN becomes 0). The choice is per image: a [0, 255] image that is almost black (all values
+      <= 1) comes out brightened.
+    - Palette images (``P``, ``PA``) go through RGBA, so transparency never triggers Pillow's
+      warning; alpha (``RGBA``, ``LA``, ``PA``, ``P`` with transparency) is dropped, not blended,
+      as in torchvision's loader; ``CMYK``, ``1``, ``L``, ``YCbCr`` use Pillow's conversion.
+      16-bit RGB(A) PNGs are decoded by Pillow to 8 bits (its high byte) already.
+    """
+    mode = im.mode
+    if mode.startswith("I;16") or mode == "I":
+        a = np.asarray(im)
+        a = np.clip(a.astype(np.int64), 0, 65535)
+        return Image.fromarray(((a * 255 + 32767) // 65535).astype(np.uint8), "L").convert("RGB")
+    if mode == "F":
+        a = np.asarray(im, dtype=np.float64)
+        finite = a[np.isfinite(a)]
+        if finite.size and finite.max() <= 1.0:
+            a = a * 255.0
+        a = np.nan_to_num(a, nan=0.0, posinf=255.0, neginf=0.0)
+        return Image.fromarray(np.clip(np.rint(a), 0, 255).astype(np.uint8), "L").convert("RGB")
+    if mode == "PA" or (mode == "P" and "transparency" in im.info):
+        return im.convert("RGBA").convert("RGB")
+    return im.convert("RGB")  # a copy, so it outlives the file it was read from
 
 
 def _scan_dirs(folder: str) -> list[os.DirEntry]:
@@ -196,13 +246,22 @@ def _scan_split(folder: str) -> dict[str, list[str]]:
     return out
 
 
-def load_imagefolder(root, train_dir: str = "train", test_dir: str | None = "val",
+TEST_DIR_CANDIDATES = ("val", "test")
+
+
+def load_imagefolder(root, train_dir: str = "train", test_dir: str | None = "auto",
                      image_size: int = 224) -> tuple[FileImageSet, FileImageSet | None]:
     """An ImageFolder tree ``root/<train_dir>/<class>/<image>``: returns ``(train, test)``.
 
-    ``test`` is None when ``test_dir`` is None or missing; its classes must be a subset of the
-    training classes and share their label indices. Labels: ``{"label": class index}``, classes:
-    ``{"label": sorted class names}``. Errors are one-line :class:`UserError`.
+    ``test_dir``: ``"auto"`` uses ``root/val`` if it is a folder, else ``root/test``, else there is
+    no test split (``test`` is None); a folder name (or path) must exist, or it is a UserError;
+    None means no test split. The test classes must be a subset of the training classes and share
+    their label indices. Labels: ``{"label": class index}``, classes: ``{"label": sorted class names}``.
+
+    Both sets get ``split_dir``, the folder they were read from. Under ``"auto"``, ``train.note``
+    is a one-line message for the user when the choice needs saying (no test split, so the kNN
+    monitor is off; or both ``val/`` and ``test/`` exist and ``val/`` is used), else None.
+    Errors are one-line :class:`UserError`.
     """
     if root is None:
         raise UserError("data.root is not set; set data.root=<folder containing "
@@ -215,29 +274,77 @@ def load_imagefolder(root, train_dir: str = "train", test_dir: str | None = "val
     if not os.path.isdir(train_path):
         raise UserError(f"training folder {train_path} does not exist; expected the ImageFolder layout "
                         f"{root}/{train_dir}/<class>/<image>, or set data.train_dir=<sub-folder name>")
+    test_path, note = _pick_test_dir(root, test_dir)
     train_scan = _scan_split(train_path)
     names = sorted(train_scan)
     index = {c: k for k, c in enumerate(names)}
 
-    def build(scan: dict[str, list[str]], split: str) -> FileImageSet:
+    def build(scan: dict[str, list[str]], split: str, folder: str) -> FileImageSet:
         paths = [p for c in sorted(scan) for p in scan[c]]
         labels = torch.tensor([index[c] for c in sorted(scan) for _ in scan[c]], dtype=torch.long)
-        return FileImageSet(paths, {"label": labels}, {"label": list(names)}, image_size,
-                            f"{os.path.basename(os.path.normpath(root))}-{split}")
+        out = FileImageSet(paths, {"label": labels}, {"label": list(names)}, image_size,
+                           f"{os.path.basename(os.path.normpath(root))}-{split}")
+        out.split_dir = folder
+        return out
 
-    train = build(train_scan, "train")
+    train = build(train_scan, "train", train_path)
+    train.note = note
     test = None
-    if test_dir is not None:
-        test_path = os.path.join(root, test_dir)
-        if os.path.isdir(test_path):
-            test_scan = _scan_split(test_path)
-            extra = sorted(set(test_scan) - set(index))
-            if extra:
-                shown = ", ".join(extra[:5]) + (f" (+{len(extra) - 5} more)" if len(extra) > 5 else "")
-                raise UserError(f"test folder {test_path} has classes not in {train_path}: {shown}; "
-                                "the test classes must be a subset of the training classes")
-            test = build(test_scan, "test")
+    if test_path is not None:
+        test_scan = _scan_split(test_path)
+        extra = sorted(set(test_scan) - set(index))
+        if extra:
+            shown = ", ".join(extra[:5]) + (f" (+{len(extra) - 5} more)" if len(extra) > 5 else "")
+            raise UserError(f"test folder {test_path} has classes not in {train_path}: {shown}; "
+                            "the test classes must be a subset of the training classes")
+        test = build(test_scan, "test", test_path)
     return train, test
+
+
+def _pick_test_dir(root: str, test_dir: str | None) -> tuple[str | None, str | None]:
+    """(the test split's folder or None, a note for the user or None); see :func:`load_imagefolder`."""
+    if test_dir is None:
+        return None, None
+    if test_dir == "auto":
+        found = [d for d in TEST_DIR_CANDIDATES if os.path.isdir(os.path.join(root, d))]
+        if not found:
+            return None, (f"no val/ or test/ folder under {root}: the kNN monitor is off and eval needs a "
+                          "test split")
+        note = None
+        if len(found) > 1:
+            note = (f"both val/ and test/ under {root}: using val/ as the test split "
+                    "(set data.test_dir=test to use test/)")
+        return os.path.join(root, found[0]), note
+    path = os.path.join(root, test_dir)
+    if not os.path.isdir(path):
+        raise UserError(f"test folder {path} does not exist; create it ({path}/<class>/<image>), or set "
+                        "data.test_dir=auto (val/ or test/ when present) or data.test_dir=null (no test split)")
+    return path, None
+
+
+def worker_error_line(exc: BaseException) -> str | None:
+    """The original one-line message of a :class:`UserError` (or :class:`ConfigError`) raised in a
+    DataLoader worker (or pin-memory thread) and re-raised in the main process, else None.
+
+    PyTorch re-raises a worker's exception as the same type, with a message of several lines:
+    ``Caught UserError in DataLoader worker process 0.``, ``Original Traceback (most recent call
+    last):``, the worker's traceback, and last ``contrastlab.errors.UserError: <message>``; this
+    returns ``<message>``. For any other exception (a plain UserError, a worker's KeyError, ...)
+    it returns None, so the caller can keep the traceback of real bugs."""
+    text = str(exc)
+    head = re.match(r"Caught (\w+) in [^\n]*\.\nOriginal Traceback", text)
+    if head is None:
+        return None
+    name = head.group(1)
+    if not (isinstance(exc, (UserError, ConfigError)) or name in ("UserError", "ConfigError")):
+        return None
+    lines = text.splitlines()
+    last = re.compile(rf"^(?:[\w.]+\.)?{re.escape(name)}: (.*)$")
+    for k in range(len(lines) - 1, 0, -1):
+        m = last.match(lines[k])
+        if m:
+            return " ".join(" ".join([m.group(1), *lines[k + 1:]]).split()) or None
+    return None
 
 
 # ----------------------------------------------------------------------------- CIFAR
