@@ -211,3 +211,128 @@ def test_cli_eval_translation_and_translate(tmp_path):
     assert out.returncode == 2 and "learns AtoB only" in out.stderr
     out = subprocess.run(cli + ["eval", "knn", str(run)], capture_output=True, text=True)
     assert out.returncode == 2 and "use: contrastlab eval translation" in out.stderr
+
+
+# ----------------------------------------------------------------------------- translate_folder's files
+def _rgb_file(path, color=(200, 10, 10), size=(16, 16), fmt=None):
+    from PIL import Image
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    Image.new("RGB", size, color).save(path, format=fmt)
+
+
+def _tree(root):
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*") if p.is_file())
+
+
+def test_translate_folder_refuses_output_overlapping_input(tmp_path):
+    """OUT equal to IN, inside IN, containing IN, or reaching IN through a symbolic link: one line,
+    and the input images are untouched."""
+    from contrastlab.errors import UserError
+    from contrastlab.eval.translation import translate_folder
+
+    _, m = _method("cut")
+    src = tmp_path / "data" / "in"
+    _rgb_file(src / "a.png")
+    before = (src / "a.png").read_bytes()
+    (tmp_path / "link").symlink_to(src, target_is_directory=True)
+    for out in (src, src / "out", tmp_path / "data", tmp_path / "link", tmp_path / "link" / "deeper"):
+        with pytest.raises(UserError) as e:
+            translate_folder(m, str(src), str(out), progress=False)
+        msg = str(e.value)
+        assert "choose an output folder outside the input folder" in msg and "\n" not in msg, out
+        assert (src / "a.png").read_bytes() == before and _tree(src) == ["a.png"]
+    r = translate_folder(m, str(tmp_path / "link"), str(tmp_path / "out"), progress=False)  # a link as IN is fine
+    assert r["translated"] == 1 and _tree(tmp_path / "out") == ["a.png"]
+
+
+def test_translate_folder_same_stem_inputs_keep_both(tmp_path):
+    """a.jpg and a.png in one folder both get an output (a.jpg.png, a.png.png); a lone stem keeps
+    STEM.png; names are compared ignoring case; a file never takes an output folder's name."""
+    from pathlib import Path as P
+
+    import numpy as np
+    from PIL import Image
+
+    from contrastlab.eval.translation import translate_folder
+
+    _, m = _method("cut")
+    src = tmp_path / "in"
+    _rgb_file(src / "a.jpg", (200, 10, 10))
+    _rgb_file(src / "a.png", (10, 10, 200))
+    _rgb_file(src / "b.bmp")
+    _rgb_file(src / "sub" / "a.png")
+    r = translate_folder(m, str(src), str(tmp_path / "out"), progress=False)
+    assert r["translated"] == 4
+    assert _tree(tmp_path / "out") == ["a.jpg.png", "a.png.png", "b.png", "sub/a.png"]
+    red = np.asarray(Image.open(tmp_path / "out" / "a.jpg.png"))
+    blue = np.asarray(Image.open(tmp_path / "out" / "a.png.png"))
+    assert not np.array_equal(red, blue)  # two translations, not one written twice
+    from contrastlab.eval.translation import _output_names
+
+    assert _output_names([P("A.png"), P("a.jpg"), P("c.tif")]) == [P("A.png.png"), P("a.jpg.png"), P("c.png")]
+    assert _output_names([P("d.jpg"), P("d.png/e.png")]) == [P("d.jpg.png"), P("d.png/e.png")]
+    from contrastlab.errors import UserError
+
+    with pytest.raises(UserError, match="inputs a.jpg and a.jpg.png would both be written to a.jpg.png.png"):
+        _output_names([P("a.jpg"), P("a.png"), P("a.jpg.png"), P("a.jpg.png/x.png")])
+
+
+def test_translate_folder_nonempty_output_needs_overwrite(tmp_path):
+    from contrastlab.errors import UserError
+    from contrastlab.eval.translation import translate_folder
+
+    _, m = _method("cut")
+    src, out = tmp_path / "in", tmp_path / "out"
+    _rgb_file(src / "x.png")
+    r = translate_folder(m, str(src), str(out), progress=False)  # a new folder
+    assert r["translated"] == 1
+    first = (out / "x.png").read_bytes()
+    with pytest.raises(UserError) as e:
+        translate_folder(m, str(src), str(out), progress=False)
+    msg = str(e.value)
+    assert f"output folder {out} is not empty" in msg and "overwrite=true" in msg and "\n" not in msg
+    (out / "notes.txt").write_text("mine")
+    r = translate_folder(m, str(src), str(out), progress=False, overwrite=True)
+    assert r["translated"] == 1 and (out / "notes.txt").read_text() == "mine"
+    assert (out / "x.png").read_bytes() == first  # same net, same input
+    (tmp_path / "empty").mkdir()
+    assert translate_folder(m, str(src), str(tmp_path / "empty"), progress=False)["translated"] == 1
+    (tmp_path / "afile").write_text("x")
+    with pytest.raises(UserError, match="exists and is not a folder"):
+        translate_folder(m, str(src), str(tmp_path / "afile"), progress=False, overwrite=True)
+
+
+def test_translate_folder_writes_each_png_atomically(tmp_path, monkeypatch):
+    """A translate killed while writing an image leaves no partial PNG under its name (and no
+    temporary file when the interruption is an exception)."""
+    import os
+
+    from PIL import Image
+
+    from contrastlab.eval.translation import translate_folder
+
+    _, m = _method("cut")
+    src, out = tmp_path / "in", tmp_path / "out"
+    _rgb_file(src / "a.png")
+    _rgb_file(src / "b.png")
+    real_save = Image.Image.save
+    calls = []
+
+    def dying_save(self, fp, *args, **kwargs):
+        calls.append(fp)
+        if len(calls) == 2:  # the second image: half written, then killed
+            if isinstance(fp, (str, bytes, os.PathLike)):
+                with open(fp, "wb") as f:
+                    f.write(b"\x89PNG\r\n\x1a\n half")
+            else:
+                fp.write(b"\x89PNG\r\n\x1a\n half")
+            raise KeyboardInterrupt
+        return real_save(self, fp, *args, **kwargs)
+
+    monkeypatch.setattr(Image.Image, "save", dying_save)
+    with pytest.raises(KeyboardInterrupt):
+        translate_folder(m, str(src), str(out), progress=False)
+    monkeypatch.setattr(Image.Image, "save", real_save)
+    assert sorted(p.name for p in out.iterdir()) == ["a.png"]  # no b.png, no temporary
+    Image.open(out / "a.png").load()  # the first one is complete

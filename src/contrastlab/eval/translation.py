@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import os
+import secrets
 from pathlib import Path
 
 import torch
@@ -109,10 +110,26 @@ def evaluate_translation(method, test_set, extractor: str = "auto", weights: str
 
 
 def translate_folder(method, input_dir: str, out_dir: str, direction: str = "AtoB", size: int = 0,
-                     device="cpu", progress: bool = True) -> dict:  # fmt: skip
+                     device="cpu", progress: bool = True, overwrite: bool = False) -> dict:  # fmt: skip
     """Translate every image below ``input_dir`` into a PNG of the same relative path in ``out_dir``.
+
     ``size``: resize to size x size first (0: keep the size, rounded down to what the generator
-    accepts: a multiple of 2**n_down)."""
+    accepts: a multiple of 2**n_down).
+
+    Output names: an input's relative path with its suffix replaced by ``.png`` (``sub/b.jpg`` ->
+    ``sub/b.png``). When several inputs in one folder would get the same output name (``a.jpg``
+    and ``a.png``; names compared ignoring case, so ``A.png`` and ``a.jpg`` too), each of them keeps
+    its whole name and gets ``.png`` appended (``a.jpg.png``, ``a.png.png``); this repeats until no
+    two outputs (and no output and output folder) share a name, so no output ever replaces another
+    (contrived names that still clash, such as ``a.jpg``, ``a.png``, ``a.jpg.png`` and a folder
+    ``a.jpg.png`` side by side, are refused with a UserError naming two of them).
+
+    Refused with a one-line UserError: ``out_dir`` equal to ``input_dir``, inside it or containing
+    it (symbolic links resolved), and an ``out_dir`` that already holds anything unless
+    ``overwrite=True`` (then existing files of the same names are replaced, others are left).
+    Each PNG is written to a temporary file in its folder (``.NAME.tmp-PID-XXXXXX``) and renamed
+    over its name, so a killed translate never leaves a half-written image.
+    """
     from PIL import Image
 
     import numpy as np
@@ -126,17 +143,19 @@ def translate_folder(method, input_dir: str, out_dir: str, direction: str = "Ato
     src = Path(input_dir)
     if not src.is_dir():
         raise UserError(f"input folder {src} does not exist or is not a folder")
+    out = Path(out_dir)
+    _check_out_dir(src, out, overwrite)
     files = _scan_images(str(src))
     if not files:
         raise UserError(f"no image files in {src} (looked for .jpg, .png, ... recursively)")
+    targets = _output_names([Path(os.path.relpath(p, src)) for p in files])
     mult = 2 ** getattr(net, "n_down", 2)
-    out = Path(out_dir)
     bar = None
     if progress:
         from tqdm.auto import tqdm
 
         bar = tqdm(total=len(files), desc="translate", unit="img")
-    for path in files:
+    for path, rel in zip(files, targets):
         im = open_rgb(path)
         w, h = (size, size) if size else (max(mult, im.width // mult * mult), max(mult, im.height // mult * mult))
         if (w, h) != im.size:
@@ -144,11 +163,83 @@ def translate_folder(method, input_dir: str, out_dir: str, direction: str = "Ato
         x = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)[None]
         with torch.no_grad():
             y = to_unit(net(to_signed(x.to(device)))).cpu()[0]
-        target = out / Path(os.path.relpath(path, src)).with_suffix(".png")
+        target = out / rel
         target.parent.mkdir(parents=True, exist_ok=True)
-        Image.fromarray((y.permute(1, 2, 0) * 255).round().byte().numpy()).save(target)
+        _save_png_atomic(Image.fromarray((y.permute(1, 2, 0) * 255).round().byte().numpy()), target)
         if bar is not None:
             bar.update(1)
     if bar is not None:
         bar.close()
     return {"translated": len(files), "direction": direction, "out_dir": str(out)}
+
+
+def _check_out_dir(src: Path, out: Path, overwrite: bool) -> None:
+    """One-line UserErrors for an output folder that would overwrite or mix with the input
+    folder, that is not a folder, or (unless ``overwrite``) that already holds anything."""
+    src_r, out_r = src.resolve(), out.resolve()
+    if out_r == src_r or out_r.is_relative_to(src_r) or src_r.is_relative_to(out_r):
+        where = ("is the input folder" if out_r == src_r else
+                 "is inside the input folder" if out_r.is_relative_to(src_r) else "contains the input folder")
+        raise UserError(f"output folder {out} {where} {src}; choose an output folder outside the input folder")
+    if out.exists() or out.is_symlink():
+        if not out.is_dir():
+            raise UserError(f"output folder {out} exists and is not a folder; choose another output folder")
+        if not overwrite:
+            with os.scandir(out) as it:
+                first = next(iter(sorted(e.name for e in it)), None)
+            if first is not None:
+                raise UserError(f"output folder {out} is not empty (it holds {first}, ...); choose a new or "
+                                "empty folder, or pass overwrite=true to replace the images in it")
+
+
+def _output_names(rel_paths: list[Path]) -> list[Path]:
+    """Output paths (relative) for input paths (relative): see :func:`translate_folder`."""
+    full = [0] * len(rel_paths)  # 0: stem + ".png"; k >= 1: whole name + ".png" * k
+
+    def name(i: int) -> str:
+        p = rel_paths[i]
+        return p.stem + ".png" if full[i] == 0 else p.name + ".png" * full[i]
+
+    # output folders: every ancestor of an input (inputs keep their folders)
+    folders = {(str(q.parent), q.name.casefold()) for p in rel_paths for q in p.parents if str(q) != "."}
+    while True:
+        groups: dict[tuple[str, str], list[int]] = {}
+        for i, p in enumerate(rel_paths):
+            groups.setdefault((str(p.parent), name(i).casefold()), []).append(i)
+        bumped = False
+        for key, members in groups.items():
+            if key in folders:  # a file output would take a folder's name
+                for i in members:
+                    full[i] += 1
+                bumped = True
+            elif len(members) > 1:
+                shortened = [i for i in members if full[i] == 0]
+                for i in shortened:
+                    full[i] = 1
+                bumped = bumped or bool(shortened)
+                # members that already keep their whole names differ in case (distinct files
+                # wherever such inputs can coexist) or are caught below
+        if not bumped:
+            break
+    outs = [rel_paths[i].parent / name(i) for i in range(len(rel_paths))]
+    seen: dict[Path, int] = {}
+    for i, o in enumerate(outs):
+        if o in seen:  # only contrived names get here (a.jpg, a.png, a.jpg.png and a folder a.jpg.png)
+            raise UserError(f"inputs {rel_paths[seen[o]]} and {rel_paths[i]} would both be written to {o}; "
+                            "rename one of them")
+        seen[o] = i
+    return outs
+
+
+def _save_png_atomic(image, target: Path) -> None:
+    """Save a PIL image as PNG at ``target`` through a temporary file in the same folder and
+    ``os.replace``: ``target`` is the old file or the complete new one, never a partial one."""
+    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{secrets.token_hex(3)}")
+    try:
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # umask applies, like open()
+        with os.fdopen(fd, "wb") as f:
+            image.save(f, format="PNG")
+        os.replace(tmp, target)
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
