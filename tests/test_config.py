@@ -58,9 +58,9 @@ def test_numbers_in_scientific_notation():
 
 
 def test_view_option_ranges():
-    with pytest.raises(ConfigError, match=r"views.invert_p is a probability in \[0, 1\], got 1.5"):
+    with pytest.raises(ConfigError, match=r"views.invert_p=1.5: must be in \[0, 1\]"):
         load_config("simclr", ["views.invert_p=1.5"])
-    with pytest.raises(ConfigError, match="views.rotation is a maximum angle"):
+    with pytest.raises(ConfigError, match=r"views.rotation=-5.0: must be in \[0, 180\]; the largest angle in degrees"):
         load_config("simclr", ["views.rotation=-5"])
     assert load_config("simclr", ["views.rotation=30"]).views.rotation == 30.0
 
@@ -78,11 +78,11 @@ def test_cross_field_checks():
 
 @pytest.mark.parametrize("recipe", ["simclr", "moco"])
 def test_negatives_options_are_checked(recipe):
-    with pytest.raises(ConfigError, match=r"method.tau_plus is a class prior in \[0, 1\), got 1.0"):
+    with pytest.raises(ConfigError, match=r"method.tau_plus=1.0: must be in \[0, 1\); DCL's class prior"):
         load_config(recipe, ["method.tau_plus=1.0"])
     with pytest.raises(ConfigError, match="no synthetic negatives"):
         load_config(recipe, ["method.mochi_n_hard=16"])
-    with pytest.raises(ConfigError, match="method.beta must be >= 0"):
+    with pytest.raises(ConfigError, match="method.beta=-1.0: must be >= 0"):
         load_config(recipe, ["method.beta=-1"])
 
 

@@ -8,22 +8,30 @@ from pathlib import Path
 
 from .errors import ConfigError, UserError
 
+# the options of each command: a dataclass (module:class, imported when used) whose fields declare
+# their types, defaults and ranges, parsed by _parse_kv through config.build_dataclass
 EVAL_DEFAULTS = {
-    "knn": {"label": None, "k": 20, "temperature": 0.1, "features": "model", "device": "auto", "batch_size": 512},
-    "linear": {"label": None, "epochs": 100, "weight_decay": 1e-3, "features": "model", "device": "auto",
-               "batch_size": 512, "groups": "thirds", "probe_data": "balanced"},
-    "translation": {"extractor": "auto", "weights": "", "direction": "both", "device": "auto", "batch_size": 64,
-                    "max_images": 0},
-}  # fmt: skip
-TRANSLATE_DEFAULTS = {"direction": "AtoB", "size": 0, "device": "auto"}
+    "knn": "contrastlab.eval.knn:KnnOptions",
+    "linear": "contrastlab.eval.linear:LinearOptions",
+    "translation": "contrastlab.eval.translation:TranslationOptions",
+}
+TRANSLATE_DEFAULTS = "contrastlab.eval.translation:TranslateOptions"
 FEATURE_KINDS = ("model", "random", "pixels")
 
 
-def _parse_kv(items, allowed: dict, what: str) -> tuple[dict, list[str]]:
-    """Split ``key=value`` items into known options (typed like their defaults) and data.* overrides."""
-    from .config import _parse_value
+def _parse_kv(items, spec: str, what: str) -> tuple[dict, list[str]]:
+    """Split ``key=value`` items into the options of dataclass ``spec`` ("module:class"; typed and
+    range-checked by config.build_dataclass, defaults filled in) and data.* overrides."""
+    import dataclasses
+    import importlib
+    import typing
 
-    opts, data_overrides = dict(allowed), []
+    from .config import build_dataclass, parse_option
+
+    module, name = spec.split(":")
+    cls = getattr(importlib.import_module(module), name)
+    hints, names = typing.get_type_hints(cls), [f.name for f in dataclasses.fields(cls)]
+    values, data_overrides = {}, []
     for item in items:
         if "=" not in item:
             raise ConfigError(f"{what}: argument {item!r} is not of the form key=value")
@@ -31,18 +39,13 @@ def _parse_kv(items, allowed: dict, what: str) -> tuple[dict, list[str]]:
         if key.startswith("data."):
             data_overrides.append(item)
             continue
-        if key not in allowed:
-            raise ConfigError(f"{what}: unknown option {key!r}; valid options: {', '.join(allowed)}, data.<key>")
-        value = _parse_value(text)
-        default = allowed[key]
-        if isinstance(default, bool) and not isinstance(value, bool):
-            raise ConfigError(f"{what}: {key} expects true or false, got {text!r}")
-        if isinstance(default, int) and not isinstance(default, bool) and not isinstance(value, int):
-            raise ConfigError(f"{what}: {key} expects an integer, got {text!r}")
-        if isinstance(default, float) and not isinstance(value, (int, float)):
-            raise ConfigError(f"{what}: {key} expects a number, got {text!r}")
-        opts[key] = value
-    return opts, data_overrides
+        if key not in names:
+            raise ConfigError(f"{what}: unknown option {key!r}; valid options: {', '.join(names)}, data.<key>")
+        values[key] = parse_option(text, hints[key])
+    try:
+        return dataclasses.asdict(build_dataclass(cls, values)), data_overrides
+    except ConfigError as e:
+        raise ConfigError(f"{what}: {e}") from None
 
 
 def cmd_train(args) -> int:
@@ -150,7 +153,7 @@ def cmd_eval(args) -> int:
 
         keep = ytr >= 0
         r = knn_eval(ftr[keep], ytr[keep], fte, yte, n_classes, k=opts["k"], temperature=opts["temperature"])
-        result.update({"k": opts["k"], "temperature": opts["temperature"], **r})
+        result.update({"k": opts["k"], "temperature": opts["temperature"], **r})  # r's k: the k used, if clamped
     else:
         from .eval.linear import linear_probe, long_tail_groups
 
@@ -187,7 +190,7 @@ def cmd_translate(args) -> int:
 
     opts, data_overrides = _parse_kv(args.options, TRANSLATE_DEFAULTS, "translate")
     if data_overrides:
-        raise ConfigError("translate takes no data.* options; valid options: " + ", ".join(TRANSLATE_DEFAULTS))
+        raise ConfigError("translate takes no data.* options; valid options: " + ", ".join(opts))
     cfg, method, ckpt = load_run(args.checkpoint, [])
     r = translate_folder(method, args.input_dir, args.out_dir, direction=opts["direction"], size=opts["size"],
                          device=_device(opts["device"]))  # fmt: skip

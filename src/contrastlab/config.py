@@ -17,38 +17,40 @@ from typing import Any, Literal, Optional, Union
 import yaml
 
 from .data.views import ViewConfig
-
-
 from .errors import ConfigError, UserError  # noqa: F401  (re-exported)
+from .fields import check_bounds, is_resume_safe, option
 
 
 # ----------------------------------------------------------------------------- schema
+# Every option declares its range with the field (contrastlab.fields.option); build_dataclass
+# checks it on load. resume_safe: changing the value when a run resumes does not change the
+# trajectory of the weights (see resume_differences).
 @dataclass
 class DataConfig:
     name: Literal["digits", "cifar10", "cifar100", "stl10", "imagefolder", "digit_domains", "unpaired"] = "digits"
-    root: Optional[str] = None  # folder of the data set (CIFAR/STL-10: torchvision layout)
-    download: bool = False  # torchvision sets only; nothing downloads unless asked
-    image_size: int = 32  # side of the images the loader yields (and of the views)
+    root: Optional[str] = option(None, resume_safe=True)  # folder of the data set (CIFAR/STL-10: torchvision layout)
+    download: bool = option(False, resume_safe=True)  # torchvision sets only; nothing downloads unless asked
+    image_size: int = option(32, ge=1)  # side of the images the loader yields (and of the views)
     label: str = "digit"  # label used by the kNN monitor and evaluation (digits: digit|color|rotation)
-    long_tail_ratio: Optional[float] = None  # exponential long-tail profile, e.g. 100
-    num_workers: int = 0
-    pin_memory: bool = True
-    persistent_workers: bool = True
+    long_tail_ratio: Optional[float] = option(None, ge=1)  # exponential long-tail profile, e.g. 100
+    num_workers: int = option(0, ge=0, resume_safe=True)
+    pin_memory: bool = option(True, resume_safe=True)
+    persistent_workers: bool = option(True, resume_safe=True)
     # digit scenes only
-    n_train: int = 10000
-    n_test: int = 2000
-    scene_seed: int = 0
+    n_train: int = option(10000, ge=1)
+    n_test: int = option(2000, ge=1)
+    scene_seed: int = option(0, unbounded="any integer seed")
     second_digit: bool = False
-    clutter: int = 0
+    clutter: int = option(0, ge=0, doc="clutter strokes per scene")
     texture: bool = False
-    light_fraction: float = 0.5  # share of scenes with a light background and a dark digit
+    light_fraction: float = option(0.5, ge=0, le=1)  # share of scenes with a light background and a dark digit
     # stl10: which split feeds pre-training
     stl_split: Literal["unlabeled", "train", "train+unlabeled"] = "train+unlabeled"
     # unpaired (translation): ROOT/trainA, trainB, testA, testB; images resized to load_size, cropped to image_size
-    load_size: Optional[int] = None  # default round(image_size * 286 / 256), as CycleGAN
+    load_size: Optional[int] = option(None, ge=1)  # default round(image_size * 286 / 256), as CycleGAN
     # imagefolder: sub-folders for train/test (test optional)
     train_dir: str = "train"
-    test_dir: Optional[str] = "val"
+    test_dir: Optional[str] = "auto"  # auto: val/ or else test/; null: none
 
 
 @dataclass
@@ -63,13 +65,13 @@ class ViewsConfig(ViewConfig):
 @dataclass
 class ModelConfig:
     backbone: Literal["small_cnn", "resnet18", "resnet34", "resnet50"] = "small_cnn"
-    width: int = 32  # small_cnn only: channels of the first stage (x1, x2, x4, x4)
-    depth: int = 1  # small_cnn only: conv layers per stage
+    width: int = option(32, ge=1)  # small_cnn only: channels of the first stage (x1, x2, x4, x4)
+    depth: int = option(1, ge=1)  # small_cnn only: conv layers per stage
     cifar_stem: bool = False
     norm: Literal["per_image", "imagenet", "cifar", "none"] = "per_image"
-    proj_hidden: int = 512
-    proj_dim: int = 128
-    proj_layers: int = 2
+    proj_hidden: int = option(512, ge=1)
+    proj_dim: int = option(128, ge=1)
+    proj_layers: int = option(2, ge=1)
     proj_bn: bool = True
     sync_bn: bool = False  # convert BatchNorm to SyncBatchNorm when several processes run
 
@@ -77,48 +79,87 @@ class ModelConfig:
 @dataclass
 class OptimConfig:
     name: Literal["sgd", "adam", "adamw", "lars"] = "sgd"
-    lr: float = 0.3  # base lr for batch_size 256; scaled linearly when scale_lr is true
+    lr: float = option(0.3, gt=0)  # base lr for batch_size 256; scaled linearly when scale_lr is true
     scale_lr: bool = True
-    batch_size: int = 256  # per process
-    weight_decay: float = 1e-6
-    momentum: float = 0.9
-    betas: tuple[float, float] = (0.9, 0.999)
-    lars_eta: float = 0.02
+    batch_size: int = option(256, ge=1, doc="images per process")  # per process
+    weight_decay: float = option(1e-6, ge=0)
+    momentum: float = option(0.9, ge=0, lt=1)  # sgd and lars
+    betas: tuple[float, float] = option((0.9, 0.999), ge=0, lt=1)  # adam and adamw
+    lars_eta: float = option(0.02, gt=0)
     exclude_bias_bn: bool = True  # no weight decay / LARS adaptation for biases and norms
-    warmup_steps: int = 0
+    warmup_steps: int = option(0, ge=0)
     schedule: Literal["cosine", "constant", "linear"] = "cosine"  # linear: constant, then linear decay (CycleGAN)
-    min_lr_frac: float = 0.0
-    decay_start_frac: float = 0.5  # linear schedule: share of the steps at the full rate before the decay
+    min_lr_frac: float = option(0.0, ge=0, le=1)
+    # linear schedule: share of the steps at the full rate before the decay
+    decay_start_frac: float = option(0.5, ge=0, le=1)
+
+
+# Lightning Fabric's precision values (lightning_fabric.connector._PRECISION_INPUT, as strings)
+Precision = Literal["32-true", "32", "16-mixed", "16", "bf16-mixed", "bf16", "16-true", "bf16-true", "64-true", "64",
+                    "transformer-engine", "transformer-engine-float16"]  # fmt: skip
+
+
+def _devices_allowed(v) -> str | None:
+    """Fabric's devices: a count >= 1, -1 (all), 'auto', or device indices such as '0,1'."""
+    text = str(v).strip()
+    if text in ("auto", "-1"):
+        return None
+    if isinstance(v, int) and v >= 1:
+        return None
+    if isinstance(v, str):
+        parts = [p.strip() for p in text.split(",")]
+        if len(parts) == 1 and parts[0].isdigit() and int(parts[0]) >= 1:
+            return None
+        if len(parts) > 1 and all(p.isdigit() for p in parts if p) and any(parts):
+            return None
+    return "a number of devices >= 1, -1 (all), 'auto', or device indices such as '0,1'"
+
+
+def _strategy_allowed(v) -> str | None:
+    """'auto' or a strategy of Lightning Fabric's registry (checked only when Fabric is there)."""
+    if v.lower() == "auto":
+        return None
+    try:
+        from lightning_fabric.strategies import STRATEGY_REGISTRY
+    except ImportError:  # pragma: no cover - Fabric is a dependency
+        return None
+    names = sorted(STRATEGY_REGISTRY.available_strategies())
+    if v.lower() in names:
+        return None
+    near = difflib.get_close_matches(v.lower(), names, n=1)
+    return ("'auto' or a Fabric strategy" + (f" (did you mean {near[0]!r}?)" if near else "") + ": " + ", ".join(names))
 
 
 @dataclass
 class TrainerConfig:
-    max_steps: Optional[int] = None
-    max_epochs: Optional[int] = None
-    max_minutes: Optional[float] = None  # stop (and checkpoint) after this wall-clock budget
-    accelerator: str = "auto"  # cpu | cuda | gpu | mps | auto
-    devices: Union[int, str] = 1
-    num_nodes: int = 1
-    strategy: str = "auto"  # auto | ddp | ddp_spawn ...
-    precision: str = "32-true"  # 32-true | bf16-mixed | 16-mixed
-    out_dir: Optional[str] = None  # default runs/<method>-<data>
-    resume: str = "auto"  # auto (resume if out_dir has a checkpoint) | never | <path>
-    ckpt_every: int = 500
-    log_every: int = 10
-    knn_every: int = 0  # 0: only at the end
-    knn_k: int = 20
-    knn_t: float = 0.1
-    knn_max_train: int = 10000  # monitor bank size (a fixed subset of the training set)
-    channels_last: bool = False
-    compile: bool = False
-    progress: bool = True
-    threads: Optional[int] = None  # torch intra-op threads on CPU
+    max_steps: Optional[int] = option(None, ge=1)
+    max_epochs: Optional[int] = option(None, ge=1)
+    # stop (and checkpoint) after this wall-clock budget
+    max_minutes: Optional[float] = option(None, ge=0, resume_safe=True)  # 0: stop after the first step
+    accelerator: Literal["auto", "cpu", "cuda", "gpu", "mps"] = option("auto", resume_safe=True)
+    devices: Union[int, str] = option(1, check=_devices_allowed)
+    num_nodes: int = option(1, ge=1)
+    strategy: str = option("auto", check=_strategy_allowed)  # auto | ddp | ddp_spawn ...
+    precision: Precision = "32-true"  # 32-true | bf16-mixed | 16-mixed ...
+    out_dir: Optional[str] = option(None, resume_safe=True)  # default runs/<method>-<data>
+    resume: str = option("auto", resume_safe=True)  # auto (resume if out_dir has a checkpoint) | never | <path>
+    overwrite: bool = option(False, resume_safe=True)  # starting into an existing run folder replaces it
+    ckpt_every: int = option(500, ge=1, resume_safe=True)
+    log_every: int = option(10, ge=1, resume_safe=True)
+    knn_every: int = option(0, ge=0, resume_safe=True)  # 0: only at the end
+    knn_k: int = option(20, ge=1, resume_safe=True)
+    knn_t: float = option(0.1, gt=0, resume_safe=True)
+    knn_max_train: int = option(10000, ge=1, resume_safe=True)  # monitor bank size (a fixed subset of the training set)
+    channels_last: bool = option(False, resume_safe=True)
+    compile: bool = option(False, resume_safe=True)
+    progress: bool = option(True, resume_safe=True)
+    threads: Optional[int] = option(None, ge=1, resume_safe=True)  # torch intra-op threads on CPU
 
 
 @dataclass
 class Config:
     method: dict = field(default_factory=lambda: {"name": "simclr"})
-    seed: int = 0
+    seed: int = option(0, unbounded="any integer seed")
     data: DataConfig = field(default_factory=DataConfig)
     views: ViewsConfig = field(default_factory=ViewsConfig)
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -150,8 +191,11 @@ def _coerce(value, tp, where: str):
     origin = typing.get_origin(tp)
     bad = ConfigError(f"{where}: expected {_type_name(tp)}, got {value!r}")
     if origin is Literal:
-        if value in typing.get_args(tp):
+        choices = typing.get_args(tp)
+        if value in choices and type(value) in {type(c) for c in choices}:
             return value
+        if isinstance(value, (int, float)) and not isinstance(value, bool) and str(value) in choices:
+            return str(value)  # trainer.precision=32 (YAML reads a number) -> "32"
         raise bad
     if origin in (Union, types.UnionType):
         args = typing.get_args(tp)
@@ -225,7 +269,8 @@ def build_dataclass(cls, values: Any, where: str = ""):
     if not isinstance(values, dict):
         raise ConfigError(f"{where or 'config'}: expected a mapping, got {values!r}")
     hints = typing.get_type_hints(cls)
-    names = [f.name for f in dataclasses.fields(cls)]
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    names = list(fields)
     kwargs = {}
     for key, value in values.items():
         if key not in names:
@@ -233,7 +278,25 @@ def build_dataclass(cls, values: Any, where: str = ""):
             raise _unknown_key(key, [n for n in names if n in own] + [n for n in names if n not in own], where)
         path = f"{where}.{key}" if where else key
         kwargs[key] = _coerce(value, hints[key], path)
+        # the range declared with the field (contrastlab.fields.option)
+        check_bounds(kwargs[key], fields[key], path, nullable=_nullable(hints[key]))
     return cls(**kwargs)
+
+
+def _nullable(tp) -> bool:
+    return typing.get_origin(tp) in (Union, types.UnionType) and type(None) in typing.get_args(tp)
+
+
+def parse_option(text: str, tp):
+    """The value of a ``key=value`` option for a field of type ``tp``: parsed as YAML, except
+    that a field that only holds strings keeps the text as written (``weights=123``)."""
+    value = _parse_value(text)
+    if isinstance(value, str) or (value is None and _nullable(tp)):
+        return value
+    args = typing.get_args(tp) if typing.get_origin(tp) in (Union, types.UnionType, Literal) else (tp,)
+    if all(a is str or a is type(None) or isinstance(a, str) for a in args):
+        return text
+    return value
 
 
 def _parse_value(text: str):
@@ -327,26 +390,70 @@ def from_dict(tree: dict) -> Config:
 
 
 def check_config(cfg: Config) -> None:
-    """Cross-field checks that a type cannot express."""
-    t, o, d = cfg.trainer, cfg.optim, cfg.data
+    """Checks that involve several fields (the range of each field is declared with it and
+    checked by build_dataclass), then the method's own: its config class may define
+    ``check(cfg)`` (a classmethod that sees the whole Config, e.g. SimCLR's batch size)."""
+    t, d, v = cfg.trainer, cfg.data, cfg.views
     if t.max_steps is None and t.max_epochs is None:
-        raise ConfigError("set trainer.max_steps or trainer.max_epochs")
-    for name, v in (("optim.batch_size", o.batch_size), ("data.image_size", d.image_size)):
-        if v <= 0:
-            raise ConfigError(f"{name} must be positive, got {v}")
-    if o.lr <= 0:
-        raise ConfigError(f"optim.lr must be positive, got {o.lr}")
-    lo, hi = cfg.views.crop_scale
-    if not 0 < lo <= hi <= 1:
-        raise ConfigError(f"views.crop_scale must satisfy 0 < min <= max <= 1, got {cfg.views.crop_scale}")
-    v = cfg.views
-    for name in ("flip_p", "jitter_p", "grayscale_p", "blur_p", "channel_perm_p", "invert_p"):
-        if not 0 <= getattr(v, name) <= 1:
-            raise ConfigError(f"views.{name} is a probability in [0, 1], got {getattr(v, name)}")
-    if not 0 <= v.rotation <= 180:
-        raise ConfigError(f"views.rotation is a maximum angle in degrees in [0, 180], got {v.rotation}")
-    if d.long_tail_ratio is not None and d.long_tail_ratio < 1:
-        raise ConfigError(f"data.long_tail_ratio must be >= 1, got {d.long_tail_ratio}")
+        raise ConfigError("trainer.max_steps=null and trainer.max_epochs=null: set trainer.max_steps or "
+                          "trainer.max_epochs (the length of the run)")
+    for name in ("crop_scale", "crop_ratio", "blur_sigma"):
+        lo, hi = getattr(v, name)
+        if lo > hi:
+            raise ConfigError(f"views.{name}={[lo, hi]}: must be [min, max] with min <= max")
+    if d.load_size is not None and d.load_size < d.image_size:
+        raise ConfigError(f"data.load_size={d.load_size}: must be >= data.image_size={d.image_size} "
+                          "(the random crop is cut from the resized image)")  # fmt: skip
+    from .methods import method_config_class
+
+    mcls = method_config_class(cfg.method["name"])
+    if hasattr(mcls, "check"):
+        mcls.check(cfg)
+
+
+def resume_differences(old: dict | Config, new: Config) -> list[str]:
+    """What differs between the config of a run (``old``: its Config, or the tree stored in its
+    checkpoint, perhaps written before keys were added: they take their defaults) and ``new``,
+    leaving out the options whose change does not alter what is trained (``resume_safe``).
+    One short text per difference: ``"optim.lr: 0.1 in the run, 0.2 now"``; a different method
+    is one entry (``"method.name: simclr in the run, moco now"``)."""
+    if not isinstance(old, Config):
+        old = from_dict(old)
+    out: list[str] = []
+
+    def diff(path: str, a, b, f) -> None:
+        if f is not None and is_resume_safe(f):
+            return
+        if a != b:
+            out.append(f"{path}: {_show(a)} in the run, {_show(b)} now")
+
+    for f in dataclasses.fields(Config):
+        a, b = getattr(old, f.name), getattr(new, f.name)
+        if f.name == "method":
+            if a.get("name") != b.get("name"):
+                diff("method.name", a.get("name"), b.get("name"), None)
+                continue
+            from .methods import method_config_class
+
+            for mf in dataclasses.fields(method_config_class(b["name"])):
+                diff(f"method.{mf.name}", a.get(mf.name), b.get(mf.name), mf)
+        elif dataclasses.is_dataclass(a):
+            for sf in dataclasses.fields(a):
+                diff(f"{f.name}.{sf.name}", getattr(a, sf.name), getattr(b, sf.name), sf)
+        else:
+            diff(f.name, a, b, f)
+    return out
+
+
+def _show(v) -> str:
+    """A value as a YAML override would write it."""
+    if v is None:
+        return "null"
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (tuple, list)):
+        return "[" + ", ".join(_show(x) for x in v) + "]"
+    return str(v)
 
 
 def to_dict(cfg: Config) -> dict:

@@ -25,28 +25,32 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from ..fields import option
+
 
 @dataclass
 class ViewConfig:
-    """Parameters of the SimCLR augmentation family (defaults: SimCLR's CIFAR setting)."""
+    """Parameters of the SimCLR augmentation family (defaults: SimCLR's CIFAR setting); each
+    declares its range (checked when a config is loaded)."""
 
-    crop_scale: tuple[float, float] = (0.08, 1.0)
-    crop_ratio: tuple[float, float] = (3 / 4, 4 / 3)
-    flip_p: float = 0.5
-    jitter_p: float = 0.8
-    brightness: float = 0.4
-    contrast: float = 0.4
-    saturation: float = 0.4
-    hue: float = 0.1
-    grayscale_p: float = 0.2
-    blur_p: float = 0.0
-    blur_sigma: tuple[float, float] = (0.1, 2.0)
-    blur_kernel_frac: float = 0.1  # kernel size = 10% of the image side, odd, as in SimCLR
+    crop_scale: tuple[float, float] = option((0.08, 1.0), gt=0, le=1)  # [min, max] share of the image area
+    crop_ratio: tuple[float, float] = option((3 / 4, 4 / 3), gt=0)  # [min, max] aspect ratio of the crop
+    flip_p: float = option(0.5, ge=0, le=1)
+    jitter_p: float = option(0.8, ge=0, le=1)
+    brightness: float = option(0.4, ge=0)
+    contrast: float = option(0.4, ge=0)
+    saturation: float = option(0.4, ge=0)
+    hue: float = option(0.1, ge=0, le=0.5)
+    grayscale_p: float = option(0.2, ge=0, le=1)
+    blur_p: float = option(0.0, ge=0, le=1)
+    blur_sigma: tuple[float, float] = option((0.1, 2.0), gt=0)  # [min, max] of the Gaussian's sigma in pixels
+    blur_kernel_frac: float = option(0.1, ge=0, le=1)  # kernel side = 10% of the image side, odd, >= 3 (SimCLR)
     # Beyond SimCLR's family (all off by default). For synthetic scenes such as the digit
     # scenes, where orientation, colour identity and polarity identify an instance:
-    rotation: float = 0.0  # random rotation of the crop, uniform in [-rotation, +rotation] degrees
-    channel_perm_p: float = 0.0  # probability of a random permutation of the RGB channels
-    invert_p: float = 0.0  # probability of inverting the image (x -> 1 - x)
+    # random rotation of the crop, uniform in [-rotation, +rotation] degrees
+    rotation: float = option(0.0, ge=0, le=180, doc="the largest angle in degrees")
+    channel_perm_p: float = option(0.0, ge=0, le=1)  # probability of a random permutation of the RGB channels
+    invert_p: float = option(0.0, ge=0, le=1)  # probability of inverting the image (x -> 1 - x)
 
 
 # Luma weights (ITU-R 601), as torchvision's rgb_to_grayscale

@@ -15,11 +15,27 @@ block is at most 32M float32 values (128 MiB) whatever the sizes.
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
+from typing import Literal, Optional
 
 import torch
 from torch import Tensor
 
-__all__ = ["topk_neighbours", "knn_predict", "knn_eval", "knn_accuracy"]
+from ..fields import option
+
+__all__ = ["KnnOptions", "topk_neighbours", "knn_predict", "knn_eval", "knn_accuracy"]
+
+
+@dataclass
+class KnnOptions:
+    """The options of ``contrastlab eval knn RUN [key=value ...]`` (each with its range)."""
+
+    label: Optional[str] = None  # the data set's label to classify (default: its default label)
+    k: int = option(20, ge=1, doc="neighbours per test image")
+    temperature: float = option(0.1, gt=0)
+    features: Literal["model", "random", "pixels"] = "model"  # random / pixels: baselines
+    device: str = "auto"
+    batch_size: int = option(512, ge=1)  # images per feature-extraction batch
 
 # Largest similarity block (queries x bank rows) computed at once by knn_predict.
 _MAX_SIM_ELEMS = 1 << 25
@@ -184,8 +200,12 @@ def knn_eval(
     Returns ``{"top1": float, "top5": float | None}``; top5 is None when
     ``n_classes < 5``.  Test rows labelled -1 are left out of the accuracies (and
     training rows labelled -1 out of the bank).  NaN when no test row is labelled.
+    A ``k`` larger than the bank is clamped to the bank's size; then the result also
+    holds ``"k"`` (the neighbours used) and ``"k_requested"``.
     """
     test_labels = test_labels.reshape(-1).to(device=train_feats.device, dtype=torch.long)
+    n_bank = int((train_labels.reshape(-1) >= 0).sum())
+    used = {"k": n_bank, "k_requested": k} if 1 <= n_bank < k else {}
     if test_labels.shape[0] != test_feats.shape[0]:
         raise ValueError("test_feats and test_labels have different lengths")
     correct1 = correct5 = 0
@@ -204,8 +224,8 @@ def knn_eval(
             top5 = votes.topk(5, dim=1).indices
             correct5 += int((top5 == y[:, None]).any(dim=1).sum())
     if total == 0:
-        return {"top1": math.nan, "top5": math.nan if n_classes >= 5 else None}
-    return {"top1": correct1 / total, "top5": correct5 / total if n_classes >= 5 else None}
+        return {"top1": math.nan, "top5": math.nan if n_classes >= 5 else None, **used}
+    return {"top1": correct1 / total, "top5": correct5 / total if n_classes >= 5 else None, **used}
 
 
 def knn_accuracy(

@@ -12,13 +12,30 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Literal, Optional
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["LinearClassifier", "linear_probe", "per_class_accuracy", "long_tail_groups"]
+from ..fields import option
+
+__all__ = ["LinearOptions", "LinearClassifier", "linear_probe", "per_class_accuracy", "long_tail_groups"]
+
+
+@dataclass
+class LinearOptions:
+    """The options of ``contrastlab eval linear RUN [key=value ...]`` (each with its range)."""
+
+    label: Optional[str] = None  # the data set's label to classify (default: its default label)
+    epochs: int = option(100, ge=1)
+    weight_decay: float = option(1e-3, ge=0)
+    features: Literal["model", "random", "pixels"] = "model"  # random / pixels: baselines
+    device: str = "auto"
+    batch_size: int = option(512, ge=1)  # images per feature-extraction batch
+    groups: Literal["thirds", "imagenet"] = "thirds"  # long-tail groups (see long_tail_groups)
+    probe_data: Literal["balanced", "pretrain"] = "balanced"  # long-tailed runs: the set the probe is trained on
 
 # Rows per chunk are chosen so that a logits block holds at most this many values.
 _MAX_LOGIT_ELEMS = 1 << 24

@@ -3,13 +3,37 @@ from __future__ import annotations
 
 import os
 import secrets
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import torch
 
 from ..errors import ConfigError, UserError
+from ..fields import option
 
 DIRECTIONS = {"AtoB": ("A", "B"), "BtoA": ("B", "A")}
+
+
+@dataclass
+class TranslationOptions:
+    """The options of ``contrastlab eval translation RUN [key=value ...]`` (each with its range)."""
+
+    extractor: Literal["auto", "inception", "random"] = "auto"  # translation_metrics.EXTRACTORS
+    weights: str = ""  # the inception extractor's weights file ("": look in the torch hub cache)
+    direction: Literal["AtoB", "BtoA", "both"] = "both"
+    device: str = "auto"
+    batch_size: int = option(64, ge=1)
+    max_images: int = option(0, ge=0, doc="test images per domain, 0: all")
+
+
+@dataclass
+class TranslateOptions:
+    """The options of ``contrastlab translate RUN INPUT_DIR OUT_DIR [key=value ...]``."""
+
+    direction: Literal["AtoB", "BtoA"] = "AtoB"
+    size: int = option(0, ge=0, doc="side the images are resized to, 0: keep their size")
+    device: str = "auto"
 
 
 def _translators(method) -> dict:

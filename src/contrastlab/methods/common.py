@@ -10,6 +10,8 @@ import torch.nn.functional as F
 
 from ..data.views import BatchedViews
 from ..engine.distributed import gather_no_grad
+from ..errors import ConfigError
+from ..fields import option
 from ..nn import Encoder, MLPHead, build_backbone
 
 
@@ -21,18 +23,24 @@ class AxesConfig:
     ``mochi_n_hard`` hardest negatives, from step ``mochi_warmup_steps``; 0 = off) and SDCLR's
     pruned second branch (global magnitude pruning of the conv weights, renewed every epoch)."""
 
-    tau_plus: float = 0.0
-    beta: float = 0.0
-    mochi_n_hard: int = 0
-    mochi_s: int = 0
-    mochi_s_prime: int = 0
-    mochi_warmup_steps: int = 0
+    tau_plus: float = option(0.0, ge=0, lt=1, doc="DCL's class prior")
+    beta: float = option(0.0, ge=0)
+    mochi_n_hard: int = option(0, ge=0)
+    mochi_s: int = option(0, ge=0)
+    mochi_s_prime: int = option(0, ge=0)
+    mochi_warmup_steps: int = option(0, ge=0)
     pruned_branch: bool = False
-    prune_fraction: float = 0.9
-    prune_random_fraction: float = 0.0
+    prune_fraction: float = option(0.9, ge=0, lt=1)
+    prune_random_fraction: float = option(0.0, ge=0, lt=1)
 
-    def __post_init__(self):
-        check_negatives_options(self)
+    @classmethod
+    def check(cls, cfg) -> None:
+        """Checks across options (each option's range is declared with it): the axes', and the
+        projector's BatchNorm, which needs two images per batch to train."""
+        check_negatives_options(cfg.method)
+        if cfg.model.proj_bn and cfg.optim.batch_size < 2:
+            raise ConfigError(f"optim.batch_size={cfg.optim.batch_size}: the projector's BatchNorm (model.proj_bn=true) "
+                              "needs at least 2 images per batch; raise batch_size or set model.proj_bn=false")  # fmt: skip
 
 
 def setup_axes(method: nn.Module, m: dict) -> None:
@@ -51,21 +59,16 @@ def mochi_active(method: nn.Module, batch: dict) -> bool:
     return method.mochi is not None and batch.get("step", 0) >= method.mochi_warmup
 
 
-def check_negatives_options(c) -> None:
-    """Checks of the loss, mixing and branch axes (one-line errors)."""
-    from ..errors import ConfigError
-
-    if not 0 <= c.tau_plus < 1:
-        raise ConfigError(f"method.tau_plus is a class prior in [0, 1), got {c.tau_plus}")
-    if c.beta < 0:
-        raise ConfigError(f"method.beta must be >= 0, got {c.beta}")
-    if min(c.mochi_n_hard, c.mochi_s, c.mochi_s_prime, c.mochi_warmup_steps) < 0:
-        raise ConfigError("method.mochi_n_hard, mochi_s, mochi_s_prime and mochi_warmup_steps must be >= 0")
-    if c.mochi_n_hard and not (c.mochi_s or c.mochi_s_prime):
-        raise ConfigError("method.mochi_n_hard is set but mochi_s and mochi_s_prime are 0: no synthetic negatives")
-    for name in ("prune_fraction", "prune_random_fraction"):
-        if not 0 <= getattr(c, name) < 1:
-            raise ConfigError(f"method.{name} must be in [0, 1), got {getattr(c, name)}")
+def check_negatives_options(m: dict) -> None:
+    """Checks of the mixing axis across options (one-line errors): MoCHi needs both a pool of
+    hard negatives and some mixes, or neither. The pool's size is the method's check."""
+    n, s, s2 = m["mochi_n_hard"], m["mochi_s"], m["mochi_s_prime"]
+    if n and not (s or s2):
+        raise ConfigError(f"method.mochi_n_hard={n} but method.mochi_s=0 and method.mochi_s_prime=0: "
+                          "no synthetic negatives; set one of them (or mochi_n_hard=0)")  # fmt: skip
+    if (s or s2) and not n:
+        raise ConfigError(f"method.mochi_s={s} and method.mochi_s_prime={s2} but method.mochi_n_hard=0: "
+                          "MoCHi is off; set mochi_n_hard (the hard negatives mixed) or the mixes to 0")  # fmt: skip
 
 
 class PrunedBranch(nn.Module):

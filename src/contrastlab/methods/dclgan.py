@@ -26,6 +26,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..engine.manual import set_requires_grad
+from ..fields import option
 from ..losses.translation import gan_loss
 from ..nn.translation import ImagePool, PatchDiscriminator, PatchSampleHeads, ResnetGenerator, init_weights
 from .translation import TranslationConfig, adam, patch_nce_loss, to_signed, translation_monitor
@@ -34,17 +35,17 @@ from .translation import TranslationConfig, adam, patch_nce_loss, to_signed, tra
 @dataclass
 class DCLGANConfig(TranslationConfig):
     name: Literal["dclgan"] = "dclgan"
-    lambda_nce: float = 2.0
-    lambda_idt: float = 1.0
-    pool_size: int = 50
-    lambda_sim: float = 0.0  # SimDCL's similarity loss (0: DCLGAN)
-    sim_dim: int = 64
+    lambda_nce: float = option(2.0, ge=0)
+    lambda_idt: float = option(1.0, ge=0)
+    pool_size: int = option(50, ge=0)
+    lambda_sim: float = option(0.0, ge=0)  # SimDCL's similarity loss (0: DCLGAN)
+    sim_dim: int = option(64, ge=1)
 
 
 @dataclass
 class SimDCLConfig(DCLGANConfig):
     name: Literal["simdcl"] = "simdcl"
-    lambda_sim: float = 10.0
+    lambda_sim: float = option(10.0, ge=0)
 
 
 class DCLGAN(nn.Module):

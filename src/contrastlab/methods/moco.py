@@ -19,6 +19,8 @@ import torch
 import torch.nn as nn
 
 from ..engine.distributed import gather_no_grad, rank_and_world
+from ..errors import ConfigError
+from ..fields import option
 from ..losses import debiased_info_nce, info_nce, mochi_negatives
 from .common import (AxesConfig, Queue, build_encoder, build_projector, build_views, frozen_copy, mochi_active,
                      momentum_update, setup_axes, two_views)
@@ -27,23 +29,24 @@ from .common import (AxesConfig, Queue, build_encoder, build_projector, build_vi
 @dataclass
 class MoCoConfig(AxesConfig):
     name: Literal["moco"] = "moco"
-    temperature: float = 0.2
-    queue_size: int = 65536
-    momentum: float = 0.999
+    temperature: float = option(0.2, gt=0)
+    queue_size: int = option(65536, ge=1)
+    momentum: float = option(0.999, ge=0, lt=1, doc="the key encoder's EMA momentum")
     # constant, or cosine from `momentum` up to 1 over the run (BYOL; MoCo v3): m_k = 1 - (1 - m)(cos(pi k / K) + 1) / 2
     momentum_schedule: Literal["constant", "cosine"] = "constant"
     bn: Literal["shuffle", "sync", "none"] = "shuffle"  # how the key encoder avoids BN leakage
-    shuffle_groups: int = 8  # shuffle-BN in one process: keys are encoded in this many shuffled sub-batches
+    # shuffle-BN in one process: keys are encoded in this many shuffled sub-batches
+    shuffle_groups: int = option(8, ge=1)
     symmetric: bool = False
 
-    def __post_init__(self):
-        super().__post_init__()
-        from ..errors import ConfigError
-
-        if self.shuffle_groups < 1:
-            raise ConfigError(f"method.shuffle_groups must be >= 1, got {self.shuffle_groups}")
-        if not 0 <= self.momentum < 1:
-            raise ConfigError(f"method.momentum must be in [0, 1), got {self.momentum}")
+    @classmethod
+    def check(cls, cfg) -> None:
+        """MoCHi's hard negatives are drawn from the queue."""
+        super().check(cfg)
+        n_hard, k = cfg.method["mochi_n_hard"], cfg.method["queue_size"]
+        if n_hard > k:
+            raise ConfigError(f"method.mochi_n_hard={n_hard}: more than the method.queue_size={k} negatives "
+                              "of the queue; lower mochi_n_hard or raise queue_size")  # fmt: skip
 
 
 @torch.no_grad()

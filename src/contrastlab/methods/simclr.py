@@ -13,6 +13,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..errors import ConfigError
+from ..fields import option
 from ..losses import debiased_nt_xent, mochi_negatives, nt_xent
 from .common import AxesConfig, build_encoder, build_projector, build_views, mochi_active, setup_axes, two_views
 
@@ -20,7 +22,20 @@ from .common import AxesConfig, build_encoder, build_projector, build_views, moc
 @dataclass
 class SimCLRConfig(AxesConfig):
     name: Literal["simclr"] = "simclr"
-    temperature: float = 0.5
+    temperature: float = option(0.5, gt=0)
+
+    @classmethod
+    def check(cls, cfg) -> None:
+        """The negatives of an anchor are the other 2B - 2 views of its process's batch: B >= 2,
+        and MoCHi's hard negatives are drawn from them."""
+        b, n_hard = cfg.optim.batch_size, cfg.method["mochi_n_hard"]
+        if b < 2:
+            raise ConfigError(f"optim.batch_size={b}: SimCLR needs at least 2 images per batch for negatives")
+        super().check(cfg)
+        if n_hard > 2 * b - 2:
+            raise ConfigError(f"method.mochi_n_hard={n_hard}: more than the {2 * b - 2} negatives of an anchor "
+                              f"in a batch of optim.batch_size={b} (2 x {b} - 2); lower mochi_n_hard or raise "
+                              "optim.batch_size")  # fmt: skip
 
 
 class SimCLR(nn.Module):

@@ -15,43 +15,42 @@ from typing import Literal
 import torch
 
 from ..errors import ConfigError
+from ..fields import option
 from ..losses.translation import patch_nce
 
 
 @dataclass
 class TranslationConfig:
-    ngf: int = 64  # generator width
-    n_blocks: int = 9  # residual blocks of the generator
-    n_down: int = 2  # stride-2 downsamplings of the generator
-    ndf: int = 64  # discriminator width
-    n_layers_d: int = 3  # PatchGAN depth (3: 70x70 receptive field)
+    ngf: int = option(64, ge=1)  # generator width
+    n_blocks: int = option(9, ge=0)  # residual blocks of the generator
+    n_down: int = option(2, ge=0)  # stride-2 downsamplings of the generator
+    ndf: int = option(64, ge=1)  # discriminator width
+    n_layers_d: int = option(3, ge=1)  # PatchGAN depth (3: 70x70 receptive field)
     gan_mode: Literal["lsgan", "hinge", "nonsaturating"] = "lsgan"
-    lambda_gan: float = 1.0
-    lambda_nce: float = 1.0
-    nce_t: float = 0.07
-    nce_layers: tuple[int, ...] = (0, 4, 8, 12, 16)  # generator module indices (see ResnetGenerator)
-    num_patches: int = 256  # patches per image and layer (0: all positions)
-    head_dim: int = 256
-    pool_size: int = 0  # discriminator history of generated images (CycleGAN's 50; 0: off)
-    monitor_images: int = 500  # test images translated and scored (FID / KID) at each monitor step
-    grid_images: int = 8  # images per row of the saved sample grids
+    lambda_gan: float = option(1.0, ge=0)
+    lambda_nce: float = option(1.0, ge=0)
+    nce_t: float = option(0.07, gt=0)
+    nce_layers: tuple[int, ...] = option((0, 4, 8, 12, 16), ge=0)  # generator module indices (see ResnetGenerator)
+    num_patches: int = option(256, ge=0)  # patches per image and layer (0: all positions)
+    head_dim: int = option(256, ge=1)
+    pool_size: int = option(0, ge=0)  # discriminator history of generated images (CycleGAN's 50; 0: off)
+    # test images translated and scored (FID / KID) at each monitor step (0: all)
+    monitor_images: int = option(500, ge=0, resume_safe=True)
+    grid_images: int = option(8, ge=1, resume_safe=True)  # images per row of the saved sample grids
 
-    def __post_init__(self):
-        for name in ("ngf", "ndf", "head_dim", "n_layers_d"):
-            if getattr(self, name) < 1:
-                raise ConfigError(f"method.{name} must be >= 1, got {getattr(self, name)}")
-        if self.n_blocks < 0 or self.n_down < 0 or self.pool_size < 0 or self.num_patches < 0:
-            raise ConfigError("method.n_blocks, n_down, pool_size and num_patches must be >= 0")
-        if self.nce_t <= 0:
-            raise ConfigError(f"method.nce_t must be positive, got {self.nce_t}")
-        if not self.nce_layers:
-            raise ConfigError("method.nce_layers is empty: PatchNCE needs at least one generator layer")
-        n_modules = 4 + 3 * self.n_down + self.n_blocks + 3 * self.n_down + 3
-        bad = [i for i in self.nce_layers if not 0 <= i < n_modules]
+    @classmethod
+    def check(cls, cfg) -> None:
+        """The PatchNCE layers must exist in the generator that n_down and n_blocks describe."""
+        m = cfg.method
+        layers, n_down, n_blocks = m["nce_layers"], m["n_down"], m["n_blocks"]
+        if not layers:
+            raise ConfigError("method.nce_layers=[]: PatchNCE needs at least one generator layer")
+        n_modules = 4 + 3 * n_down + n_blocks + 3 * n_down + 3
+        bad = [i for i in layers if not 0 <= i < n_modules]
         if bad:
             raise ConfigError(
                 f"method.nce_layers {list(bad)} out of range: the generator has modules 0..{n_modules - 1} "
-                f"(n_down={self.n_down}, n_blocks={self.n_blocks}); the encoder ends at {3 + 3 * self.n_down + self.n_blocks}"
+                f"(method.n_down={n_down}, method.n_blocks={n_blocks}); the encoder ends at {3 + 3 * n_down + n_blocks}"
             )
 
 
@@ -105,6 +104,8 @@ def translation_monitor(pairs: dict, test_set, run_dir: Path, step: int, n_image
     eval translation`` computes the final numbers with the extractor of the user's choice."""
     from torchvision.utils import save_image
 
+    from ..files import atomic_save
+
     from ..eval.translation_metrics import RandomConvFeatures, extract, translation_scores
 
     if test_set is None:
@@ -126,6 +127,6 @@ def translation_monitor(pairs: dict, test_set, run_dir: Path, step: int, n_image
     grid = torch.cat(rows)
     samples = Path(run_dir) / "samples"
     samples.mkdir(parents=True, exist_ok=True)
-    save_image(grid, samples / f"step_{step:07d}.png", nrow=n_grid, padding=1)
-    save_image(grid, samples / "latest.png", nrow=n_grid, padding=1)
+    for name in (f"step_{step:07d}.png", "latest.png"):
+        atomic_save(samples / name, lambda tmp: save_image(grid, tmp, nrow=n_grid, padding=1, format="png"))
     return out
