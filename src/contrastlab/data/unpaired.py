@@ -35,6 +35,7 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from contrastlab.files import atomic_save
 from contrastlab.data.digits import (
     N_ROTATIONS,
     ROTATION_CENTRES,
@@ -365,5 +366,6 @@ def write_domain_folders(root, data: dict) -> str:
             images = d["images"]
             width = max(5, len(str(len(images) - 1)))
             for i, img in enumerate(images):
-                Image.fromarray(img.permute(1, 2, 0).numpy()).save(os.path.join(folder, f"{i:0{width}d}.png"))
+                im = Image.fromarray(img.permute(1, 2, 0).numpy())
+                atomic_save(os.path.join(folder, f"{i:0{width}d}.png"), lambda tmp: im.save(tmp, format="PNG"))
     return root

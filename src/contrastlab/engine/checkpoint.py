@@ -3,31 +3,22 @@
 A checkpoint is a plain ``torch.save`` file of tensors and Python containers: the model's
 state dict (every network, queue and bank of the method), the optimisers' and schedulers'
 states, the step, and the resolved config as a dict. Writing goes to a temporary file in the
-same folder that is then renamed over the target, so a crash mid-write never leaves a
-truncated checkpoint. Reading uses ``torch.load(..., weights_only=True)``.
+same folder that is then renamed over the target (:mod:`contrastlab.files`), so a crash or a
+full disk mid-write never leaves a truncated checkpoint: the last good one is kept. Reading
+uses ``torch.load(..., weights_only=True)``.
 """
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 import torch
 
 from ..errors import UserError
+from ..files import atomic_save
 
 
 def save_atomic(obj, path: str | Path) -> None:
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp{os.getpid()}")
-    try:
-        torch.save(obj, tmp)
-        with open(tmp, "rb") as f:
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    finally:
-        if tmp.exists():
-            tmp.unlink()
+    atomic_save(path, lambda tmp: torch.save(obj, tmp), kept="the last good checkpoint is kept")
 
 
 def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
@@ -39,7 +30,29 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
     try:
         ckpt = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # truncated, not a torch file, or unsafe content
-        raise UserError(f"checkpoint {path} could not be read ({type(e).__name__}: {str(e).splitlines()[0][:200]})") from None
+        first = " ".join(str(e).split(". ")[0].split()) if str(e).strip() else type(e).__name__
+        raise UserError(f"checkpoint {path} is truncated, corrupt or not a checkpoint ({first}); "
+                        "use another checkpoint or train again") from None  # fmt: skip
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
         raise UserError(f"{path} is not a contrastlab checkpoint (no model/config entries)")
     return ckpt
+
+
+def load_weights(module: torch.nn.Module, state: dict, where: str | Path) -> None:
+    """``module.load_state_dict(state)`` (strict); a mismatch is one line naming a few keys,
+    not PyTorch's list of every weight. (Modules whose buffers change shape, such as image
+    pools, load them through their own ``_load_from_state_dict``.)"""
+    try:
+        module.load_state_dict(state)
+    except RuntimeError as e:
+        own = module.state_dict()
+        missing = [k for k in own if k not in state]
+        unexpected = [k for k in state if k not in own]
+        shape = str(e).count("size mismatch for ")
+        parts = [f"{len(keys)} {what} (e.g. {', '.join(keys[:2])})"
+                 for what, keys in (("missing", missing), ("unexpected", unexpected)) if keys]  # fmt: skip
+        if shape:
+            parts.append(f"{shape} of another shape")
+        raise UserError(f"the weights in {where} do not fit the model built from its config: "
+                        f"{'; '.join(parts) or 'they cannot be loaded'}; it was written by another version "
+                        "or for another model") from None  # fmt: skip

@@ -4,6 +4,8 @@ from __future__ import annotations
 import torch
 
 from ..data.base import TensorImageSet
+from ..data.real import worker_error_line
+from ..errors import UserError
 
 
 @torch.no_grad()
@@ -24,8 +26,14 @@ def extract_features(encoder, dataset, device=None, indices=None, batch_size: in
         else:
             sub = torch.utils.data.Subset(dataset, idx.tolist())
             loader = torch.utils.data.DataLoader(sub, batch_size=batch_size, num_workers=num_workers)
-            for x, _ in loader:
-                out.append(encoder(x.to(device).float().div_(255)).to(dtype).cpu())
+            try:
+                for x, _ in loader:
+                    out.append(encoder(x.to(device).float().div_(255)).to(dtype).cpu())
+            except Exception as e:  # a data error in a loader worker: its one line, not its traceback
+                line = worker_error_line(e)
+                if line is None:
+                    raise
+                raise UserError(line) from None
     finally:
         encoder.train(was_training)
     if not out:

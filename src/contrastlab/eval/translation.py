@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import secrets
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -11,6 +10,7 @@ import torch
 
 from ..errors import ConfigError, UserError
 from ..fields import option
+from ..files import atomic_save
 
 DIRECTIONS = {"AtoB": ("A", "B"), "BtoA": ("B", "A")}
 
@@ -34,6 +34,7 @@ class TranslateOptions:
     direction: Literal["AtoB", "BtoA"] = "AtoB"
     size: int = option(0, ge=0, doc="side the images are resized to, 0: keep their size")
     device: str = "auto"
+    overwrite: bool = False  # translate into an output folder that already holds files
 
 
 def _translators(method) -> dict:
@@ -189,7 +190,8 @@ def translate_folder(method, input_dir: str, out_dir: str, direction: str = "Ato
             y = to_unit(net(to_signed(x.to(device)))).cpu()[0]
         target = out / rel
         target.parent.mkdir(parents=True, exist_ok=True)
-        _save_png_atomic(Image.fromarray((y.permute(1, 2, 0) * 255).round().byte().numpy()), target)
+        image = Image.fromarray((y.permute(1, 2, 0) * 255).round().byte().numpy())
+        atomic_save(target, lambda tmp: image.save(tmp, format="PNG"))  # never a half-written PNG
         if bar is not None:
             bar.update(1)
     if bar is not None:
@@ -253,17 +255,3 @@ def _output_names(rel_paths: list[Path]) -> list[Path]:
                             "rename one of them")
         seen[o] = i
     return outs
-
-
-def _save_png_atomic(image, target: Path) -> None:
-    """Save a PIL image as PNG at ``target`` through a temporary file in the same folder and
-    ``os.replace``: ``target`` is the old file or the complete new one, never a partial one."""
-    tmp = target.with_name(f".{target.name}.tmp-{os.getpid()}-{secrets.token_hex(3)}")
-    try:
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)  # umask applies, like open()
-        with os.fdopen(fd, "wb") as f:
-            image.save(f, format="PNG")
-        os.replace(tmp, target)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise

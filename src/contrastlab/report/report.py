@@ -20,6 +20,7 @@ import torch
 from torch import Tensor
 
 from ..eval.knn import topk_neighbours
+from ..files import atomic_save, atomic_write
 
 __all__ = [
     "read_metrics_csv",
@@ -144,7 +145,7 @@ def plot_curves(metrics: Sequence[Mapping], path) -> bool:
             ax.ticklabel_format(axis="y", style="sci", scilimits=(-2, 3))
         if len(series) > 1 or series[0][0] != name:
             ax.legend(fontsize=8)
-    fig.savefig(path)
+    atomic_save(path, lambda tmp: fig.savefig(tmp, format="png"))
     return True
 
 
@@ -229,7 +230,7 @@ def plot_embedding(feats, labels, path, class_names=None, method: str = "tsne",
     ax.set_title(f"{'t-SNE' if used == 'tsne' else 'PCA'} of {len(idx)} points")
     ax.set_xticks([])
     ax.set_yticks([])
-    fig.savefig(path)
+    atomic_save(path, lambda tmp: fig.savefig(tmp, format="png"))
     return {"method": used, "n_points": int(len(idx))}
 
 
@@ -373,7 +374,7 @@ def plot_retrieval(retrieval: Mapping, path) -> dict:
     import matplotlib.image
 
     grid = retrieval_grid(retrieval)
-    matplotlib.image.imsave(str(path), grid)
+    atomic_save(path, lambda tmp: matplotlib.image.imsave(tmp, grid, format="png"))
     ql = _as_tensor(retrieval["query_labels"]).reshape(-1).cpu().long()
     nl = _as_tensor(retrieval["neighbour_labels"]).cpu().long()
     nq = ql.shape[0]
@@ -552,7 +553,5 @@ def write_report(
 
     parts.append("</body></html>")
     out = run_dir / "report.html"
-    tmp = run_dir / ".report.html.tmp"
-    tmp.write_text("\n".join(parts) + "\n", encoding="utf-8")
-    os.replace(tmp, out)
+    atomic_write(out, "\n".join(parts) + "\n")
     return out

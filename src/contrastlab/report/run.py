@@ -68,6 +68,7 @@ def _translation_report(run_dir: Path, cfg, ckpt) -> Path:
     """Curves (losses, FID / KID of the monitor) and the sample grids of a translation run."""
     from PIL import Image
 
+    from ..files import atomic_save
     from .report import read_metrics_csv, write_report
 
     img_dir = run_dir / "report"
@@ -82,7 +83,8 @@ def _translation_report(run_dir: Path, cfg, ckpt) -> Path:
             continue
         im = Image.open(path)
         scale = max(1, round(800 / im.width))  # small images: enlarge without smoothing
-        im.resize((im.width * scale, im.height * scale), Image.NEAREST).save(img_dir / f"samples_{label}.png")
+        big = im.resize((im.width * scale, im.height * scale), Image.NEAREST)
+        atomic_save(img_dir / f"samples_{label}.png", lambda tmp: big.save(tmp, format="PNG"))
         step = int(path.stem.split("_")[1])
         figures.append((f"Samples at step {step}", f"samples_{label}.png", f"Rows: {rows}."))
     metrics = read_metrics_csv(run_dir / "metrics.csv") if (run_dir / "metrics.csv").exists() else []
