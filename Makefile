@@ -17,7 +17,7 @@ install: $(BIN)/contrastlab
 
 ## The main job: SimCLR on the embedded digit scenes (CPU preset), kNN + linear eval, report.
 demo: install
-	$(BIN)/contrastlab train simclr trainer.out_dir=runs/demo trainer.resume=never
+	$(BIN)/contrastlab train simclr trainer.out_dir=runs/demo trainer.overwrite=true
 	$(BIN)/contrastlab eval knn runs/demo
 	$(BIN)/contrastlab eval linear runs/demo
 	$(BIN)/contrastlab report runs/demo

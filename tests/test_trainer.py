@@ -28,8 +28,8 @@ def test_killed_run_resumes_to_identical_weights(tmp_path, tiny, recipe):
                      f"trainer.threads={torch.get_num_threads()}"]  # fmt: skip
     if recipe in ("moco", "combined"):
         common.append("method.queue_size=64")
-    if recipe == "combined":
-        common.append("method.mochi_warmup_steps=10")
+    if recipe == "combined":  # MoCHi's hardest negatives come from the (small) queue
+        common += ["method.mochi_warmup_steps=10", "method.mochi_n_hard=32"]
     # the uninterrupted run
     fit(load_config(recipe, common + [f"trainer.out_dir={tmp_path / 'full'}"]))
     # the same run in a process that is killed (SIGKILL: no chance to clean up) half way
@@ -117,23 +117,6 @@ def test_unreadable_image_is_named_before_training(tmp_path, tiny):
     with pytest.raises(UserError, match="broken.png"):
         fit(cfg)
     assert not (tmp_path / "run" / "last.ckpt").exists()  # failed at start, nothing trained
-
-
-def test_sigterm_checkpoints_and_stops(tmp_path, tiny):
-    out = tmp_path / "run"
-    cmd = [sys.executable, "-m", "contrastlab.cli", "train", "simclr", *tiny, "trainer.max_steps=100000",
-           "trainer.ckpt_every=100000", f"trainer.out_dir={out}"]  # fmt: skip
-    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE)
-    deadline = time.time() + 120
-    while time.time() < deadline and not (out / "metrics.csv").exists():
-        time.sleep(0.05)
-    time.sleep(1.0)
-    proc.send_signal(signal.SIGTERM)
-    _, err = proc.communicate(timeout=120)
-    assert proc.returncode == 0, err.decode()[-800:]
-    step = load_checkpoint(out / "last.ckpt")["step"]
-    assert 0 < step < 100000
-    assert b"stop requested" in err
 
 
 def test_per_image_torchvision_views_train_on_folder_and_tensors(tmp_path, tiny):

@@ -6,7 +6,7 @@ import json
 import sys
 from pathlib import Path
 
-from .errors import ConfigError, UserError
+from .errors import ConfigError, Interrupted, UserError
 
 # the options of each command: a dataclass (module:class, imported when used) whose fields declare
 # their types, defaults and ranges, parsed by _parse_kv through config.build_dataclass
@@ -54,6 +54,14 @@ def cmd_train(args) -> int:
 
     cfg = load_config(args.recipe, args.overrides)
     res = fit(cfg)
+    if res.interrupted is not None:  # stopped by SIGINT / SIGTERM: not a finished run (exit 130 / 143)
+        if res.is_main:
+            import signal
+
+            print(f"contrastlab: {signal.Signals(res.interrupted).name}: stopped at step {res.step} of "
+                  f"{res.metrics.get('total_steps')}, checkpoint kept in {res.run_dir}; rerun the same command "
+                  "to continue", file=sys.stderr)  # fmt: skip
+        return 128 + res.interrupted
     if res.metrics and res.is_main:
         print(json.dumps({"run_dir": str(res.run_dir), **res.metrics}))
     return 0
@@ -62,14 +70,14 @@ def cmd_train(args) -> int:
 def load_run(checkpoint: str, data_overrides: list[str]):
     """(cfg, method with weights) from a checkpoint path or run folder."""
     from .config import apply_overrides, from_dict
-    from .engine.checkpoint import load_checkpoint
+    from .engine.checkpoint import load_checkpoint, load_weights
     from .methods import build_method
 
     ckpt = load_checkpoint(checkpoint)
     tree = apply_overrides(ckpt["config"], data_overrides)
     cfg = from_dict(tree)  # defaults for keys newer than the checkpoint
     method = build_method(cfg)
-    method.load_state_dict(ckpt["model"])
+    load_weights(method, ckpt["model"], checkpoint)
     if cfg.trainer.channels_last:  # evaluate with the memory layout the run used (same numbers)
         from .nn import Encoder
 
@@ -193,7 +201,7 @@ def cmd_translate(args) -> int:
         raise ConfigError("translate takes no data.* options; valid options: " + ", ".join(opts))
     cfg, method, ckpt = load_run(args.checkpoint, [])
     r = translate_folder(method, args.input_dir, args.out_dir, direction=opts["direction"], size=opts["size"],
-                         device=_device(opts["device"]))  # fmt: skip
+                         device=_device(opts["device"]), overwrite=opts["overwrite"])  # fmt: skip
     print(json.dumps({"checkpoint": str(args.checkpoint), "step": int(ckpt["step"]), **r}))
     return 0
 
@@ -207,10 +215,12 @@ def _write_eval(checkpoint: Path, protocol: str, result: dict):
     except (json.JSONDecodeError, OSError):
         data = {}
     data[f"{protocol}/{result['label']}/{result['features']}"] = result
+    from .files import atomic_write
+
     try:
-        path.write_text(json.dumps(data, indent=2))
-    except OSError:
-        pass
+        atomic_write(path, json.dumps(data, indent=2), kept="the previous eval.json is kept")
+    except UserError as e:  # the result is still printed
+        print(f"contrastlab: warning: {e}", file=sys.stderr)
 
 
 def cmd_report(args) -> int:
@@ -264,6 +274,9 @@ def main(argv=None) -> int:
     except (ConfigError, UserError) as e:
         print(f"contrastlab: error: {e}", file=sys.stderr)
         return 2
+    except Interrupted as e:
+        print(f"contrastlab: stopped by signal {e.signum}", file=sys.stderr)
+        return 128 + e.signum
     except KeyboardInterrupt:
         print("contrastlab: interrupted", file=sys.stderr)
         return 130

@@ -11,6 +11,7 @@ exactly as the uninterrupted run would (on the same hardware and thread count).
 """
 from __future__ import annotations
 
+import copy
 import json
 import signal
 import sys
@@ -24,14 +25,16 @@ import yaml
 from ..config import Config, UserError, to_dict
 from ..data import build_datasets
 from ..data.base import TensorImageSet
+from ..data.real import worker_error_line
+from ..errors import Interrupted
 from ..eval.features import extract_features
+from ..files import atomic_write
 from ..methods import build_method, method_class
-from .checkpoint import load_checkpoint, save_atomic
+from .checkpoint import load_weights, save_atomic
 from .logging import RunLogger
 from .manual import ManualSteps, OptimizerSet, SchedulerSet
 from .optim import build_optimizer, build_scheduler
-
-CKPT_NAME = "last.ckpt"
+from .rundir import CKPT_NAME, claimed, clear_run, load_resume, resume_source
 
 
 def step_seed(seed: int, rank: int, step: int) -> int:
@@ -66,12 +69,15 @@ class StepBatches:
 
 class _TwoViewSet(torch.utils.data.Dataset):
     """Per-image augmentation path: each item is two torchvision views of the raw image. Image
-    files are decoded at full size and augmented there (set_transform), not after resizing."""
+    files are decoded at full size and augmented there (set_transform, on a shallow copy of the
+    data set: the training set itself keeps serving plain images to the kNN monitor), not after
+    resizing."""
 
     def __init__(self, ds, transform):
         self.ds, self.transform = ds, transform
         if hasattr(ds, "set_transform"):
-            ds.set_transform(lambda img: (transform(img), transform(img)))
+            self.ds = copy.copy(ds)
+            self.ds.set_transform(_PairTransform(transform))
             self.transform = None
 
     def __len__(self):
@@ -83,7 +89,29 @@ class _TwoViewSet(torch.utils.data.Dataset):
         return v1, v2, i
 
 
+class _PairTransform:
+    """Two independent draws of one per-image transform (picklable for loader workers)."""
+
+    def __init__(self, transform):
+        self.transform = transform
+
+    def __call__(self, img):
+        return self.transform(img), self.transform(img)
+
+
 def _batches(train_set, sampler: StepBatches, cfg: Config, device):
+    """Yields batch dicts for the steps of ``sampler``; a data error raised in a loader worker
+    (a corrupt file) comes out as the worker's one-line message."""
+    try:
+        yield from _batches_of(train_set, sampler, cfg, device)
+    except Exception as e:  # a worker's UserError comes back as a UserError holding its traceback
+        line = worker_error_line(e)
+        if line is None:
+            raise
+        raise UserError(line) from None
+
+
+def _batches_of(train_set, sampler: StepBatches, cfg: Config, device):
     """Yields batch dicts for the steps of ``sampler`` (images or views on the device)."""
     d = cfg.data
     pin = d.pin_memory and device.type == "cuda"
@@ -129,13 +157,19 @@ class FitResult:
     step: int
     metrics: dict = field(default_factory=dict)
     is_main: bool = True  # rank 0 (only it reports)
+    interrupted: int | None = None  # the signal that stopped the run (SIGINT / SIGTERM), if any
 
 
 class _Stop:
-    """SIGTERM / SIGINT set a flag: the loop checkpoints and stops after the current step."""
+    """SIGTERM / SIGINT set a flag: the loop checkpoints the last completed step and stops. A
+    second signal stops at once (:class:`Interrupted`), except while a checkpoint is being
+    written (:meth:`protect`): then it takes effect when the write is done, so a checkpoint is
+    never cut short and never holds a half-finished step."""
 
     def __init__(self):
-        self.requested = False
+        self.signum: int | None = None
+        self._critical = False
+        self._deferred: int | None = None
         self._old = {}
 
     def __enter__(self):
@@ -146,10 +180,33 @@ class _Stop:
                 pass
         return self
 
+    @property
+    def requested(self) -> bool:
+        return self.signum is not None
+
     def _handle(self, signum, frame):
-        if self.requested:  # second signal: stop now
-            raise KeyboardInterrupt
-        self.requested = True
+        if self.signum is None:
+            self.signum = signum
+            return
+        if self._critical:
+            self._deferred = signum
+            return
+        raise Interrupted(signum)
+
+    def protect(self):
+        stop = self
+
+        class _Protected:
+            def __enter__(self):
+                stop._critical = True
+
+            def __exit__(self, *exc):
+                stop._critical = False
+                if stop._deferred is not None and exc[0] is None:
+                    signum, stop._deferred = stop._deferred, None
+                    raise Interrupted(signum)
+
+        return _Protected()
 
     def __exit__(self, *exc):
         for s, h in self._old.items():
@@ -170,7 +227,7 @@ def monitor_knn(method, train_set, test_set, cfg: Config, device) -> dict:
     n_classes = len(train_set.classes.get(label, [])) or int(ytr.max()) + 1
     res = knn_eval(ftr, ytr[bank_idx], fte, test_set.labels[label], n_classes, k=cfg.trainer.knn_k,
                    temperature=cfg.trainer.knn_t)  # fmt: skip
-    return {f"knn_{k}": v for k, v in res.items() if v is not None}
+    return {f"knn_{k}": v for k, v in res.items() if k.startswith("top") and v is not None}
 
 
 def monitor(method, train_set, test_set, cfg: Config, device, run_dir: Path, step: int) -> dict:
@@ -230,9 +287,12 @@ def _fabric_class():
 
 
 def fit(cfg: Config) -> FitResult:
+    """Train ``cfg`` into its run folder (resuming it when it holds a checkpoint of the same
+    config). A SIGINT / SIGTERM checkpoints the last completed step and returns a result whose
+    ``interrupted`` is the signal (the summary says ``"status": "interrupted"``)."""
     Fabric = _fabric_class()
 
-    t, o = cfg.trainer, cfg.optim
+    t = cfg.trainer
     if getattr(method_class(cfg.method["name"]), "manual_optimization", False) and (
         str(t.devices) not in ("1", "auto") or t.num_nodes != 1
     ):
@@ -243,9 +303,17 @@ def fit(cfg: Config) -> FitResult:
         accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy, precision=t.precision
     )
     fabric.launch()
+    run_dir = Path(t.out_dir or f"runs/{cfg.method['name']}-{cfg.data.name}")
+    with claimed(run_dir, enabled=fabric.is_global_zero):
+        return _fit(cfg, fabric, run_dir)
+
+
+def _fit(cfg: Config, fabric, run_dir: Path) -> FitResult:
+    t, o = cfg.trainer, cfg.optim
     rank, world, device = fabric.global_rank, fabric.world_size, fabric.device
     is_main = fabric.is_global_zero
-    run_dir = Path(t.out_dir or f"runs/{cfg.method['name']}-{cfg.data.name}")
+    source = resume_source(cfg, run_dir)
+    ckpt = load_resume(cfg, source, run_dir) if source is not None else None
 
     train_set, test_set = build_datasets(cfg.data)
     global_batch = o.batch_size * world
@@ -254,8 +322,13 @@ def fit(cfg: Config) -> FitResult:
             f"batch larger than the data set: {global_batch} images per step ({o.batch_size} x {world} processes) "
             f"but the training set has {len(train_set)}; lower optim.batch_size"
         )
-    if hasattr(train_set, "check_readable") and is_main:
-        train_set.check_readable()
+    if is_main:
+        for ds in (train_set, test_set):
+            if hasattr(ds, "check_readable"):
+                ds.check_readable()
+        note = getattr(train_set, "note", None)
+        if note:
+            print(note, file=sys.stderr)
     per_epoch = len(train_set) // global_batch
     total = t.max_steps if t.max_steps is not None else t.max_epochs * per_epoch
 
@@ -279,18 +352,13 @@ def fit(cfg: Config) -> FitResult:
         optimizer = build_optimizer(method, o, global_batch)
         scheduler = build_scheduler(optimizer, o, total)
 
-    step, resumed_from = 0, None
-    ckpt_path = run_dir / CKPT_NAME
-    if t.resume not in ("auto", "never"):
-        resumed_from = Path(t.resume)
-    elif t.resume == "auto" and ckpt_path.exists():
-        resumed_from = ckpt_path
-    if resumed_from is not None:
-        ckpt = load_checkpoint(resumed_from)
-        method.load_state_dict(ckpt["model"])  # strict: a mismatch is an error, never ignored
+    step = 0
+    if ckpt is not None:
+        load_weights(method, ckpt["model"], source)  # strict: a mismatch is an error, never ignored
         optimizer.load_state_dict(ckpt["optimizer"])
         scheduler.load_state_dict(ckpt["scheduler"])
         step = int(ckpt["step"])
+        del ckpt
 
     if t.compile:
         compiled = compile_networks(method)
@@ -305,12 +373,21 @@ def fit(cfg: Config) -> FitResult:
     else:
         model, optimizer = fabric.setup(model, optimizer)
 
+    fabric.barrier()  # every process has read the checkpoint before rank 0 touches the folder
     if is_main:
+        if t.overwrite and source is None:
+            gone = clear_run(run_dir)
+            if gone:
+                print(f"trainer.overwrite: removed {', '.join(gone)} from {run_dir}", file=sys.stderr)
         run_dir.mkdir(parents=True, exist_ok=True)
-        (run_dir / "config.yaml").write_text(yaml.safe_dump(_plain(to_dict(cfg)), sort_keys=False))
+        atomic_write(run_dir / "config.yaml", yaml.safe_dump(_plain(to_dict(cfg)), sort_keys=False))
     logger = RunLogger(run_dir, enabled=is_main, resume_step=step)
 
-    def save(kind="last"):
+    saved = {"step": -1}  # the step of the checkpoint last written by this run
+
+    def save():
+        if saved["step"] == step:  # this step is already on disk
+            return
         if is_main:
             state = {
                 "model": method.state_dict(),
@@ -320,8 +397,10 @@ def fit(cfg: Config) -> FitResult:
                 "config": _plain(to_dict(cfg)),
                 "format": 1,
             }
-            save_atomic(state, run_dir / CKPT_NAME)
+            with stop.protect():
+                save_atomic(state, run_dir / CKPT_NAME)
         fabric.barrier()
+        saved["step"] = step
 
     sampler = StepBatches(len(train_set), o.batch_size, world, rank, cfg.seed, step, total)
     gen = torch.Generator(device=device)
@@ -333,15 +412,18 @@ def fit(cfg: Config) -> FitResult:
         tty = sys.stderr.isatty()
         bar = tqdm(total=total, initial=step, desc=f"{cfg.method['name']}", unit="step", dynamic_ncols=True,
                    mininterval=0.5 if tty else 10, leave=True)  # fmt: skip
-    if resumed_from is not None and is_main:
-        print(f"resumed from {resumed_from} at step {step}", file=sys.stderr)
+    if source is not None and is_main:
+        print(f"resumed from {source} at step {step}", file=sys.stderr)
 
     t0 = time.time()
     ips, last_t, last_step = 0.0, time.perf_counter(), step
     deadline = None if t.max_minutes is None else t0 + 60 * t.max_minutes
+    out_of_time = False
+    whole = True  # the method's state is that of a completed step (not mid-step)
     model.train()
+    stop = _Stop()
     try:
-        with _Stop() as stop:
+        with stop:
             for batch in _batches(train_set, sampler, cfg, device):
                 s = step_seed(cfg.seed, rank, step)
                 torch.manual_seed(s)
@@ -350,9 +432,11 @@ def fit(cfg: Config) -> FitResult:
                 batch["step"] = step
                 batch["total_steps"] = total
                 batch["epoch"] = step // per_epoch
+                whole = False
                 out = train_step(model, optimizer, scheduler, fabric, batch, step)
-                loss = out["loss"]
                 step += 1
+                whole = True
+                loss = out["loss"]
                 if step % t.log_every == 0 or step == total:
                     now = time.perf_counter()
                     ips = (step - last_step) * global_batch / max(now - last_t, 1e-9)
@@ -375,32 +459,42 @@ def fit(cfg: Config) -> FitResult:
                     last_t = time.perf_counter()  # images/s measures training only
                 if step % t.ckpt_every == 0 and step < total:
                     save()
-                if stop.requested or (deadline is not None and time.time() > deadline):
-                    if is_main:
-                        why = "stop requested" if stop.requested else f"time budget of {t.max_minutes} min reached"
-                        print(f"\n{why}: checkpointing at step {step}", file=sys.stderr)
+                out_of_time = deadline is not None and time.time() > deadline
+                if stop.requested or out_of_time:
                     break
+            if bar is not None:
+                bar.close()
+                bar = None
+            if is_main and (stop.requested or out_of_time):
+                why = (f"{signal.Signals(stop.signum).name} received" if stop.requested
+                       else f"time budget of {t.max_minutes} min reached")  # fmt: skip
+                print(f"{why}: checkpointing at step {step} of {total}", file=sys.stderr)
+            save()
     except BaseException:
-        # keep what was learned: a checkpoint of the last completed step (never a half step)
-        if step > 0:
+        # keep what was learned: a checkpoint of the last completed step, never of a half step
+        if whole and step > 0:
             try:
                 save()
-            except Exception:
+            except BaseException:
                 pass
         raise
     finally:
         if bar is not None:
             bar.close()
-    save()
     train_seconds = time.time() - t0
-    if is_main and test_set is not None:
+    status = "interrupted" if stop.requested else ("time_budget" if out_of_time else "complete")
+    if is_main and test_set is not None and not stop.requested:
         metrics = monitor(method, train_set, test_set, cfg, device, run_dir, step)
         logger.log(step, metrics)
     logger.close()
-    summary = {"step": step, "total_steps": total, "train_seconds": round(train_seconds, 1), **metrics}
+    summary = {"status": status, "step": step, "total_steps": total, "train_seconds": round(train_seconds, 1)}
+    if stop.requested:
+        summary["signal"] = signal.Signals(stop.signum).name
+    else:
+        summary.update(metrics)
     if is_main:
-        (run_dir / "summary.json").write_text(json.dumps(summary, indent=2))
-    return FitResult(run_dir, step, summary, is_main)
+        atomic_write(run_dir / "summary.json", json.dumps(summary, indent=2))
+    return FitResult(run_dir, step, summary, is_main, interrupted=stop.signum)
 
 
 def _one_process_only(cfg) -> UserError:
