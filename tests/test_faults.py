@@ -27,12 +27,14 @@ def _weights(run_dir):
 
 
 def _history(run_dir):
-    """(step, loss) of the training rows and (step, knn_top1) of the monitor rows of metrics.csv."""
+    """(step, loss) of the training rows and (step, knn_top1) of the monitor rows of metrics.csv,
+    and every row's step and kind (a row with neither counts too)."""
     with open(Path(run_dir) / "metrics.csv", newline="") as f:
         rows = list(csv.DictReader(f))
     train = [(int(r["step"]), r["loss"]) for r in rows if r.get("loss")]
     knn = [(int(r["step"]), r["knn_top1"]) for r in rows if r.get("knn_top1")]
-    return train, knn
+    every = [(r["step"], "loss" if r.get("loss") else "knn" if r.get("knn_top1") else "other") for r in rows]
+    return train, knn, every
 
 
 def _env():
@@ -63,7 +65,8 @@ def test_kills_during_writes_and_at_random_moments_lose_nothing(tmp_path, tiny):
     steps = 40
     args = ["train", "simclr", *tiny, f"trainer.max_steps={steps}", "trainer.ckpt_every=4", "trainer.log_every=1",
             "trainer.knn_every=20", "optim.warmup_steps=5", f"trainer.threads={torch.get_num_threads()}"]  # fmt: skip
-    full = _run(args + [f"trainer.out_dir={tmp_path / 'full'}"])
+    # the uninterrupted run, in a process that exits with 97 if a run file is written in place
+    full = _run(args + [f"trainer.out_dir={tmp_path / 'full'}"], "inplace", 0)
     assert full.returncode == 0, full.stderr.decode()[-800:]
 
     out = tmp_path / "faulty"
@@ -96,10 +99,11 @@ def test_kills_during_writes_and_at_random_moments_lose_nothing(tmp_path, tiny):
     assert a.keys() == b.keys()
     for k in a:
         assert torch.equal(a[k], b[k]), f"{k} differs after the kills {kills}"
-    (ta, ka), (tb, kb) = _history(tmp_path / "full"), _history(out)
+    (ta, ka, ea), (tb, kb, eb) = _history(tmp_path / "full"), _history(out)
     assert [s for s, _ in ta] == list(range(1, steps + 1))
     assert tb == ta, f"loss history differs after the kills {kills}"
     assert kb == ka and [s for s, _ in ka] == [20, 40]
+    assert eb == ea, "rows that are neither losses nor kNN values (a partial line kept?)"
     # no temporaries of the killed writes are left behind
     assert not [p.name for p in out.rglob(".*tmp*")]
 
@@ -143,7 +147,10 @@ def test_a_stopped_run_exits_nonzero_and_says_so(tmp_path, tiny, sig, code):
 
     proc, out = _start(tmp_path, tiny)
     proc.send_signal(sig)
-    stdout, err = proc.communicate(timeout=120)
+    try:
+        stdout, err = proc.communicate(timeout=120)
+    finally:
+        proc.kill()
     assert proc.returncode == code, err.decode()[-800:]
     assert stdout.decode().strip() == ""
     summary = json.loads((out / "summary.json").read_text())
@@ -194,20 +201,22 @@ def test_second_signal_during_a_checkpoint_write_waits_for_it(tmp_path, tiny, mo
     from contrastlab.errors import Interrupted
 
     real = ck.torch.save
-    calls = {"n": 0}
+    calls = []  # (step, finished) of each checkpoint write
 
     def save(obj, f, *a, **k):
-        calls["n"] += 1
-        if calls["n"] == 2:  # the second periodic checkpoint: two signals mid-write
+        calls.append([obj["step"], False])
+        if len(calls) == 2:  # the second periodic checkpoint: two signals mid-write
             os.kill(os.getpid(), signal.SIGTERM)
             os.kill(os.getpid(), signal.SIGTERM)
         real(obj, f, *a, **k)
+        calls[-1][1] = True
 
     monkeypatch.setattr(ck.torch, "save", save)
     with pytest.raises(Interrupted) as e:
         fit(load_config("simclr", tiny + ["trainer.max_steps=40", "trainer.ckpt_every=3", f"trainer.out_dir={tmp_path}"]))
     assert e.value.signum == signal.SIGTERM
     assert load_checkpoint(tmp_path / "last.ckpt")["step"] == 6
+    assert calls == [[3, True], [6, True]]  # the interrupted write finished; nothing written twice
 
 
 # ----------------------------------------------------------------------------- the run folder
@@ -261,10 +270,12 @@ def test_two_processes_cannot_train_into_one_folder(tmp_path, tiny):
 
 def test_lock_is_released_when_the_holder_is_killed(tmp_path, tiny):
     proc, out = _start(tmp_path, tiny)
-    with pytest.raises(UserError, match="is in use"):
-        fit(load_config("simclr", tiny + ["trainer.max_steps=2", f"trainer.out_dir={out}"]))
-    proc.send_signal(signal.SIGKILL)
-    proc.communicate()
+    try:
+        with pytest.raises(UserError, match="is in use"):
+            fit(load_config("simclr", tiny + ["trainer.max_steps=2", f"trainer.out_dir={out}"]))
+    finally:
+        proc.send_signal(signal.SIGKILL)
+        proc.communicate()
     res = fit(load_config("simclr", tiny + ["trainer.max_steps=100000", "trainer.ckpt_every=100000",
                                             f"trainer.out_dir={out}", "trainer.max_minutes=1e-9"]))  # fmt: skip
     assert res.step >= 1
@@ -363,6 +374,11 @@ def test_truncated_checkpoint_message_is_whole(tmp_path, tiny, capsys):
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].endswith("use another checkpoint or train again"), err
     assert "truncated, corrupt or not a checkpoint" in err[0]
+    try:  # the reason is quoted whole (its first sentence), not cut at a character count
+        torch.load(tmp_path / "last.ckpt", weights_only=True)
+    except Exception as e:
+        reason = " ".join(str(e).split(". ")[0].split())
+    assert f"({reason})" in err[0], (reason, err[0])
     # training into the folder says the same, at start
     assert main(["train", "simclr", *tiny, "trainer.max_steps=2", f"trainer.out_dir={tmp_path}"]) == 2
     assert capsys.readouterr().err.strip().endswith("use another checkpoint or train again")

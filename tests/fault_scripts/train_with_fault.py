@@ -6,8 +6,12 @@ moment of a file write, to test that nothing is lost:
 WHEN is where the kill happens, at its N-th occurrence (1-based):
   ckpt      half-way through writing a checkpoint (the temporary file holds half its bytes)
   rewrite   half-way through an atomic rewrite of metrics.csv (resume, or new columns)
-  append    half-way through appending a row to metrics.csv (a partial last line)
+  append    while appending a row to metrics.csv: only the row's first character is written
+            (a partial last line whose step field is cut short)
   replace   just before a finished temporary file is renamed over its target
+  inplace   never killed, but the process exits with code 97 as soon as a file of the run
+            (last.ckpt, metrics.csv, ...) is opened for writing in place instead of through a
+            temporary file and a rename (appending a row to metrics.csv is allowed)
   none      never (a plain run)
 """
 import os
@@ -77,7 +81,7 @@ def main():
                 self.f.close()
 
             def write(self, text):
-                self.f.write(text[: max(1, len(text) // 2)])
+                self.f.write(text[:1])  # the first character of the step field: "1" of "15"
                 self.f.flush()
                 _die()
 
@@ -97,6 +101,23 @@ def main():
             return real_replace(src, dst)
 
         files.os.replace = replace
+    elif when == "inplace":
+        import builtins
+        import io
+
+        real_open = builtins.open
+        targets = {"last.ckpt", "metrics.csv", "summary.json", "config.yaml", "eval.json", "report.html"}
+
+        def guarded_open(file, mode="r", *a, **k):
+            if isinstance(file, (str, os.PathLike)) and os.path.basename(os.fspath(file)) in targets and (
+                "w" in mode or "x" in mode or "+" in mode
+            ):
+                sys.stderr.write(f"written in place: {file} (mode {mode})\n")
+                sys.stderr.flush()
+                os._exit(97)
+            return real_open(file, mode, *a, **k)
+
+        builtins.open = io.open = guarded_open
     elif when != "none":
         raise SystemExit(f"unknown fault {when}")
 

@@ -397,8 +397,9 @@ def _fit(cfg: Config, fabric, run_dir: Path) -> FitResult:
                 "config": _plain(to_dict(cfg)),
                 "format": 1,
             }
-            with stop.protect():
+            with stop.protect():  # a signal now takes effect once the file is complete
                 save_atomic(state, run_dir / CKPT_NAME)
+                saved["step"] = step
         fabric.barrier()
         saved["step"] = step
 
