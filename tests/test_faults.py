@@ -278,7 +278,7 @@ def test_lock_is_released_when_the_holder_is_killed(tmp_path, tiny):
         proc.communicate()
     res = fit(load_config("simclr", tiny + ["trainer.max_steps=100000", "trainer.ckpt_every=100000",
                                             f"trainer.out_dir={out}", "trainer.max_minutes=1e-9"]))  # fmt: skip
-    assert res.step >= 1
+    assert res.step >= 1 and res.metrics["status"] == "time_budget" and res.interrupted is None
 
 
 # ----------------------------------------------------------------------------- environment faults
