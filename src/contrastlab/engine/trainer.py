@@ -11,6 +11,7 @@ exactly as the uninterrupted run would (on the same hardware and thread count).
 """
 from __future__ import annotations
 
+import contextlib
 import copy
 import json
 import signal
@@ -193,20 +194,17 @@ class _Stop:
             return
         raise Interrupted(signum)
 
+    @contextlib.contextmanager
     def protect(self):
-        stop = self
-
-        class _Protected:
-            def __enter__(self):
-                stop._critical = True
-
-            def __exit__(self, *exc):
-                stop._critical = False
-                if stop._deferred is not None and exc[0] is None:
-                    signum, stop._deferred = stop._deferred, None
-                    raise Interrupted(signum)
-
-        return _Protected()
+        """A block that a second signal does not cut short (it is raised when the block is done)."""
+        self._critical = True
+        try:
+            yield
+        finally:
+            self._critical = False
+        if self._deferred is not None:
+            signum, self._deferred = self._deferred, None
+            raise Interrupted(signum)
 
     def __exit__(self, *exc):
         for s, h in self._old.items():
