@@ -1,0 +1,162 @@
+"""The learning results that README.md and docs/ quote, one command per table:
+
+    python scripts/learning_results.py TABLE [--seeds 0 1 2] [--threads 2]
+
+TABLE is one of: presets (SimCLR and MoCo v2 digits presets: kNN, linear probe, and the
+raw-pixel / random-init baselines), dcl (SimCLR vs DCL vs HCL), mochi (MoCo vs MoCHi),
+sdclr (SimCLR vs SDCLR on the long-tailed scenes), translation (CUT, DCLGAN, SimDCL: FID / KID
+and digit accuracy of the translations).
+
+Each run is a real ``contrastlab train`` of a shipped recipe (with the overrides the table names),
+then ``contrastlab eval ...`` on it, in subprocesses; the numbers are read from the JSON lines
+they print. The table goes to ``results/learning_<TABLE>.json`` with the commit, the command,
+torch version, thread count, seeds and every per-seed value, and is rewritten after each run, so
+a killed script loses at most the run it was in: rerun it and it skips the runs already
+recorded for the same commit (``--fresh`` redoes them).
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+OFF_MOCHI = ["method.mochi_n_hard=0", "method.mochi_s=0", "method.mochi_s_prime=0"]
+
+# name -> (what it measures, [(row name, recipe, overrides)], evals, default seeds)
+TABLES = {
+    "presets": ("the CPU presets on the digit scenes: kNN (k=20, cosine, weighted) and linear probe digit accuracy",
+                [("SimCLR", "simclr", []), ("MoCo v2", "moco", [])],
+                [("knn", []), ("linear", []), ("knn", ["features=pixels"]), ("knn", ["features=random"])], [0, 1, 2]),
+    "dcl": ("SimCLR vs DCL (tau_plus 0.1) vs HCL (beta 1) at the dcl preset (batch 256 x 1100 steps, t 0.5): kNN",
+            [("SimCLR", "dcl", ["method.tau_plus=0"]), ("DCL", "dcl", []), ("HCL", "hcl", [])],
+            [("knn", [])], [0, 1, 2]),
+    "mochi": ("MoCo v2 vs MoCHi(64, 128, 64) at the mochi preset's base cut to 1000 steps: kNN",
+              [("MoCo v2", "mochi", [*OFF_MOCHI, "trainer.max_steps=1000"]), ("MoCHi", "mochi", ["trainer.max_steps=1000"])],
+              [("knn", [])], [0, 1, 2]),
+    "sdclr": ("SimCLR vs SDCLR (70% pruned branch) on the long-tailed scenes (ratio 100): linear probe on the balanced "
+              "set with groups by pre-training counts, and kNN on the long-tailed bank",
+              [("SimCLR", "sdclr", ["method.pruned_branch=false"]), ("SDCLR", "sdclr", [])],
+              [("linear", []), ("knn", [])], [0]),
+    "translation": ("CUT, DCLGAN, SimDCL on the digit domains at equal compute: FID / KID (random-feature extractor) "
+                    "and digit accuracy of the translations",
+                    [("CUT", "cut", []), ("DCLGAN", "dclgan", []), ("SimDCL", "simdcl", [])],
+                    [("translation", ["extractor=random"])], [0]),
+}  # fmt: skip
+
+
+def _git(*args) -> str:
+    return subprocess.run(["git", *args], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+
+
+def _commit() -> str:
+    dirty = _git("status", "--porcelain", "--", "src", "scripts")
+    return _git("rev-parse", "--short", "HEAD") + ("+dirty" if dirty else "")
+
+
+def _cli(args: list[str]) -> dict:
+    cmd = [sys.executable, "-m", "contrastlab.cli", *args]
+    p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT)
+    if p.returncode != 0:
+        raise SystemExit(f"failed ({p.returncode}): {' '.join(args)}\n{p.stderr[-2000:]}")
+    return json.loads(p.stdout.strip().splitlines()[-1])
+
+
+def _scalar_metrics(protocol: str, r: dict) -> dict:
+    if protocol == "translation":
+        out = {}
+        for d in ("AtoB", "BtoA"):
+            if d in r:
+                for k, v in r[d].items():
+                    if isinstance(v, (int, float)):
+                        out[f"{d}.{k}"] = v
+        return out
+    names = {"top1": "top1", "top5": "top5", "many": "many", "medium": "medium", "few": "few", "std": "per_class_std"}
+    return {names[k]: v for k, v in r.items() if k in names and isinstance(v, (int, float))}
+
+
+def summarise(values: list[float]) -> dict:
+    out = {"mean": statistics.fmean(values), "n": len(values)}
+    if len(values) > 1:
+        out["std"] = statistics.stdev(values)  # sample standard deviation (n - 1)
+    return out
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("table", choices=sorted(TABLES))
+    ap.add_argument("--seeds", type=int, nargs="*", default=None)
+    ap.add_argument("--threads", type=int, default=2)
+    ap.add_argument("--runs-dir", default="runs/results")
+    ap.add_argument("--fresh", action="store_true", help="redo runs already recorded for this commit")
+    a = ap.parse_args(argv)
+    what, rows, evals, default_seeds = TABLES[a.table]
+    seeds = a.seeds if a.seeds is not None else default_seeds
+    out_path = ROOT / "results" / f"learning_{a.table}.json"
+    commit = _commit()
+    old = json.loads(out_path.read_text()) if out_path.exists() else {}
+    keep_old = old.get("commit") == commit and not a.fresh
+    res = {
+        "table": a.table, "what": what, "commit": commit,
+        "command": "python scripts/learning_results.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+        "torch": _torch_version(), "threads": a.threads, "seeds": seeds, "machine": platform.machine(),
+        "runs": old.get("runs", {}) if keep_old else {}, "summary": {},
+    }  # fmt: skip
+    for name, recipe, overrides in rows:
+        for seed in seeds:
+            key = f"{name}/seed{seed}"
+            if key in res["runs"]:
+                print(f"{key}: recorded for {commit}, skipped", flush=True)
+                continue
+            run_dir = ROOT / a.runs_dir / a.table / f"{recipe.replace('/', '-')}-{name.replace(' ', '')}-s{seed}"
+            train = ["train", recipe, *overrides, f"seed={seed}", f"trainer.out_dir={run_dir}", "trainer.progress=false",
+                     f"trainer.threads={a.threads}", "trainer.overwrite=true"]  # fmt: skip
+            t0 = time.time()
+            tr = _cli(train)
+            entry = {"recipe": recipe, "overrides": overrides, "seed": seed, "train_command": "contrastlab " + " ".join(train),
+                     "train_seconds": tr.get("train_seconds"), "steps": tr.get("step"), "evals": {}}  # fmt: skip
+            for protocol, opts in evals:
+                if protocol == "knn" and opts and seed != seeds[0]:
+                    continue  # the baselines (pixels, random init) do not depend on the run's seed
+                r = _cli(["eval", protocol, str(run_dir), *opts])
+                entry["evals"][" ".join([protocol, *opts])] = _scalar_metrics(protocol, r)
+            entry["wall_seconds"] = round(time.time() - t0, 1)
+            res["runs"][key] = entry
+            _write(res, rows, evals, out_path)
+            print(f"{key}: {json.dumps(entry['evals'])} ({entry['train_seconds']} s of training)", flush=True)
+    _write(res, rows, evals, out_path)
+    print(f"wrote {out_path.relative_to(ROOT)}")
+
+
+def _write(res, rows, evals, path: Path):
+    summary = {}
+    for name, _, _ in rows:
+        runs = [r for k, r in res["runs"].items() if k.split("/seed")[0] == name]
+        for ev in {e for r in runs for e in r["evals"]}:
+            for metric in {m for r in runs for m in r["evals"].get(ev, {})}:
+                vals = [r["evals"][ev][metric] for r in runs if metric in r["evals"].get(ev, {})]
+                summary.setdefault(name, {}).setdefault(ev, {})[metric] = {**summarise(vals), "values": vals}
+        secs = [r["train_seconds"] for r in runs if r.get("train_seconds") is not None]
+        if secs:
+            summary.setdefault(name, {})["train_seconds"] = {"median": statistics.median(secs), "values": secs}
+    res["summary"] = summary
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    tmp.write_text(json.dumps(res, indent=1) + "\n")
+    os.replace(tmp, path)
+
+
+def _torch_version() -> str:
+    import torch
+
+    return torch.__version__
+
+
+if __name__ == "__main__":
+    main()
