@@ -184,3 +184,58 @@ def test_moco_ddp_queue_order_shuffle_bn_momentum_and_seeds(tmp_path):
         g = torch.Generator()
         assert torch.equal(s1["views"][0], ref.views(s1["images"], g.manual_seed(step_seed(cfg.seed, 1, t))))
         assert not torch.allclose(s1["views"][0], ref.views(s1["images"], g.manual_seed(step_seed(cfg.seed, 0, t))))
+
+
+# --- augmentations per rank through fit() (tests/dist_scripts/fit_views.py) --------------------
+
+FIT_SCRIPT = os.path.join(os.path.dirname(__file__), "dist_scripts", "fit_views.py")
+
+
+def _fit_run(tmp, name):
+    import subprocess
+    import sys
+
+    run, out = tmp / f"run-{name}", tmp / f"rec-{name}"
+    out.mkdir()
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", FIT_SCRIPT,
+           str(run), str(out)]  # fmt: skip
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env=env)
+    assert p.returncode == 0, p.stderr[-3000:]
+    return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(2)]
+
+
+def test_fit_draws_per_rank_views_that_repeat_with_the_run(tmp_path):
+    """Through the real trainer (`fit()`, two gloo processes under torchrun): at the same step the
+    two ranks' generators draw different augmentations of the same probe images (the seed depends
+    on the rank, not only the data), each rank's views are those of its step seed
+    (seed, rank, step), and a second run of the same config draws exactly the same views."""
+    import importlib.util
+
+    from contrastlab.config import load_config
+    from contrastlab.engine.trainer import step_seed
+    from contrastlab.methods import build_method
+
+    a, b = _fit_run(tmp_path, "a"), _fit_run(tmp_path, "b")
+    assert [r["rank"] for r in a] == [0, 1] and all(r["step"] == 2 for r in a + b)
+    for run in (a, b):
+        assert [s["step"] for r in run for s in r["steps"]] == [0, 1, 0, 1]
+    spec = importlib.util.spec_from_file_location("fit_views", FIT_SCRIPT)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    cfg = load_config("simclr", mod.TINY)
+    views = build_method(cfg).views
+    for t in range(2):
+        s0, s1 = a[0]["steps"][t], a[1]["steps"][t]
+        # the probe is the same on both ranks, so only the generator can tell the ranks apart
+        assert not torch.allclose(s0["probe"], s1["probe"], atol=1e-3), t
+        assert not torch.allclose(s0["views"][0], s0["views"][1], atol=1e-3), t  # two views, two draws
+        for rank, s in enumerate((s0, s1)):
+            g = torch.Generator().manual_seed(step_seed(cfg.seed, rank, t))
+            assert torch.equal(s["views"], torch.stack([views(s["images"], g), views(s["images"], g)])), (t, rank)
+        # the same run again: the same images and the same draws, rank by rank
+        for rank in range(2):
+            for key in ("images", "views", "probe"):
+                assert torch.equal(a[rank]["steps"][t][key], b[rank]["steps"][t][key]), (t, rank, key)
+    # the steps differ too (seed is a function of the step)
+    assert not torch.allclose(a[0]["steps"][0]["probe"], a[0]["steps"][1]["probe"], atol=1e-3)

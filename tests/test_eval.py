@@ -103,6 +103,56 @@ def test_knn_eval_and_accuracy():
     assert 0.0 <= res["top1"] <= res["top5"] <= 1.0
 
 
+def _reference_ranks(train_feats, train_labels, test_feats, test_labels, n_classes, k, temperature):
+    """Float64 plain loops, one test point at a time, the rule of knn_eval's docstring: cosine
+    similarity, the k most similar training points, each voting exp(sim / t) for its class. For
+    each point, the range of ranks (1 = highest score) its true class can take: classes whose
+    score is within 1e-4 (relative) of the true class's, e.g. two classes without votes, are ties
+    whose order float32 may decide either way."""
+    bank = [(v, y) for v, y in zip(train_feats.double().tolist(), train_labels.tolist())]
+    out = []
+    for q, yq in zip(test_feats.double().tolist(), test_labels.tolist()):
+        qn = math.sqrt(sum(a * a for a in q))
+        cos = [(sum(a * b for a, b in zip(q, v)) / (qn * math.sqrt(sum(a * a for a in v))), y) for v, y in bank]
+        sims = sorted(cos, key=lambda t: -t[0])
+        scores = [0.0] * n_classes
+        for sim, y in sims[:k]:
+            scores[y] += math.exp(sim / temperature)
+        mine, others = scores[yq], [sc for c, sc in enumerate(scores) if c != yq]
+        tied = sum(abs(sc - mine) <= 1e-4 * max(sc, mine) for sc in others)
+        above = sum(sc > mine and sc - mine > 1e-4 * sc for sc in others)
+        out.append((above + 1, above + 1 + tied))
+    return out
+
+
+@pytest.mark.parametrize("k,temperature,n_classes", [(20, 0.1, 10), (30, 0.07, 8), (60, 0.5, 12), (400, 1.0, 10)])
+def test_knn_eval_top1_and_top5_match_a_loop_on_overlapping_classes(k, temperature, n_classes):
+    """Overlapping classes (class means well inside the noise), so that the true class is often
+    2nd..5th or below 5th: knn_eval's top-1 and top-5, point by point and in aggregate, are those
+    of the float64 loop. The data are checked to hold points ranked exactly 1st, 5th and 6th or
+    lower, and to have no ties where they would decide (1st vs 2nd, 5th vs 6th score)."""
+    gen = torch.Generator().manual_seed(k)
+    centers = torch.randn(n_classes, 8, generator=gen)  # the same centers for train and test
+    ytr = torch.randint(0, n_classes, (300,), generator=gen)
+    train = 0.6 * centers[ytr] + torch.randn(300, 8, generator=gen)
+    yte = torch.randint(0, n_classes, (150,), generator=gen)
+    test = 0.6 * centers[yte] + torch.randn(150, 8, generator=gen)
+    ref = _reference_ranks(train, ytr, test, yte, n_classes, k, temperature)
+    for lo, hi in ref:  # every decision is clear: no near-tie across the 1st or the 5th place
+        assert (lo == hi or lo > 5 or (lo > 1 and hi <= 5)), (lo, hi)
+    ranks = [lo for lo, _ in ref]
+    assert 1 in ranks and 5 in ranks and max(ranks) > 5  # top-1, top-4 and top-5 all differ here
+    top1 = [r == 1 for r in ranks]
+    top5 = [r <= 5 for r in ranks]
+    res = knn_eval(train, ytr, test, yte, n_classes, k=k, temperature=temperature, chunk_size=37)
+    assert res["top1"] == pytest.approx(sum(top1) / len(ref), abs=1e-12)
+    assert res["top5"] == pytest.approx(sum(top5) / len(ref), abs=1e-12)
+    assert res["top1"] < res["top5"] < 1.0
+    for i in range(len(ref)):
+        one = knn_eval(train, ytr, test[i : i + 1], yte[i : i + 1], n_classes, k=k, temperature=temperature)
+        assert (one["top1"], one["top5"]) == (float(top1[i]), float(top5[i])), (i, ranks[i])
+
+
 @pytest.mark.parametrize("chunk_size", [1, 3, 10, 17, 64, 1000])
 def test_topk_neighbours_matches_full_topk(chunk_size):
     gen = torch.Generator().manual_seed(chunk_size)
@@ -224,5 +274,5 @@ def test_long_tail_groups_imagenet():
     assert (out["n_many"], out["n_medium"], out["n_few"]) == (4, 3, 3)
     none_few = long_tail_groups([1.0, 0.5], [200, 150], scheme="imagenet")
     assert math.isnan(none_few["few"]) and none_few["many"] == 0.75
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown scheme 'bogus'"):
         long_tail_groups(acc, counts, scheme="bogus")

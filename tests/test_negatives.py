@@ -187,9 +187,10 @@ def test_bad_arguments_raise():
     with pytest.raises(ValueError, match="queue"):
         debiased_info_nce(z, z, torch.randn(7, 4))
     for kwargs in [dict(tau_plus=1.0), dict(tau_plus=-0.1), dict(beta=-1.0), dict(temperature=0.0)]:
-        with pytest.raises(ValueError):
+        (key,) = kwargs
+        with pytest.raises(ValueError, match=f"{key} must be"):
             debiased_nt_xent(z, z, **kwargs)
-        with pytest.raises(ValueError):
+        with pytest.raises(ValueError, match=f"{key} must be"):
             debiased_info_nce(z, z, z, **kwargs)
 
 
@@ -311,11 +312,11 @@ def test_mochi_seeded_generator_is_deterministic():
 
 
 def test_mochi_bad_arguments_raise():
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match=r"expects q \(B, d\) and a non-empty queue \(K, d\), got \(4, 8\), \(10, 7\)"):
         mochi_negatives(torch.randn(4, 8), torch.randn(10, 7), 3, 1, 1)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="needs n_hard >= 1 and s, s_prime >= 0, got 0, 1, 1"):
         mochi_negatives(torch.randn(4, 8), torch.randn(10, 8), 0, 1, 1)
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="needs n_hard >= 1 and s, s_prime >= 0, got 3, -1, 1"):
         mochi_negatives(torch.randn(4, 8), torch.randn(10, 8), 3, -1, 1)
 
 
@@ -409,7 +410,8 @@ def test_fraction_zero_keeps_everything_and_ties_are_kept():
                                     dict(prune_fraction=0.5, random_fraction=1.0),
                                     dict(prune_fraction=0.5, random_fraction=-0.2)])
 def test_bad_fractions_raise(kwargs):
-    with pytest.raises(ValueError):
+    key = "random_fraction" if "random_fraction" in kwargs else "prune_fraction"
+    with pytest.raises(ValueError, match=f"{key} must be in"):
         magnitude_masks(small_model(), **kwargs)
 
 
@@ -495,6 +497,53 @@ def test_mochi_exclude_keeps_rows_out_of_the_hard_set():
     out = mochi_negatives(q, queue, 1, 2, 0, generator=g, exclude=order[:, :1])
     assert torch.allclose(out, queue[order[:, 1]][:, None].expand(4, 2, 6), atol=1e-6)
 
+
+def _best_pairs(h, u, v):
+    """For each row of h (m, d), the best non-negative fit on span{u_k, v_k} over the P pairs
+    u, v (P, d): (residual (m,), coefficients (m, 2), index of the pair (m,)), float64."""
+    basis = torch.stack([u, v], dim=2)  # (P, d, 2)
+    m, p = h.shape[0], basis.shape[0]
+    coef = torch.linalg.lstsq(basis.expand(m, *basis.shape), h[:, None, :, None].expand(m, p, -1, 1)).solution
+    res = (basis @ coef - h[:, None, :, None]).norm(dim=(2, 3))  # (m, P)
+    best = res.argmin(dim=1)
+    return res[torch.arange(m), best], coef[torch.arange(m), best, :, 0], best
+
+
+@pytest.mark.parametrize("n_hard", [3, 6, 7, 50])  # B = 4: 2B - 2 = 6 true negatives per anchor
+def test_mochi_batch_pool_hard_negatives_never_include_the_anchor_or_its_positive(n_hard):
+    """The batch as the pool (SimCLR): anchors [z1; z2], each excluding itself and its positive.
+    With n_hard at or above the 2B - 2 true negatives, the hard set is all of them and nothing
+    else (never the excluded pair, whose -inf similarity would otherwise be picked). Checked
+    against a float64 loop that picks the hard set among the allowed rows only: every synthetic
+    point is a non-negative mix of two rows of that set (or of the anchor, share < 1/2, and one
+    row of it), every row of it is used, and no mix lies on the positive (cosine 1)."""
+    import torch.nn.functional as F
+
+    b, d, s, sp = 4, 16, 120, 120  # d > 2B: rows in general position, so spans identify the rows mixed
+    g = torch.Generator().manual_seed(3)
+    anchors = F.normalize(torch.randn(2 * b, d, generator=g), dim=1)
+    i = torch.arange(2 * b)
+    exclude = torch.stack([i, (i + b) % (2 * b)], dim=1)  # as methods.simclr.batch_mochi
+    h = mochi_negatives(anchors, anchors, n_hard, s, sp, generator=torch.Generator().manual_seed(4), exclude=exclude)
+    h = h.double()
+    rows = F.normalize(anchors.double(), dim=1)
+    pos_cos = []
+    for a in range(2 * b):
+        qa = _norm(rows[a].tolist())
+        allowed = [j for j in range(2 * b) if j not in (a, (a + b) % (2 * b))]
+        hard = sorted(allowed, key=lambda j: -_dot(qa, _norm(rows[j].tolist())))[: min(n_hard, len(allowed))]
+        # a n_i + (1 - a) n_j, n_i and n_j from the hard set
+        pairs = [(x, y) for x in hard for y in hard if x <= y]
+        r, coef, best = _best_pairs(h[a, :s], rows[[x for x, _ in pairs]], rows[[y for _, y in pairs]])
+        assert (r < 1e-5).all() and (coef > -1e-6).all(), (a, r.max().item())
+        used = {j for k in best.tolist() for j in pairs[k]}
+        # b q + (1 - b) n_j, b < 1/2, n_j from the hard set
+        r, coef, best = _best_pairs(h[a, s:], rows[[a] * len(hard)], rows[hard])
+        assert (r < 1e-5).all() and (coef > -1e-6).all() and (coef[:, 0] / coef.sum(1) < 0.5).all(), (a, r.max().item())
+        used |= {hard[k] for k in best.tolist()}
+        assert used == set(hard), (a, sorted(used), sorted(hard))
+        pos_cos.append((h[a] @ rows[(a + b) % (2 * b)]).max().item())
+    assert max(pos_cos) < 0.999, pos_cos  # no synthetic negative is the anchor's own positive
 
 # --- SDCLR's pruned twin -------------------------------------------------------------------------
 

@@ -149,12 +149,27 @@ def test_retrieval_exclude_self_and_grid():
     grid = retrieval_grid(res)
     assert grid.dtype == np.uint8 and grid.shape[2] == 3
     assert grid.shape[0] > 5 * 5 * 9 and grid.shape[1] > 5 * 7 * 9  # upscaled small images
-    # frames: green for same label, red for different ones are both present
-    flat = grid.reshape(-1, 3)
-    assert ((flat == (20, 170, 60)).all(1)).any() or ((flat == (220, 30, 30)).all(1)).any()
+    # frames: the query's blue, then per neighbour green for the same label, red for another; read
+    # off the grid itself: each query row's top frame line, left to right, as runs of one colour
+    blue, green, red = (40, 90, 220), (20, 170, 60), (220, 30, 30)
+    x0 = int(np.nonzero((grid == blue).all(2).any(0))[0][0])
+    col = [tuple(int(v) for v in p) for p in grid[:, x0]]  # a column through the queries' left frames
+    tops = [y for y in range(len(col)) if col[y] == blue and (y == 0 or col[y - 1] != blue)]
+    assert len(tops) == 5
+    seen = set()
+    for r, y in enumerate(tops):
+        runs = []
+        for x in range(grid.shape[1]):
+            c = tuple(int(v) for v in grid[y, x])
+            if c != (255, 255, 255) and (not runs or runs[-1] != c or grid[y, x - 1].tolist() == [255] * 3):
+                runs.append(c)
+        same = [int(labels[j]) == int(res["query_labels"][r]) for j in res["neighbour_indices"][r].tolist()]
+        assert runs == [blue] + [green if s else red for s in same], (r, runs)
+        seen |= set(same)
+    assert seen == {True, False}  # both frame colours are checked
 
 
 def test_embedding_method_validation(tmp_path):
-    with pytest.raises(ValueError):
+    with pytest.raises(ValueError, match="unknown embedding method 'umap'"):
         write_report(tmp_path, [], embeddings={"feats": torch.randn(10, 3), "labels": torch.zeros(10)},
                      embedding_method="umap")
