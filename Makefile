@@ -39,10 +39,13 @@ bench: install
 	$(BIN)/python benchmarks/simclr_step.py --out results/bench_simclr_step.json
 	$(BIN)/python benchmarks/views.py --out results/bench_views.json
 	$(BIN)/python benchmarks/knn_memory.py --out results/bench_knn_memory.json
+	$(BIN)/python benchmarks/end_to_end.py --models small_cnn,resnet18 --out results/bench_end_to_end.json
 
-## On a machine with a CUDA GPU: real bf16 training steps through the library (under 5 minutes).
+## On a machine with a CUDA GPU: real bf16 training steps through the library against a bare loop doing
+## the same work (under 5 minutes); writes results/gpu_check_<gpu name>.json, e.g. gpu_check_h200.json.
+## Check the script on a CPU: $(BIN)/python benchmarks/gpu_check.py --device cpu --tiny --out /tmp/g.json
 gpu-check: install
-	$(BIN)/python benchmarks/gpu_check.py --out results/gpu_check.json
+	$(BIN)/python benchmarks/gpu_check.py
 
 clean:
 	rm -rf runs .pytest_cache

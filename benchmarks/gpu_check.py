@@ -1,21 +1,35 @@
-"""GPU check: real training steps on CUDA through the library's own code paths.
+"""GPU check: real training steps through the library's own code paths, against a bare loop
+doing the same work.
 
-Run on a machine with a GPU (under 5 minutes):
+On a machine with a CUDA GPU (a few minutes; writes results/gpu_check_<gpu>.json, e.g.
+results/gpu_check_h100_80gb_hbm3.json):
 
-    python benchmarks/gpu_check.py --out results/gpu_check.json
+    python benchmarks/gpu_check.py
 
-Measures, on synthetic 32 px data (no download):
-- SimCLR, ResNet-18 with the CIFAR stem, batch 512, bf16 autocast via Fabric: images/s
-  (median over timed windows) and peak GPU memory; the same step as a bare PyTorch loop
-  (same model, loss and optimiser) for the overhead ratio;
-- MoCo v2 (queue 4096, shuffle-BN path, symmetric off): images/s and peak memory;
-- an end-to-end ``fit`` of the SimCLR digits preset on CUDA with bf16 (trainer, kNN monitor,
-  checkpoint), and its kNN accuracy.
+and a tiny smoke run of the script itself on the CPU (batch 8, fp32, seconds):
+
+    python benchmarks/gpu_check.py --device cpu --tiny --out /tmp/gpu_check_cpu.json
+
+Measures, on synthetic 32 px uint8 data on the device (no download):
+- SimCLR, ResNet-18 with the CIFAR stem, batch 512, bf16 (Fabric's bf16-mixed): the library's
+  step (`contrastlab.engine.trainer.train_step` of the `simclr/cifar10` recipe, SGD) against a
+  bare PyTorch loop doing the same work (`_steps.bare_simclr_step`: the same batched views made
+  from uint8 on the device by `BatchedViews`, the same two forward passes of B, input
+  standardisation, head, NT-Xent, SGD with momentum and weight decay, bf16 autocast), and the
+  views alone (two `BatchedViews` calls under the same autocast). The three are interleaved
+  round by round (rotated order, CUDA synchronised around each timed window); the ratios are
+  medians of per-round ratios: library / bare step time, and the views' share of the step
+  (views alone / whole step). Peak GPU memory of each, from its own warm-up steps.
+- MoCo v2 through the library (queue 4096, shuffle-BN path): images/s and peak memory;
+- an end-to-end ``fit`` of the SimCLR digits preset on the device (trainer, kNN monitor,
+  checkpoint), its time and kNN accuracy.
+images/s counts training images (a batch of B images is 2B views), as the trainer's log does.
+The last line of output is the JSON written to --out.
 """
 from __future__ import annotations
 
 import argparse
-import json
+import re
 import statistics
 import sys
 import tempfile
@@ -24,133 +38,130 @@ from pathlib import Path
 
 import torch
 
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _steps import bare_simclr_step, make_step, resnet18_cifar  # noqa: E402
+from _timing import emit, environment, interleaved, median_ratio, ratio_quartiles  # noqa: E402
 
-DEV = "cuda"
+LR, MOMENTUM, WD, T = 0.3, 0.9, 1e-6, 0.5
+CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
 
-def _sync():
-    if DEV == "cuda":
-        torch.cuda.synchronize()
+def device_slug(name: str) -> str:
+    """'NVIDIA H100 80GB HBM3' -> 'h100_80gb_hbm3' (the results file's name)."""
+    s = re.sub(r"[^a-z0-9]+", "_", name.lower().replace("nvidia", "")).strip("_")
+    return s or "unknown"
 
 
-def _timed(step, n_warm, n_windows, steps_per_window, batch):
-    for _ in range(n_warm):
+def peak_memory(step, dev, n=2):
+    """Peak GPU memory (GiB) over ``n`` calls of ``step`` (None on the CPU); the other contenders'
+    weights and optimiser states, resident meanwhile, are included (tens of MiB each)."""
+    for _ in range(n):
         step()
-    _sync()
-    rates = []
-    for _ in range(n_windows):
-        t = time.perf_counter()
-        for _ in range(steps_per_window):
-            step()
-        _sync()
-        rates.append(steps_per_window * batch / (time.perf_counter() - t))
-    return statistics.median(rates), rates
+    if dev != "cuda":
+        return None
+    torch.cuda.synchronize()
+    torch.cuda.reset_peak_memory_stats()
+    for _ in range(n):
+        step()
+    torch.cuda.synchronize()
+    return round(torch.cuda.max_memory_allocated() / 2**30, 3)
 
 
-def library_step(recipe, overrides, batch):
-    from contrastlab.config import load_config
-    from contrastlab.engine.optim import build_optimizer
-    from contrastlab.engine.trainer import _fabric_class
-    from contrastlab.methods import build_method
-
-    cfg = load_config(recipe, overrides + [f"optim.batch_size={batch}"])
-    fabric = _fabric_class()(accelerator=DEV, devices=1, precision="bf16-mixed")
-    torch.manual_seed(0)
-    method = build_method(cfg).to(memory_format=torch.channels_last)
-    opt = build_optimizer(method, cfg.optim, batch)
-    model, opt = fabric.setup(method, opt)
-    x = torch.randint(0, 256, (batch, 3, 32, 32), dtype=torch.uint8, device=DEV)
-    g = torch.Generator(device=DEV).manual_seed(0)
-
-    def step():
-        out = model({"images": x, "generator": g})
-        opt.zero_grad(set_to_none=True)
-        fabric.backward(out["loss"])
-        opt.step()
-
-    return step
-
-
-def bare_simclr_step(batch):
-    """The floor: the same ResNet-18 + head + NT-Xent + LARS-free SGD step written by hand."""
-    import torch.nn as nn
-    import torch.nn.functional as F
-    import torchvision
-
-    net = torchvision.models.resnet18(num_classes=128)
-    net.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
-    net.maxpool = nn.Identity()
-    net.fc = nn.Sequential(nn.Linear(512, 2048, bias=False), nn.BatchNorm1d(2048), nn.ReLU(), nn.Linear(2048, 128))
-    net = net.to(DEV).to(memory_format=torch.channels_last)
-    opt = torch.optim.SGD(net.parameters(), lr=0.1, momentum=0.9)
-    x1 = torch.rand(batch, 3, 32, 32, device=DEV)
-    x2 = torch.rand(batch, 3, 32, 32, device=DEV)
-
-    def step():
-        with torch.autocast(DEV, dtype=torch.bfloat16):
-            z = net(torch.cat([x1, x2]))
-        z = F.normalize(z.float(), dim=1)
-        s = z @ z.T / 0.5
-        s.fill_diagonal_(float("-inf"))
-        n = batch
-        target = torch.cat([torch.arange(n, 2 * n), torch.arange(0, n)]).to(DEV)
-        loss = F.cross_entropy(s, target)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-
-    return step
-
-
-def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--out", default="results/gpu_check.json")
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
+    ap.add_argument("--tiny", action="store_true", help="batch 8, 2 rounds, 3-step fit: checks the script, measures nothing")
+    ap.add_argument("--dry-run", action="store_true", help="the same as --device cpu --tiny")
     ap.add_argument("--batch", type=int, default=512)
-    ap.add_argument("--dry-run", action="store_true", help="tiny CPU run to check the script itself")
-    args = ap.parse_args()
-    global DEV
-    if args.dry_run:
-        DEV = "cpu"
-        args.batch = 8
-    elif not torch.cuda.is_available():
-        sys.exit("gpu_check: no CUDA device")
-    name = torch.cuda.get_device_name(0) if DEV == "cuda" else "cpu"
-    res = {"device": name, "torch": torch.__version__, "batch": args.batch}
-    mem = (lambda: round(torch.cuda.max_memory_allocated() / 2**30, 3)) if DEV == "cuda" else (lambda: None)
-    reset = torch.cuda.reset_peak_memory_stats if DEV == "cuda" else (lambda: None)
+    ap.add_argument("--rounds", type=int, default=31)
+    ap.add_argument("--reps", type=int, default=20, help="steps per contender per round")
+    ap.add_argument("--precision", default=None, help="Fabric precision (default bf16-mixed on cuda, 32-true on cpu)")
+    ap.add_argument("--fit-steps", type=int, default=800)
+    ap.add_argument("--out", default=None, help="default results/gpu_check_<device name>.json")
+    a = ap.parse_args(argv)
+    if a.dry_run:
+        a.device, a.tiny = "cpu", True
+    if a.tiny:
+        a.batch, a.rounds, a.reps, a.fit_steps = 8, 2, 2, 3
+    dev = a.device
+    if dev == "cuda" and not torch.cuda.is_available():
+        sys.exit("gpu_check: no CUDA device (use --device cpu --tiny to check the script on the CPU)")
+    precision = a.precision or ("bf16-mixed" if dev == "cuda" else "32-true")
+    bf16 = precision.startswith("bf16")
+    name = torch.cuda.get_device_name(0) if dev == "cuda" else "cpu"
+    out = a.out or f"results/gpu_check_{device_slug(name)}.json"
+    sync = torch.cuda.synchronize if dev == "cuda" else None
     torch.backends.cudnn.benchmark = True
+
+    res = {"benchmark": "gpu_check", "device": name, "precision": precision, "batch": a.batch, "rounds": a.rounds,
+           "reps": a.reps, "tiny": a.tiny,
+           **environment(seeds={"weights": 0, "data": 0, "views": "step k of each contender: generator seed k",
+                                "fit": "the simclr preset's seed 0"})}  # fmt: skip
+    if dev == "cuda":
+        res["cuda"] = torch.version.cuda
+    print(f"gpu_check on {name} ({precision}), batch {a.batch}", flush=True)
+
+    gx = torch.Generator().manual_seed(0)
+    pool = [torch.randint(0, 256, (a.batch, 3, 32, 32), dtype=torch.uint8, generator=gx).to(dev) for _ in range(4)]
+    k = [0]
+
+    def images():  # the same uint8 batches for every contender, cycling
+        k[0] += 1
+        return pool[k[0] % 4]
+
     common = ["model.backbone=resnet18", "model.cifar_stem=true", "model.norm=cifar", "model.proj_hidden=2048",
-              f"trainer.accelerator={DEV}", "views.blur_p=0.0", "optim.name=sgd"]  # fmt: skip
+              "model.proj_dim=128", "model.proj_layers=2", f"trainer.accelerator={dev}", "views.blur_p=0.0",
+              "optim.name=sgd", f"optim.lr={LR}", "optim.scale_lr=false", f"optim.momentum={MOMENTUM}",
+              f"optim.weight_decay={WD}", "optim.warmup_steps=0", f"optim.batch_size={a.batch}"]  # fmt: skip
+    lib, model = make_step("simclr/cifar10", images, common + [f"method.temperature={T}"], accelerator=dev,
+                           precision=precision, return_model=True)  # fmt: skip
+    views = model.module.views if hasattr(model, "module") else model.views
+    bare = bare_simclr_step(resnet18_cifar(), 512, images, views, CIFAR_MEAN, CIFAR_STD, lr=LR, momentum=MOMENTUM,
+                            weight_decay=WD, temperature=T, device=dev, bf16=bf16)  # fmt: skip
+    gv = torch.Generator(device=dev)
 
-    reset()
-    ips, rates = _timed(library_step("simclr/cifar10", common, args.batch), 5, 5, 10, args.batch)
-    res["simclr_resnet18_bf16_img_per_s"] = round(ips, 1)
-    res["simclr_peak_mem_gib"] = mem()
-    reset()
-    ips_bare, _ = _timed(bare_simclr_step(args.batch), 5, 5, 10, args.batch)
-    res["bare_loop_img_per_s"] = round(ips_bare, 1)
-    res["bare_loop_peak_mem_gib"] = mem()
-    res["simclr_vs_bare_speed_ratio"] = round(ips / ips_bare, 3)
+    def views_only():  # the library step's two views, alone, under the same autocast
+        gv.manual_seed(k[0])
+        x = images()
+        with torch.autocast(torch.device(dev).type, dtype=torch.bfloat16, enabled=bf16):
+            views(x, gv), views(x, gv)
 
-    reset()
+    contenders = {"library": lib, "bare": bare, "views": views_only}
+    for n, f in contenders.items():
+        res[f"{n}_peak_mem_gib"] = peak_memory(f, dev)
+    times = interleaved(contenders, a.rounds, a.reps, warmup=2, sync=sync)
+    med = {n: statistics.median(t) for n, t in times.items()}
+    res["img_per_s"] = {n: round(a.batch / med[n], 1) for n in ("library", "bare")}
+    res["views_img_per_s"] = round(a.batch / med["views"], 1)
+    res["median_ms"] = {n: round(1000 * m, 3) for n, m in med.items()}
+    res["ratio_library_vs_bare_time"] = round(median_ratio(times, "library", "bare"), 4)
+    res["views_share_of_library_step"] = round(median_ratio(times, "views", "library"), 4)
+    res["views_share_of_bare_step"] = round(median_ratio(times, "views", "bare"), 4)
+    res["quartiles_over_rounds"] = {"library_vs_bare_time": ratio_quartiles(times, "library", "bare"),
+                                    "views_share_of_library_step": ratio_quartiles(times, "views", "library")}  # fmt: skip
+    res["per_round_s"] = {n: [round(x, 6) for x in t] for n, t in times.items()}
+    print(f"SimCLR ResNet-18: library {res['img_per_s']['library']:.0f} img/s, bare {res['img_per_s']['bare']:.0f} img/s, "
+          f"library / bare time = {res['ratio_library_vs_bare_time']:.3f}; views {res['views_share_of_library_step']:.1%} "
+          f"of the library step ({a.rounds} interleaved rounds of {a.reps} steps)", flush=True)  # fmt: skip
+
     mo = ["method.queue_size=4096", "method.momentum=0.99"]
-    ips_m, _ = _timed(library_step("moco/cifar10", common + mo, args.batch), 5, 5, 10, args.batch)
-    res["moco_v2_resnet18_bf16_img_per_s"] = round(ips_m, 1)
-    res["moco_peak_mem_gib"] = mem()
+    moco = make_step("moco/cifar10", images, common + mo, accelerator=dev, precision=precision)
+    res["moco_peak_mem_gib"] = peak_memory(moco, dev)
+    tm = interleaved({"moco": moco}, max(3, a.rounds // 4), a.reps, warmup=1, sync=sync)["moco"]
+    res["moco_v2_img_per_s"] = round(a.batch / statistics.median(tm), 1)
+    print(f"MoCo v2 ResNet-18: {res['moco_v2_img_per_s']:.0f} img/s", flush=True)
 
     from contrastlab.config import load_config
     from contrastlab.engine.trainer import fit
 
     with tempfile.TemporaryDirectory() as d:
         t = time.time()
-        r = fit(load_config("simclr", [f"trainer.accelerator={DEV}", "trainer.precision=bf16-mixed", "trainer.progress=false",
-                                       f"trainer.max_steps={3 if args.dry_run else 800}", "trainer.knn_every=100",
-                                       f"trainer.out_dir={d}"]))  # fmt: skip
+        r = fit(load_config("simclr", [f"trainer.accelerator={dev}", f"trainer.precision={precision}", "trainer.progress=false",
+                                       f"trainer.max_steps={a.fit_steps}", "trainer.knn_every=100", f"trainer.out_dir={d}"]))  # fmt: skip
+        res["digits_simclr_fit_steps"] = a.fit_steps
         res["digits_simclr_fit_s"] = round(time.time() - t, 1)
         res["digits_simclr_fit_knn_top1"] = r.metrics.get("knn_top1")
-    Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(res, indent=2))
-    print(json.dumps(res))
+    emit(res, out)
 
 
 if __name__ == "__main__":

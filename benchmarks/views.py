@@ -5,6 +5,10 @@ at 224 px) for a batch of uint8 images: `BatchedViews` on the whole batch tensor
 `torchvision_views` (torchvision.transforms.v2) image by image as a data-loader worker would.
 Sizes: 256 CIFAR-size images (32 px) and 64 ImageNet-size images (256 px in, 224 px out).
 Prints medians, images/s and the median per-round speed-up; the last line is JSON.
+
+This is call throughput of the augmentation alone, both in one process: not a training-speed gain.
+A per-image pipeline normally runs in DataLoader workers, beside the training step; end_to_end.py
+measures training throughput (data + views + step) of both paths that way.
 """
 from __future__ import annotations
 
