@@ -36,9 +36,11 @@ test-dist: install
 ## CPU benchmarks (ratios measured in one run; installs the peer library lightly for the comparison).
 bench: install
 	$(BIN)/pip install -q -e '.[test,bench]'
-	$(BIN)/python benchmarks/simclr_step.py --out results/bench_simclr_step.json
+	$(BIN)/python benchmarks/simclr_step.py --case resnet18 --rounds 15 --out results/bench_simclr_step_resnet18_r15.json
+	$(BIN)/python benchmarks/simclr_step.py --case digits --rounds 15 --threads 2 --out results/bench_simclr_step_digits.json
 	$(BIN)/python benchmarks/views.py --out results/bench_views.json
 	$(BIN)/python benchmarks/knn_memory.py --out results/bench_knn_memory.json
+	$(BIN)/python benchmarks/negatives_overhead.py --rounds 15 --out results/bench_negatives_overhead.json
 	$(BIN)/python benchmarks/end_to_end.py --models small_cnn,resnet18 --out results/bench_end_to_end.json
 
 ## On a machine with a CUDA GPU: real bf16 training steps through the library against a bare loop doing

@@ -14,7 +14,7 @@ is benchmarked on its own in views.py.
   also has a BatchNorm after the last layer).
 
 Second case, `--case digits`: the CPU preset of the embedded data set (SmallCNN 16-32-64-64 x2,
-per-image standardisation, batch 256, Adam, t=0.1, channels_last). Here the step includes
+per-image standardisation, the preset's batch and temperature (128, 0.5), Adam, channels_last). Here the step includes
 making the two batched views, as in training: contrastlab's step (`train_step` on a batch of
 uint8 images) against a bare loop that calls the same `BatchedViews` and a plain nn.Sequential
 CNN of the same shape; and contrastlab with channels_last off (the speed option's effect). This is the "framework vs single-file script" comparison at the preset.
@@ -127,7 +127,7 @@ def lightly(views):
     return step
 
 
-def bare_digits(images, vcfg):
+def bare_digits(images, vcfg, temperature: float = 0.5):
     from contrastlab.data.views import BatchedViews
 
     torch.manual_seed(0)
@@ -159,7 +159,7 @@ def bare_digits(images, vcfg):
         v1, v2 = views(x, g), views(x, g)
         z = F.normalize(torch.cat([enc(v1), enc(v2)]), dim=1)  # one pass per view (faster on CPUs)
         n = x.shape[0]
-        sim = z @ z.t() / 0.1
+        sim = z @ z.t() / temperature
         sim.fill_diagonal_(float("-inf"))
         loss = F.cross_entropy(sim, torch.cat([torch.arange(n, 2 * n), torch.arange(n)]))
         opt.zero_grad(set_to_none=True)
@@ -199,24 +199,26 @@ def run_resnet18(a, res):
 def run_digits(a, res):
     from contrastlab.data import digit_scenes
 
-    pool = digit_scenes()[0].images[:2048]
+    from _steps import make_step
+    from contrastlab.config import load_config
+
+    preset = load_config("simclr")  # the digits preset as it is now: its batch and temperature
+    b, t = preset.optim.batch_size, preset.method["temperature"]
+    pool = digit_scenes()[0].images[: 8 * b]
     k = [0]
 
     def images():
         k[0] += 1
-        return pool[(k[0] % 8) * 256 : (k[0] % 8 + 1) * 256]
+        return pool[(k[0] % 8) * b : (k[0] % 8 + 1) * b]
 
-    from _steps import make_step
-    from contrastlab.config import load_config
-
-    contenders = {"bare": bare_digits(images, load_config("simclr").views), "contrastlab": make_step("simclr", images),
+    contenders = {"bare": bare_digits(images, preset.views, t), "contrastlab": make_step("simclr", images),
                   "contrastlab_nchw": make_step("simclr", images, channels_last=False)}  # fmt: skip
     times = interleaved(contenders, a.rounds, a.reps)
-    res["digits"] = {"batch": 256, "median_s": {n: round(statistics.median(t), 4) for n, t in times.items()},
-                     "img_per_s": {n: round(2 * 256 / statistics.median(t), 1) for n, t in times.items()},
+    res["digits"] = {"batch": b, "temperature": t, "median_s": {n: round(statistics.median(t), 4) for n, t in times.items()},
+                     "img_per_s": {n: round(2 * b / statistics.median(t), 1) for n, t in times.items()},
                      "ratio_contrastlab_vs_bare": round(median_ratio(times, "contrastlab", "bare"), 4),
                      "ratio_nchw_vs_channels_last": round(median_ratio(times, "contrastlab_nchw", "contrastlab"), 4)}  # fmt: skip
-    print("digits preset (SmallCNN 16x2, batch 256, views included):")
+    print(f"digits preset (SmallCNN 16x2, batch {b}, views included):")
     for n, t in times.items():
         print(f"  {n:12s} median {statistics.median(t) * 1000:8.1f} ms/step")
     print(f"  contrastlab / bare = {res['digits']['ratio_contrastlab_vs_bare']:.3f}")
