@@ -35,17 +35,10 @@ import torch.nn.functional as F
 import torchvision
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from _steps import resnet18_cifar  # noqa: E402
 from _timing import emit, environment, interleaved, median_ratio  # noqa: E402
 
 LR, MOMENTUM, WD, T = 0.3, 0.9, 1e-6, 0.5
-
-
-def resnet18_cifar() -> nn.Module:
-    net = torchvision.models.resnet18(weights=None)
-    net.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
-    net.maxpool = nn.Identity()
-    net.fc = nn.Identity()
-    return net
 
 
 def bare(views):
