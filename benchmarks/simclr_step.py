@@ -32,7 +32,6 @@ from pathlib import Path
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-import torchvision
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _steps import resnet18_cifar  # noqa: E402
