@@ -12,7 +12,8 @@ then ``contrastlab eval ...`` on it, in subprocesses; the numbers are read from 
 they print. The table goes to ``results/learning_<TABLE>.json`` with the commit, the command,
 torch version, thread count, seeds and every per-seed value, and is rewritten after each run, so
 a killed script loses at most the run it was in: rerun it and it skips the runs already
-recorded for the same commit (``--fresh`` redoes them).
+recorded at a commit whose training code (``src/``, ``configs/``) is identical to this one's
+(each run records its own commit; ``--fresh`` redoes them).
 """
 from __future__ import annotations
 
@@ -56,8 +57,19 @@ def _git(*args) -> str:
 
 
 def _commit() -> str:
-    dirty = _git("status", "--porcelain", "--", "src", "scripts")
+    dirty = _git("status", "--porcelain", "--", *CODE, "scripts")
     return _git("rev-parse", "--short", "HEAD") + ("+dirty" if dirty else "")
+
+
+CODE = ("src", "configs")
+
+
+def _same_code(commit: str, head: str) -> bool:
+    """Whether ``commit`` trains with the code of ``head`` (no change under src/ or configs/)."""
+    if not commit or commit.endswith("+dirty") or head.endswith("+dirty"):
+        return commit == head and not head.endswith("+dirty")
+    p = subprocess.run(["git", "diff", "--quiet", commit, head.split("+")[0], "--", *CODE], cwd=ROOT)
+    return p.returncode == 0
 
 
 def _cli(args: list[str]) -> dict:
@@ -101,25 +113,27 @@ def main(argv=None):
     out_path = ROOT / "results" / f"learning_{a.table}.json"
     commit = _commit()
     old = json.loads(out_path.read_text()) if out_path.exists() else {}
-    keep_old = old.get("commit") == commit and not a.fresh
+    kept = {} if a.fresh else {
+        k: r for k, r in old.get("runs", {}).items() if _same_code(r.get("commit", old.get("commit", "")), commit)
+    }
     res = {
         "table": a.table, "what": what, "commit": commit,
         "command": "python scripts/learning_results.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "torch": _torch_version(), "threads": a.threads, "seeds": seeds, "machine": platform.machine(),
-        "runs": old.get("runs", {}) if keep_old else {}, "summary": {},
+        "runs": {k: {"commit": r.get("commit", old.get("commit")), **r} for k, r in kept.items()}, "summary": {},
     }  # fmt: skip
     for name, recipe, overrides in rows:
         for seed in seeds:
             key = f"{name}/seed{seed}"
             if key in res["runs"]:
-                print(f"{key}: recorded for {commit}, skipped", flush=True)
+                print(f"{key}: recorded at {res['runs'][key]['commit']} (same training code), skipped", flush=True)
                 continue
             run_dir = ROOT / a.runs_dir / a.table / f"{recipe.replace('/', '-')}-{name.replace(' ', '')}-s{seed}"
             train = ["train", recipe, *overrides, f"seed={seed}", f"trainer.out_dir={run_dir}", "trainer.progress=false",
                      f"trainer.threads={a.threads}", "trainer.overwrite=true"]  # fmt: skip
             t0 = time.time()
             tr = _cli(train)
-            entry = {"recipe": recipe, "overrides": overrides, "seed": seed, "train_command": "contrastlab " + " ".join(train),
+            entry = {"commit": commit, "recipe": recipe, "overrides": overrides, "seed": seed, "train_command": "contrastlab " + " ".join(train),
                      "train_seconds": tr.get("train_seconds"), "steps": tr.get("step"), "evals": {}}  # fmt: skip
             for protocol, opts in evals:
                 if protocol == "knn" and opts and seed != seeds[0]:
