@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from contrastlab.cli import load_run, main
+from contrastlab.cli import main
+from contrastlab.eval.run import load_run
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures" / "checkpoints"
 EXPECTED = json.loads((FIXTURES / "expected.json").read_text())

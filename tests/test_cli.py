@@ -87,7 +87,7 @@ def test_eval_a_checkpoint_written_before_newer_config_keys(run_dir, tmp_path, c
 
     import torch
 
-    from contrastlab.engine.checkpoint import load_checkpoint, save_atomic
+    from contrastlab.checkpoint import load_checkpoint, save_atomic
 
     old = tmp_path / "old"
     shutil.copytree(run_dir, old)

@@ -285,12 +285,16 @@ def test_eval_and_translate_options_are_checked_before_the_run_is_read(argv, nee
 
 
 def test_string_options_keep_their_text():
-    from contrastlab.cli import _parse_kv
+    import dataclasses
 
-    opts, data = _parse_kv(["weights=123", "data.n_test=7"], "contrastlab.eval.translation:TranslationOptions", "x")
-    assert opts["weights"] == "123" and data == ["data.n_test=7"]
-    opts, _ = _parse_kv(["label=null", "k=3"], "contrastlab.eval.knn:KnnOptions", "eval knn")
-    assert opts == {"label": None, "k": 3, "temperature": 0.1, "features": "model", "device": "auto", "batch_size": 512}
+    from contrastlab.cli import _parse_kv
+    from contrastlab.eval.translation import TranslationOptions
+
+    opts, data = _parse_kv(["weights=123", "data.n_test=7"], TranslationOptions, "x")
+    assert opts.weights == "123" and data == ["data.n_test=7"]
+    opts, _ = _parse_kv(["label=null", "k=3"], KnnOptions, "eval knn")
+    assert dataclasses.asdict(opts) == {"label": None, "k": 3, "temperature": 0.1, "features": "model", "device": "auto",
+                                        "batch_size": 512}  # fmt: skip
 
 
 # ----------------------------------------------------------------------------- resume_differences

@@ -16,8 +16,8 @@ from contrastlab.data.real import (
     load_cifar,
     load_imagefolder,
     load_stl10,
-    long_tail_subset,
 )
+from contrastlab.data.long_tail import long_tail_subset
 
 
 # ----------------------------------------------------------------------------- fixtures
@@ -621,3 +621,17 @@ def test_long_tail_errors_and_files(folder_root, stl_root):
     train, _ = load_imagefolder(folder_root, image_size=16)
     lt = long_tail_subset(train, 2)  # cat 2, dog 3 -> n_max 2: cat keeps 2, dog keeps 1
     assert isinstance(lt, FileImageSet) and lt.labels["label"].tolist() == [0, 0, 1]
+
+
+def test_build_datasets_long_tail_refuses_unlabelled_images(stl_root):
+    """One long-tail function for every data set: build_datasets refuses a long-tailed subset of a
+    split with unlabelled images (it used to drop them silently), naming the way out."""
+    from types import SimpleNamespace
+
+    from contrastlab.data import build_datasets
+
+    root, *_ = stl_root
+    cfg = SimpleNamespace(name="stl10", label="digit", root=str(root), download=False, stl_split="train+unlabeled",
+                          image_size=96, long_tail_ratio=10.0)  # fmt: skip
+    with pytest.raises(UserError, match="without a 'label' label.*stl_split=train"):
+        build_datasets(cfg)

@@ -4,7 +4,8 @@ import torch
 import torch.nn.functional as F
 
 from contrastlab.data import build_datasets, digit_scenes
-from contrastlab.data.digits import DigitScenesSpec, generate, long_tail_indices
+from contrastlab.data.digits import DigitScenesSpec, generate
+from contrastlab.data.long_tail import long_tail_indices
 from contrastlab.config import load_config
 
 

@@ -70,7 +70,7 @@ def test_trainer_two_processes_writes_one_run(tmp_path):
     assert p.returncode == 0, p.stderr[-1500:]
     lines = [l for l in p.stdout.splitlines() if l.startswith("{")]
     assert len(lines) == 1 and json.loads(lines[0])["step"] == 6
-    from contrastlab.engine.checkpoint import load_checkpoint
+    from contrastlab.checkpoint import load_checkpoint
 
     assert load_checkpoint(out)["step"] == 6
     rows = (out / "metrics.csv").read_text().splitlines()

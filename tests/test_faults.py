@@ -14,7 +14,7 @@ import torch
 
 from contrastlab.cli import main
 from contrastlab.config import load_config
-from contrastlab.engine.checkpoint import load_checkpoint
+from contrastlab.checkpoint import load_checkpoint
 from contrastlab.engine.trainer import fit
 from contrastlab.errors import UserError
 
@@ -197,7 +197,7 @@ def test_second_signal_mid_step_keeps_the_last_whole_step(tmp_path, tiny, monkey
 def test_second_signal_during_a_checkpoint_write_waits_for_it(tmp_path, tiny, monkeypatch):
     """A signal arriving while the checkpoint is written does not cut the write short: the file
     is complete (it loads and holds the step), then the run stops with the signal's code."""
-    from contrastlab.engine import checkpoint as ck
+    from contrastlab import checkpoint as ck
     from contrastlab.errors import Interrupted
 
     real = ck.torch.save
@@ -387,7 +387,7 @@ def test_truncated_checkpoint_message_is_whole(tmp_path, tiny, capsys):
 def test_checkpoint_of_another_model_is_one_line(tmp_path, tiny, capsys):
     """Weights that do not fit the model named by the checkpoint's own config (e.g. a file edited
     by hand or written by another version): one line with a few names, not hundreds."""
-    from contrastlab.engine.checkpoint import save_atomic
+    from contrastlab.checkpoint import save_atomic
 
     fit(load_config("simclr", tiny + ["trainer.max_steps=2", f"trainer.out_dir={tmp_path}"]))
     ck = load_checkpoint(tmp_path / "last.ckpt")

@@ -6,7 +6,7 @@ import torch
 
 from contrastlab.config import load_config
 from contrastlab.methods import build_method
-from contrastlab.methods.common import Queue, momentum_update
+from contrastlab.nn import Queue, momentum_update
 
 
 def test_momentum_update_formula():

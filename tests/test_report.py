@@ -173,3 +173,28 @@ def test_embedding_method_validation(tmp_path):
     with pytest.raises(ValueError, match="unknown embedding method 'umap'"):
         write_report(tmp_path, [], embeddings={"feats": torch.randn(10, 3), "labels": torch.zeros(10)},
                      embedding_method="umap")
+
+
+def test_evaluations_table_has_one_row_per_evaluation(tmp_path):
+    """eval.json entries (keyed protocol/label/features) become one row each: protocol, label,
+    features, step and the measurements (nested per-direction scores prefixed, lists left out)."""
+    from contrastlab.report.report import evaluation_rows
+
+    evals = {
+        "knn/digit/model": {"protocol": "knn", "checkpoint": "r", "step": 200, "label": "digit", "features": "model",
+                            "n_train": 10, "n_test": 5, "k": 20, "temperature": 0.1, "top1": 0.9, "top5": 1.0},
+        "linear/color/pixels": {"protocol": "linear", "step": 200, "label": "color", "features": "pixels",
+                                "top1": 0.25, "per_class_acc": [0.1, 0.2]},
+        "translation/translation/random": {"protocol": "translation", "step": 50, "label": "translation",
+                                           "features": "random", "extractor": "random",
+                                           "AtoB": {"fid": 12.5, "kid_mean": 0.01, "n_inputs": 3}},
+    }  # fmt: skip
+    rows = evaluation_rows(evals)
+    assert [r[:4] for r in rows] == [("knn", "digit", "model", "200"), ("linear", "color", "pixels", "200"),
+                                     ("translation", "translation", "random", "50")]  # fmt: skip
+    assert rows[0][4] == "k 20, temperature 0.1, top1 0.9, top5 1"
+    assert rows[1][4] == "top1 0.25"
+    assert rows[2][4] == "AtoB.fid 12.5, AtoB.kid_mean 0.01"
+    out = write_report(tmp_path, metrics=[], evaluations=evals, title="t")
+    page = out.read_text()
+    assert page.count("<tr><td>") == 3 and "<th>protocol</th>" in page and "AtoB.fid 12.5" in page

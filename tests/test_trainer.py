@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from contrastlab.config import UserError, load_config
-from contrastlab.engine.checkpoint import load_checkpoint
+from contrastlab.checkpoint import load_checkpoint
 from contrastlab.engine.trainer import StepBatches, fit
 
 

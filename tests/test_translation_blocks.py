@@ -7,8 +7,12 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from contrastlab.losses.translation import gan_loss, patch_nce
-from contrastlab.nn.translation import ImagePool, PatchDiscriminator, PatchSampleHeads, ResnetGenerator, init_weights
+from contrastlab.losses.gan import gan_loss
+from contrastlab.losses.patch_nce import patch_nce
+from contrastlab.nn.discriminators import ImagePool, PatchDiscriminator
+from contrastlab.nn.generators import ResnetGenerator
+from contrastlab.nn.init import init_weights
+from contrastlab.nn.patch_heads import PatchSampleHeads
 
 
 def patch_nce_loop(q, k, t):

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from contrastlab.config import load_config
-from contrastlab.engine.checkpoint import load_checkpoint
+from contrastlab.checkpoint import load_checkpoint
 from contrastlab.engine.manual import ManualSteps, OptimizerSet
 from contrastlab.engine.trainer import fit
 from contrastlab.losses import patch_nce

@@ -8,7 +8,7 @@ import scipy.linalg
 import torch
 
 from contrastlab.errors import ConfigError, UserError
-from contrastlab.eval.translation_metrics import (
+from contrastlab.eval.image_metrics import (
     InceptionFeatures,
     RandomConvFeatures,
     build_extractor,
@@ -195,7 +195,7 @@ def test_random_conv_features_are_seeded_and_shaped():
 
 def test_random_conv_features_identical_across_processes():
     code = (
-        "import torch; from contrastlab.eval.translation_metrics import RandomConvFeatures as R; "
+        "import torch; from contrastlab.eval.image_metrics import RandomConvFeatures as R; "
         "x = torch.linspace(0, 1, 2 * 3 * 16 * 16).reshape(2, 3, 16, 16); "
         "print(repr(R(seed=3, width=4)(x).double().sum().item()))"
     )

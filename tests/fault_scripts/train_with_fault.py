@@ -35,7 +35,7 @@ def main():
         count["n"] += 1
         return count["n"] == n
 
-    import contrastlab.engine.checkpoint as ck
+    import contrastlab.checkpoint as ck
     import contrastlab.engine.logging as lg
     import contrastlab.files as files
     import torch

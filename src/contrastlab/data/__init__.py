@@ -5,9 +5,11 @@ from pathlib import Path
 
 from ..errors import UserError
 from .base import ImageSet, TensorImageSet
-from .digits import DigitScenesSpec, long_tail_indices
+from .digits import DigitScenesSpec
+from .long_tail import long_tail_indices, long_tail_subset
 
-__all__ = ["ImageSet", "TensorImageSet", "DigitScenesSpec", "build_datasets", "digit_scenes", "long_tail_indices"]
+__all__ = ["ImageSet", "TensorImageSet", "DigitScenesSpec", "build_datasets", "digit_scenes", "long_tail_indices",
+           "long_tail_subset"]
 
 DIGIT_CLASSES = {
     "digit": [str(i) for i in range(10)],
@@ -71,9 +73,7 @@ def build_datasets(dcfg) -> tuple[ImageSet, ImageSet | None]:
     if test is not None:
         test.default_label = label
     if dcfg.long_tail_ratio is not None:
-        idx = long_tail_indices(train.labels[label][train.labels[label] >= 0], dcfg.long_tail_ratio)
-        known = (train.labels[label] >= 0).nonzero().flatten()
-        train = train.subset(known[idx])
+        train = long_tail_subset(train, dcfg.long_tail_ratio, label)
     return train, test
 
 

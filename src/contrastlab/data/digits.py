@@ -212,23 +212,3 @@ def cached(path: Path, make, cache: bool = True) -> dict:
 def load(spec: DigitScenesSpec, cache: bool = True) -> dict:
     """Generate or read from the cache. The cache file is written atomically."""
     return cached(cache_dir() / f"digit-scenes-{spec.key()}.pt", lambda: generate(spec), cache)
-
-
-def long_tail_indices(labels: torch.Tensor, imbalance_ratio: float, n_classes: int | None = None) -> torch.Tensor:
-    """Exponential long-tail profile (Cao et al. 2019, as CIFAR-10-LT).
-
-    Class i keeps floor(n_max * (1 / ratio) ** (i / (C - 1))) samples, where n_max is the size
-    of the smallest class (so every class can provide its quota). The kept samples of each
-    class are its first ones in data order: deterministic, and nested across ratios.
-    """
-    if imbalance_ratio < 1:
-        raise ValueError(f"imbalance_ratio must be >= 1, got {imbalance_ratio}")
-    labels = torch.as_tensor(labels)
-    n_classes = n_classes or int(labels.max()) + 1
-    per_class = [torch.nonzero(labels == c).flatten() for c in range(n_classes)]
-    n_max = min(len(p) for p in per_class)
-    keep = []
-    for c, idx in enumerate(per_class):
-        n_c = int(math.floor(n_max * (1.0 / imbalance_ratio) ** (c / max(n_classes - 1, 1))))
-        keep.append(idx[: max(n_c, 1)])
-    return torch.cat(keep).sort().values

@@ -35,7 +35,6 @@ from PIL import Image
 
 from contrastlab.errors import ConfigError, UserError
 from contrastlab.data.base import ImageSet, TensorImageSet
-from contrastlab.data.digits import long_tail_indices
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
 _EXT_TEXT = " ".join(IMAGE_EXTENSIONS)
@@ -572,25 +571,3 @@ def load_stl10(root, split: str = "train+unlabeled", download: bool = False,
     x_test, y_test = read(["test_X.bin"], ["test_y.bin"])
     return (TensorImageSet(x_train, {"label": y_train}, classes, f"stl10-{split}"),
             TensorImageSet(x_test, {"label": y_test}, classes, "stl10-test"))
-
-
-# ----------------------------------------------------------------------------- long tail
-def long_tail_subset(ds: ImageSet, ratio: float, label: str = "label") -> ImageSet:
-    """The exponential long-tail subset of ``ds`` (see ``digits.long_tail_indices``): class i keeps
-    its first floor(n_max * (1/ratio) ** (i / (C - 1))) samples, n_max the smallest class size.
-    E.g. CIFAR-10 train with ratio 100 keeps 5000, 2997, ..., 50: 12,406 images."""
-    if not ratio >= 1:
-        raise UserError(f"data.long_tail_ratio must be >= 1, got {ratio}")
-    labels = ds.label(label)
-    if len(labels) and int(labels.min()) < 0:
-        what = getattr(ds, "name", "") or "the data set"
-        raise UserError(f"a long-tailed subset needs every image labelled, but {what} has "
-                        f"{int((labels < 0).sum())} images without a {label!r} label (e.g. STL-10 unlabeled: "
-                        "use data.stl_split=train)")
-    n_classes = len(ds.classes.get(label, [])) or (int(labels.max()) + 1 if len(labels) else 0)
-    counts = torch.bincount(labels, minlength=n_classes)
-    if n_classes == 0 or int(counts.min()) == 0:
-        empty = [k for k in range(n_classes) if counts[k] == 0]
-        raise UserError(f"a long-tailed subset needs samples of every class, but {label!r} class(es) "
-                        f"{empty[:5]} have none")
-    return ds.subset(long_tail_indices(labels, ratio, n_classes))

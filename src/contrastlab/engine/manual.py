@@ -75,10 +75,3 @@ class ManualSteps:
         opt.zero_grad(set_to_none=True)
         self.fabric.backward(loss)
         opt.step()
-
-
-def set_requires_grad(modules, flag: bool) -> None:
-    """Freeze / unfreeze networks (e.g. the discriminators while the generators update)."""
-    for m in modules:
-        for p in m.parameters():
-            p.requires_grad_(flag)

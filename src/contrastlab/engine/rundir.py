@@ -21,7 +21,7 @@ from pathlib import Path
 from ..config import Config, resume_differences
 from ..errors import UserError
 from ..files import FolderLock, remove_stale_temporaries
-from .checkpoint import load_checkpoint
+from ..checkpoint import load_checkpoint
 
 CKPT_NAME = "last.ckpt"
 # what a run writes into its folder (deleted by trainer.overwrite=true)

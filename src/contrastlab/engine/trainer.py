@@ -28,10 +28,10 @@ from ..data import build_datasets
 from ..data.base import TensorImageSet
 from ..data.real import worker_error_line
 from ..errors import Interrupted
-from ..eval.features import extract_features
 from ..files import atomic_write
 from ..methods import build_method, method_class
-from .checkpoint import load_weights, save_atomic
+from ..methods.contract import optimizes_itself
+from ..checkpoint import load_weights, save_atomic
 from .logging import RunLogger
 from .manual import ManualSteps, OptimizerSet, SchedulerSet
 from .optim import build_optimizer, build_scheduler
@@ -211,34 +211,18 @@ class _Stop:
             signal.signal(s, h)
 
 
-def monitor_knn(method, train_set, test_set, cfg: Config, device) -> dict:
-    """kNN accuracy of the current encoder: a fixed subset of the training set is the bank."""
-    from ..eval.knn import knn_eval
-
-    label = train_set.default_label
-    ytr = train_set.labels[label]
-    n_bank = min(len(train_set), cfg.trainer.knn_max_train)
-    bank_idx = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(12_345))[:n_bank]
-    bank_idx = bank_idx[ytr[bank_idx] >= 0]
-    ftr = extract_features(method.encoder, train_set, device=device, indices=bank_idx)
-    fte = extract_features(method.encoder, test_set, device=device)
-    n_classes = len(train_set.classes.get(label, [])) or int(ytr.max()) + 1
-    res = knn_eval(ftr, ytr[bank_idx], fte, test_set.labels[label], n_classes, k=cfg.trainer.knn_k,
-                   temperature=cfg.trainer.knn_t)  # fmt: skip
-    return {f"knn_{k}": v for k, v in res.items() if k.startswith("top") and v is not None}
-
-
 def monitor(method, train_set, test_set, cfg: Config, device, run_dir: Path, step: int) -> dict:
-    """The periodic check of a run: the method's own ``monitor`` (e.g. sample grids and scores of a
-    translation method) or, by default, the kNN accuracy of its encoder. Compiled networks run
-    eagerly here: evaluation shapes and eval-mode BatchNorm would otherwise compile new graphs."""
+    """The periodic check of a run (``contrastlab.eval.monitor_for``: the method's own ``monitor``,
+    or that of the protocol it names, kNN accuracy by default). Compiled networks run eagerly
+    here: evaluation shapes and eval-mode BatchNorm would otherwise compile new graphs."""
+    from ..eval import monitor_for
+
     with torch.compiler.set_stance("force_eager"):
-        if hasattr(method, "monitor"):
-            was = method.training
-            out = method.monitor(train_set, test_set, run_dir=run_dir, step=step, device=device)
+        was = method.training
+        try:
+            return monitor_for(method)(method, train_set, test_set, cfg, device, run_dir, step)
+        finally:
             method.train(was)
-            return out
-        return monitor_knn(method, train_set, test_set, cfg, device)
 
 
 def compile_networks(method: torch.nn.Module) -> list[str]:
@@ -291,7 +275,7 @@ def fit(cfg: Config) -> FitResult:
     Fabric = _fabric_class()
 
     t = cfg.trainer
-    if getattr(method_class(cfg.method["name"]), "manual_optimization", False) and (
+    if optimizes_itself(method_class(cfg.method["name"])) and (
         str(t.devices) not in ("1", "auto") or t.num_nodes != 1
     ):
         raise _one_process_only(cfg)
@@ -340,7 +324,7 @@ def _fit(cfg: Config, fabric, run_dir: Path) -> FitResult:
         for m in method.modules():
             if isinstance(m, Encoder):
                 m.to_channels_last()
-    manual = getattr(method, "manual_optimization", False)
+    manual = optimizes_itself(method)
     if manual:
         if world > 1:
             raise _one_process_only(cfg)

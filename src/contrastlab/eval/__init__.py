@@ -1,8 +1,91 @@
-"""Evaluation protocols on frozen features: weighted kNN and linear probe."""
-from .knn import knn_accuracy, knn_eval, knn_predict, topk_neighbours
-from .linear import LinearClassifier, linear_probe, long_tail_groups, per_class_accuracy
+"""Evaluation protocols, one file each, in a registry like the methods'.
+
+A protocol is a module with
+
+- ``Options``: a dataclass of its ``key=value`` options (typed, with ranges: ``fields.option``),
+- ``run(checkpoint, opts, data_overrides=()) -> dict``: the result, with at least ``protocol``,
+  ``checkpoint``, ``step``, ``label`` and ``features`` (``contrastlab eval NAME RUN`` prints it as
+  the JSON of its last line and keeps it in ``RUN/eval.json``),
+- optionally ``monitor(method, train_set, test_set, cfg, device, run_dir, step) -> dict``: the
+  trainer's periodic check of a method whose ``monitor_protocol`` names the protocol (default
+  ``knn``),
+
+and its module docstring's first line describes it (``contrastlab eval --help``). Adding one is
+a new file plus one line in ``PROTOCOLS``; see docs/architecture.md.
+"""
+from __future__ import annotations
+
+import ast
+import importlib
+import importlib.util
+
+from ..errors import ConfigError
+
+PROTOCOLS = {
+    "knn": "contrastlab.eval.knn",
+    "linear": "contrastlab.eval.linear",
+    "translation": "contrastlab.eval.translation",
+}
+
+
+def protocol(name: str):
+    """The module of protocol ``name`` (a one-line ConfigError for an unknown name)."""
+    if name not in PROTOCOLS:
+        raise ConfigError(f"unknown evaluation protocol {name!r}; available: {', '.join(sorted(PROTOCOLS))}")
+    return importlib.import_module(PROTOCOLS[name])
+
+
+def describe(name: str) -> str:
+    """The first line of protocol ``name``'s module docstring (read from its file: nothing is
+    imported, so ``contrastlab eval --help`` stays fast)."""
+    if name not in PROTOCOLS:
+        raise ConfigError(f"unknown evaluation protocol {name!r}; available: {', '.join(sorted(PROTOCOLS))}")
+    spec = importlib.util.find_spec(PROTOCOLS[name])
+    with open(spec.origin, encoding="utf-8") as f:
+        doc = ast.get_docstring(ast.parse(f.read())) or name
+    return doc.strip().splitlines()[0]
+
+
+def monitor_for(method):
+    """The periodic check the trainer runs for ``method``: its own ``monitor`` method if it has
+    one, else the ``monitor`` of the protocol its ``monitor_protocol`` names (default ``knn``)."""
+    from ..methods.contract import Monitors
+
+    if isinstance(method, Monitors):
+        def own(method, train_set, test_set, cfg, device, run_dir, step):
+            return method.monitor(train_set, test_set, run_dir=run_dir, step=step, device=device)
+
+        return own
+    name = getattr(method, "monitor_protocol", "knn")
+    mod = protocol(name)
+    if not hasattr(mod, "monitor"):
+        raise ConfigError(f"{type(method).__name__}.monitor_protocol={name!r}: that protocol has no monitor")
+    return mod.monitor
+
+
+_LAZY = {  # the functions of the protocols, importable from here (imported on first use)
+    "topk_neighbours": "contrastlab.nn.neighbours",
+    "knn_predict": "contrastlab.eval.knn",
+    "knn_eval": "contrastlab.eval.knn",
+    "knn_accuracy": "contrastlab.eval.knn",
+    "linear_probe": "contrastlab.eval.linear",
+    "LinearClassifier": "contrastlab.eval.linear",
+    "per_class_accuracy": "contrastlab.eval.linear",
+    "long_tail_groups": "contrastlab.eval.linear",
+}
+
+
+def __getattr__(name):
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 __all__ = [
+    "PROTOCOLS",
+    "protocol",
+    "describe",
+    "monitor_for",
     "topk_neighbours",
     "knn_predict",
     "knn_eval",

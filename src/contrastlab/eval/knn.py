@@ -1,4 +1,4 @@
-"""Weighted k-nearest-neighbour evaluation on frozen features.
+"""kNN: weighted k-nearest-neighbour classification on frozen features.
 
 The classifier is the one of Wu et al. 2018 ("Unsupervised Feature Learning via
 Non-Parametric Instance Discrimination"), also used by DINO and most SSL papers:
@@ -9,7 +9,7 @@ training points, and each neighbour votes for its own class with weight
 Memory: nothing of size ``N_test x N_train`` is ever built.  Test rows are processed
 ``chunk_size`` at a time and, when ``chunk_size x N_train`` would exceed
 ``max_sim_elems`` similarities, the bank is processed in chunks as well with a
-running top-k merge (:func:`topk_neighbours`).  With the defaults the similarity
+running top-k merge (:func:`contrastlab.nn.neighbours.topk_neighbours`).  With the defaults the similarity
 block is at most 32M float32 values (128 MiB) whatever the sizes.
 """
 from __future__ import annotations
@@ -22,8 +22,9 @@ import torch
 from torch import Tensor
 
 from ..fields import option
+from ..nn.neighbours import inverse_norms, topk_neighbours
 
-__all__ = ["KnnOptions", "topk_neighbours", "knn_predict", "knn_eval", "knn_accuracy"]
+__all__ = ["KnnOptions", "Options", "run", "monitor", "knn_predict", "knn_eval", "knn_accuracy"]
 
 
 @dataclass
@@ -39,75 +40,6 @@ class KnnOptions:
 
 # Largest similarity block (queries x bank rows) computed at once by knn_predict.
 _MAX_SIM_ELEMS = 1 << 25
-
-
-@torch.no_grad()
-def topk_neighbours(
-    queries: Tensor,
-    bank: Tensor,
-    k: int,
-    chunk_size: int = 65536,
-    bank_scale: Tensor | None = None,
-) -> tuple[Tensor, Tensor]:
-    """The ``k`` largest dot products ``queries @ bank.T`` per query, bank chunk by chunk.
-
-    Inputs are assumed L2-normalised (then the values are cosine similarities).  The
-    bank is visited ``chunk_size`` rows at a time and a running top-k (values and
-    global indices) is merged after each chunk, so memory is ``O(Q x chunk_size)``.
-    Similarities are computed in float32 whatever the input dtype (fp16/bf16 banks
-    are upcast one chunk at a time).  Computation happens on ``bank``'s device.
-
-    Args:
-        queries: (Q, d).
-        bank: (N, d).
-        k: neighbours per query; clamped to ``N``.
-        chunk_size: bank rows per chunk.
-        bank_scale: optional (N,) factors multiplying each bank column of the
-            similarity (e.g. inverse norms, to get cosine similarity from an
-            unnormalised bank without copying it).
-
-    Returns:
-        ``(values, indices)``, both (Q, min(k, N)), sorted by decreasing value;
-        values are float32, indices int64 into ``bank``.
-    """
-    if queries.dim() != 2 or bank.dim() != 2 or queries.shape[1] != bank.shape[1]:
-        raise ValueError(f"expected (Q, d) and (N, d), got {tuple(queries.shape)} and {tuple(bank.shape)}")
-    if chunk_size < 1:
-        raise ValueError("chunk_size must be >= 1")
-    device = bank.device
-    q = queries.to(device=device, dtype=torch.float32)
-    n = bank.shape[0]
-    k = min(int(k), n)
-    nq = q.shape[0]
-    if k <= 0 or nq == 0:
-        return (torch.empty(nq, max(k, 0), device=device), torch.empty(nq, max(k, 0), dtype=torch.long, device=device))
-    best_v: Tensor | None = None
-    best_i: Tensor | None = None
-    for start in range(0, n, chunk_size):
-        chunk = bank[start : start + chunk_size].to(torch.float32)
-        sims = q @ chunk.T  # (Q, c) float32
-        if bank_scale is not None:
-            sims.mul_(bank_scale[start : start + chunk.shape[0]].to(device=device, dtype=torch.float32))
-        kc = min(k, sims.shape[1])
-        v, i = sims.topk(kc, dim=1)
-        i += start
-        del sims, chunk
-        if best_v is None:
-            best_v, best_i = v, i
-        else:
-            cat_v = torch.cat([best_v, v], dim=1)
-            cat_i = torch.cat([best_i, i], dim=1)
-            best_v, pos = cat_v.topk(min(k, cat_v.shape[1]), dim=1)
-            best_i = cat_i.gather(1, pos)
-    return best_v, best_i
-
-
-def _inverse_norms(x: Tensor, chunk_size: int = 65536, eps: float = 1e-12) -> Tensor:
-    """1 / ||x_i|| (float32), computed chunk-wise so an fp16 bank is never fully upcast."""
-    out = torch.empty(x.shape[0], dtype=torch.float32, device=x.device)
-    for s in range(0, x.shape[0], chunk_size):
-        out[s : s + chunk_size] = x[s : s + chunk_size].to(torch.float32).norm(dim=1).clamp_min(eps).reciprocal()
-    return out
 
 
 @torch.no_grad()
@@ -143,7 +75,7 @@ def _knn_votes(
     k = min(k, n_train)
     if bank_chunk_size is None:
         bank_chunk_size = max(k, _MAX_SIM_ELEMS // max(1, min(chunk_size, test_feats.shape[0])))
-    inv_norm = _inverse_norms(train_feats)
+    inv_norm = inverse_norms(train_feats)
     for start in range(0, test_feats.shape[0], chunk_size):
         q = test_feats[start : start + chunk_size].to(device=device, dtype=torch.float32)
         q = torch.nn.functional.normalize(q, dim=1)
@@ -245,3 +177,39 @@ def knn_accuracy(
         train_feats, train_labels, test_feats, test_labels, n_classes,
         k=k, temperature=temperature, chunk_size=chunk_size, bank_chunk_size=bank_chunk_size,
     )["top1"]
+
+
+Options = KnnOptions
+
+
+def run(checkpoint: str, opts: KnnOptions, data_overrides=()) -> dict:
+    """``contrastlab eval knn RUN``: top-1 / top-5 of the weighted kNN classifier, the training
+    split as the bank, on the model's features or a baseline's (``features=random | pixels``)."""
+    from .run import load_run, probe_features, require_encoder
+
+    cfg, method, ckpt = load_run(checkpoint, list(data_overrides))
+    require_encoder(cfg, method, checkpoint)
+    _, _, label, ftr, fte, ytr, yte, n_classes = probe_features(cfg, method, opts)
+    keep = ytr >= 0
+    r = knn_eval(ftr[keep], ytr[keep], fte, yte, n_classes, k=opts.k, temperature=opts.temperature)
+    return {"protocol": "knn", "checkpoint": str(checkpoint), "step": int(ckpt["step"]), "label": label,
+            "features": opts.features, "n_train": len(ftr), "n_test": len(fte),
+            "k": opts.k, "temperature": opts.temperature, **r}  # r's k: the k used, if clamped  # fmt: skip
+
+
+def monitor(method, train_set, test_set, cfg, device, run_dir=None, step=None) -> dict:
+    """The trainer's periodic check: kNN accuracy of the current encoder, a fixed subset of the
+    training set (``trainer.knn_max_train``) as the bank, ``trainer.knn_k`` / ``knn_t``."""
+    from .features import extract_features
+
+    label = train_set.default_label
+    ytr = train_set.labels[label]
+    n_bank = min(len(train_set), cfg.trainer.knn_max_train)
+    bank_idx = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(12_345))[:n_bank]
+    bank_idx = bank_idx[ytr[bank_idx] >= 0]
+    ftr = extract_features(method.encoder, train_set, device=device, indices=bank_idx)
+    fte = extract_features(method.encoder, test_set, device=device)
+    n_classes = len(train_set.classes.get(label, [])) or int(ytr.max()) + 1
+    res = knn_eval(ftr, ytr[bank_idx], fte, test_set.labels[label], n_classes, k=cfg.trainer.knn_k,
+                   temperature=cfg.trainer.knn_t)  # fmt: skip
+    return {f"knn_{k}": v for k, v in res.items() if k.startswith("top") and v is not None}

@@ -1,4 +1,4 @@
-"""Linear probe on frozen features, and long-tail summaries of per-class accuracy.
+"""Linear: a linear probe on frozen features, and long-tail summaries of per-class accuracy.
 
 Default optimiser: full-batch L-BFGS (strong-Wolfe line search) on the
 cross-entropy plus ``weight_decay / 2 * ||W||^2``.  The problem is convex, so this
@@ -21,7 +21,7 @@ from torch import Tensor
 
 from ..fields import option
 
-__all__ = ["LinearOptions", "LinearClassifier", "linear_probe", "per_class_accuracy", "long_tail_groups"]
+__all__ = ["LinearOptions", "Options", "run", "LinearClassifier", "linear_probe", "per_class_accuracy", "long_tail_groups"]
 
 
 @dataclass
@@ -286,3 +286,39 @@ def long_tail_groups(per_class_acc, train_counts, scheme: str = "thirds") -> dic
         "n_medium": int(len(medium)),
         "n_few": int(len(few)),
     }
+
+
+Options = LinearOptions
+
+
+def run(checkpoint: str, opts: LinearOptions, data_overrides=()) -> dict:
+    """``contrastlab eval linear RUN``: a linear classifier trained on the frozen features of the
+    training split, its top-1 / top-5 and per-class accuracy on the test split. A run
+    pre-trained on a long-tailed set (SDCLR's protocol) also gets groups by its pre-training
+    class counts, with the probe trained on the balanced set (``probe_data=balanced``) or on the
+    long-tailed one (``pretrain``)."""
+    import dataclasses
+
+    from ..data import build_datasets
+    from .run import device, load_run, probe_features, require_encoder
+
+    cfg, method, ckpt = load_run(checkpoint, list(data_overrides))
+    require_encoder(cfg, method, checkpoint)
+    lt_counts = None
+    if cfg.data.long_tail_ratio is not None:
+        lt_train, _ = build_datasets(cfg.data)
+        lt_counts = lt_train.labels[opts.label or lt_train.default_label]
+        if opts.probe_data == "balanced":
+            cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, long_tail_ratio=None))
+    _, _, label, ftr, fte, ytr, yte, n_classes = probe_features(cfg, method, opts)
+    result = {"protocol": "linear", "checkpoint": str(checkpoint), "step": int(ckpt["step"]), "label": label,
+              "features": opts.features, "n_train": len(ftr), "n_test": len(fte)}  # fmt: skip
+    r = linear_probe(ftr, ytr, fte, yte, n_classes, epochs=opts.epochs, weight_decay=opts.weight_decay,
+                     device=device(opts.device))  # fmt: skip
+    result.update({k: r[k] for k in ("top1", "top5", "train_top1") if k in r})
+    if lt_counts is not None:
+        counts = [int((lt_counts == c).sum()) for c in range(n_classes)]
+        result.update({"probe_data": opts.probe_data, "pretrain_class_counts": counts})
+        result.update(long_tail_groups(r["per_class_acc"], counts, scheme=opts.groups))
+    result["per_class_acc"] = [round(float(a), 4) for a in r["per_class_acc"]]
+    return result

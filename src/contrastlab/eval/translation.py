@@ -1,4 +1,8 @@
-"""Evaluation and inference of translation runs: ``contrastlab eval translation`` and ``contrastlab translate``."""
+"""Translation: FID / KID and digit accuracy of a translation run's outputs (CUT, DCLGAN, SimDCL).
+
+``contrastlab eval translation`` (:func:`run`), the monitor of those methods during training
+(sample grids and scores), and ``contrastlab translate`` (a folder of images through a trained
+generator)."""
 from __future__ import annotations
 
 import os
@@ -11,6 +15,9 @@ import torch
 from ..errors import ConfigError, UserError
 from ..fields import option
 from ..files import atomic_save
+from ..methods.contract import Translates
+from ..nn.generators import to_signed, to_unit, translate
+from .image_metrics import RandomConvFeatures, build_extractor, extract, translation_scores
 
 DIRECTIONS = {"AtoB": ("A", "B"), "BtoA": ("B", "A")}
 
@@ -19,7 +26,7 @@ DIRECTIONS = {"AtoB": ("A", "B"), "BtoA": ("B", "A")}
 class TranslationOptions:
     """The options of ``contrastlab eval translation RUN [key=value ...]`` (each with its range)."""
 
-    extractor: Literal["auto", "inception", "random"] = "auto"  # translation_metrics.EXTRACTORS
+    extractor: Literal["auto", "inception", "random"] = "auto"  # image_metrics.EXTRACTORS
     weights: str = ""  # the inception extractor's weights file ("": look in the torch hub cache)
     direction: Literal["AtoB", "BtoA", "both"] = "both"
     device: str = "auto"
@@ -38,7 +45,7 @@ class TranslateOptions:
 
 
 def _translators(method) -> dict:
-    if not hasattr(method, "translators"):
+    if not isinstance(method, Translates):
         raise UserError(f"the checkpoint holds a {type(method).__name__} run, not an image translation method "
                         "(cut, dclgan, simdcl)")  # fmt: skip
     return method.translators()
@@ -94,8 +101,6 @@ def content_scores(train_set, test_set, nets: dict, device="cpu", max_images: in
         judge = domain_classifier(img(train_set, dst), lab(train_set, dst), device=device)
         n = len(img(test_set, src)) if not max_images else min(max_images, len(img(test_set, src)))
         x_src, y_src = img(test_set, src)[:n].float() / 255, lab(test_set, src)[:n]
-        from ..methods.translation import translate
-
         fake = translate(net.to(device), x_src, device=device)
         out[name] = {"digit_acc_real_target": _accuracy(judge, img(test_set, dst).float() / 255, lab(test_set, dst), device),
                      "digit_acc_translated": _accuracy(judge, fake, y_src, device),
@@ -108,8 +113,6 @@ def evaluate_translation(method, test_set, extractor: str = "auto", weights: str
     """FID and KID of translated test images against the real test images of the output domain,
     and of the untranslated inputs against the same images (the baseline a translation must beat);
     with labelled domains (``train_set`` given and labelled), the content scores too."""
-    from ..eval.translation_metrics import build_extractor, extract, translation_scores
-    from ..methods.translation import translate
 
     nets = _directions(method, direction)
     if test_set is None:
@@ -160,7 +163,6 @@ def translate_folder(method, input_dir: str, out_dir: str, direction: str = "Ato
     import numpy as np
 
     from ..data.real import _scan_images, open_rgb
-    from ..methods.translation import to_signed, to_unit
 
     if direction == "both":
         raise ConfigError("translate takes one direction: AtoB or BtoA")
@@ -197,6 +199,70 @@ def translate_folder(method, input_dir: str, out_dir: str, direction: str = "Ato
     if bar is not None:
         bar.close()
     return {"translated": len(files), "direction": direction, "out_dir": str(out)}
+
+
+Options = TranslationOptions
+
+
+def run(checkpoint: str, opts: TranslationOptions, data_overrides=()) -> dict:
+    """``contrastlab eval translation RUN``: FID / KID of the translated test images against the
+    real test images of the output domain (and of the untranslated inputs: the baseline), with
+    the extractor of ``opts``; on labelled domains, the digit accuracy of the translations."""
+    from ..data import build_datasets
+    from .run import device, load_run
+
+    cfg, method, ckpt = load_run(checkpoint, list(data_overrides))
+    train, test = build_datasets(cfg.data)
+    r = evaluate_translation(method, test, extractor=opts.extractor, weights=opts.weights, direction=opts.direction,
+                             device=device(opts.device), batch_size=opts.batch_size, max_images=opts.max_images,
+                             train_set=train)  # fmt: skip
+    return {"protocol": "translation", "checkpoint": str(checkpoint), "step": int(ckpt["step"]),
+            "method": cfg.method["name"], "label": "translation", "features": r["extractor"], **r}  # fmt: skip
+
+
+def monitor(method, train_set, test_set, cfg, device, run_dir, step) -> dict:
+    """The trainer's periodic check of a translation run: a sample grid saved under
+    ``RUN/samples/`` and FID / KID of the translations (``method.monitor_images`` test images,
+    ``method.grid_images`` per grid row; see :func:`_monitor`)."""
+    nets = method.translators()
+    pairs = {"ab": nets.get("AtoB"), "ba": nets.get("BtoA")}
+    return _monitor(pairs, test_set, run_dir, step, cfg.method["monitor_images"], cfg.method["grid_images"], device)
+
+
+def _monitor(pairs: dict, test_set, run_dir: Path, step: int, n_images: int, n_grid: int, device) -> dict:
+    """Save a sample grid and score the translations of test images with FID / KID.
+
+    ``pairs``: {"ab": G translating A -> B, "ba": optional G translating B -> A}. The grid has one
+    block per direction: inputs, translations, and the identity mapping (the generator applied
+    to an image of its output domain). The scores compare the translations of the first
+    ``n_images`` test inputs with the real test images of the output domain, on the features
+    of the fallback extractor (``RandomConvFeatures``; fast and always available, comparable
+    only with itself), and are returned as ``fid_ab``, ``kid_ab`` (and ``_ba``); ``contrastlab
+    eval translation`` computes the final numbers with the extractor of the user's choice."""
+    from torchvision.utils import save_image
+
+    if test_set is None:
+        return {}
+    real = {"A": test_set.domain_images("A", n_images), "B": test_set.domain_images("B", n_images)}
+    extractor = RandomConvFeatures(seed=0).to(device)
+    rows, out = [], {}
+    for direction, net in pairs.items():
+        if net is None:
+            continue
+        src, dst = (("A", "B") if direction == "ab" else ("B", "A"))
+        fake = translate(net, real[src], device=device)
+        idt = translate(net, real[dst][:n_grid], device=device)
+        rows += [real[src][:n_grid], fake[:n_grid], real[dst][:n_grid], idt]
+        f_real = extract(extractor, real[dst])
+        f_fake = extract(extractor, fake)
+        s = translation_scores(f_real, f_fake, n_subsets=20, subset_size=min(200, len(fake)))
+        out[f"fid_{direction}"], out[f"kid_{direction}"] = s["fid"], s["kid_mean"]
+    grid = torch.cat(rows)
+    samples = Path(run_dir) / "samples"
+    samples.mkdir(parents=True, exist_ok=True)
+    for name in (f"step_{step:07d}.png", "latest.png"):
+        atomic_save(samples / name, lambda tmp: save_image(grid, tmp, nrow=n_grid, padding=1, format="png"))
+    return out
 
 
 def _check_out_dir(src: Path, out: Path, overwrite: bool) -> None:

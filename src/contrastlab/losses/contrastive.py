@@ -8,7 +8,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ..engine.distributed import gather_with_grad, rank_and_world
+from ..distributed import gather_with_grad, rank_and_world
 
 
 def _extra_logits(anchors: torch.Tensor, extra: torch.Tensor | None, temperature: float, what: str):

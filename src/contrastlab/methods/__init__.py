@@ -1,9 +1,9 @@
-"""Methods: one file each; a method is an nn.Module whose forward(batch) returns {"loss", ...}.
+"""Methods: one file each (or one file per family), registered by name below.
 
-A method class has a ``Config`` dataclass (its section ``method:`` of a recipe), an ``encoder``
-(the network whose features are evaluated) and a ``forward(batch) -> dict`` training step.
-``batch`` holds ``images`` (uint8 (B, 3, H, W) on the device) or ``views`` (per-image path),
-``index`` and ``generator`` (the step's seeded random generator on the device).
+A method is an nn.Module whose ``forward(batch)`` returns ``{"loss", ...}``, with a ``Config``
+dataclass (its ``method:`` section of a recipe); the whole contract, with its optional parts
+(an ``encoder`` to evaluate, its own optimisers, translators, a monitor), is written down in
+:mod:`contrastlab.methods.contract`. Adding a method is a new file plus one line in ``REGISTRY``.
 """
 from __future__ import annotations
 

@@ -1,18 +1,17 @@
-"""Small helpers that methods call: encoder and head builders, views, momentum update, queue."""
+"""What the instance-contrastive methods share: the axes of the core (loss, mixing, pruned branch)
+and the builders of encoder, projector and views from a recipe."""
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
 
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
 from ..data.views import BatchedViews
-from ..engine.distributed import gather_no_grad
 from ..errors import ConfigError
 from ..fields import option
 from ..nn import Encoder, MLPHead, build_backbone
+from ..nn.pruning import PrunedBranch
 
 
 @dataclass
@@ -71,52 +70,6 @@ def check_negatives_options(m: dict) -> None:
                           "MoCHi is off; set mochi_n_hard (the hard negatives mixed) or the mixes to 0")  # fmt: skip
 
 
-class PrunedBranch(nn.Module):
-    """SDCLR's self-damaging branch (Jiang et al., ICML 2021) of an encoder + projector: the
-    same weights with the encoder's conv weights masked by global magnitude pruning, renewed at
-    the start of every epoch, and BatchNorm layers of its own in both encoder and projector.
-    The masks and the epoch they belong to are buffers, so a resumed run continues exactly."""
-
-    def __init__(self, encoder: nn.Module, projector: nn.Module, prune_fraction: float, random_fraction: float = 0.0):
-        super().__init__()
-        from ..nn.pruning import PrunedTwin
-
-        self.prune_fraction, self.random_fraction = prune_fraction, random_fraction
-        self.encoder_twin = PrunedTwin(encoder)
-        self.projector_twin = PrunedTwin(projector)  # linear layers are never pruned: own BN only
-        self.register_buffer("mask_epoch", torch.tensor(-1, dtype=torch.long))
-
-    @torch.no_grad()
-    def refresh(self, encoder: nn.Module, epoch: int) -> None:
-        """New masks from the current weights when a new epoch starts (identical on every rank:
-        the weights are, and the random part is seeded by the epoch)."""
-        if int(self.mask_epoch) == epoch:
-            return
-        from ..nn.pruning import magnitude_masks
-
-        dev = next(encoder.parameters()).device
-        g = torch.Generator(device=dev).manual_seed(1_000_003 + epoch)
-        masks = magnitude_masks(encoder, self.prune_fraction, self.random_fraction, generator=g)
-        dead = [name for name, mk in masks.items() if not mk.any()]
-        if dead:
-            # a fully pruned layer without a skip connection makes the branch output constant
-            msg = (f"method.prune_fraction={self.prune_fraction} prunes every weight of {', '.join(dead)} "
-                   f"(global magnitude pruning favours small-fan-in layers); lower method.prune_fraction")
-            if int(self.mask_epoch) < 0:
-                from ..errors import ConfigError
-
-                raise ConfigError(msg)
-            import warnings
-
-            warnings.warn(msg, stacklevel=2)
-        self.encoder_twin.set_masks(masks)
-        self.mask_epoch.fill_(epoch)
-
-    def forward(self, encoder: nn.Module, projector: nn.Module, x: torch.Tensor, epoch: int = 0) -> torch.Tensor:
-        self.refresh(encoder, epoch)
-        return self.projector_twin(projector, self.encoder_twin(encoder, x))
-
-
 def build_encoder(mcfg) -> Encoder:
     return Encoder(build_backbone(mcfg.backbone, width=mcfg.width, depth=mcfg.depth, cifar_stem=mcfg.cifar_stem), norm=mcfg.norm)
 
@@ -137,48 +90,3 @@ def two_views(views: BatchedViews, batch: dict) -> tuple[torch.Tensor, torch.Ten
         return v1, v2
     g = batch.get("generator")
     return views(batch["images"], g), views(batch["images"], g)
-
-
-def frozen_copy(module: nn.Module) -> nn.Module:
-    """A copy for a momentum branch: same weights, no gradient."""
-    twin = copy.deepcopy(module)
-    for p in twin.parameters():
-        p.requires_grad_(False)
-    return twin
-
-
-@torch.no_grad()
-def momentum_update(online: nn.Module, target: nn.Module, m: float) -> None:
-    """target <- m * target + (1 - m) * online, parameters and floating buffers (BN stats are
-    copied as the online ones' EMA as well)."""
-    op = [p.detach() for p in online.parameters()]
-    tp = [p.detach() for p in target.parameters()]
-    torch._foreach_mul_(tp, m)
-    torch._foreach_add_(tp, op, alpha=1 - m)
-    for ob, tb in zip(online.buffers(), target.buffers()):
-        if tb.dtype.is_floating_point:
-            tb.mul_(m).add_(ob.detach(), alpha=1 - m)
-
-
-class Queue(nn.Module):
-    """A FIFO of K normalised keys, a buffer (so it is checkpointed and moves with the model).
-
-    ``push`` gathers the keys of all processes (rank order) so every rank's queue is the same.
-    """
-
-    def __init__(self, size: int, dim: int):
-        super().__init__()
-        self.register_buffer("keys", F.normalize(torch.randn(size, dim), dim=1))
-        self.register_buffer("ptr", torch.zeros((), dtype=torch.long))
-
-    @torch.no_grad()
-    def push(self, k: torch.Tensor) -> None:
-        k = gather_no_grad(F.normalize(k.detach().float(), dim=1)).to(self.keys.dtype)
-        size = self.keys.shape[0]
-        n = k.shape[0]
-        if n > size:
-            k, n = k[-size:], size
-        p = int(self.ptr)
-        idx = (torch.arange(n, device=k.device) + p) % size
-        self.keys[idx] = k
-        self.ptr.fill_((p + n) % size)

@@ -20,10 +20,12 @@ from typing import Literal
 import torch
 import torch.nn as nn
 
-from ..engine.manual import set_requires_grad
-from ..losses.translation import gan_loss
-from ..nn.translation import ImagePool, PatchDiscriminator, PatchSampleHeads, ResnetGenerator
-from .translation import TranslationConfig, adam, patch_nce_loss, to_signed, translation_monitor
+from ..losses.gan import gan_loss
+from ..nn.discriminators import ImagePool, PatchDiscriminator
+from ..nn.generators import ResnetGenerator, to_signed
+from ..nn.momentum import set_requires_grad
+from ..nn.patch_heads import PatchSampleHeads
+from .cut_common import TranslationConfig, adam, patch_nce_loss
 
 
 @dataclass
@@ -35,6 +37,7 @@ class CUTConfig(TranslationConfig):
 class CUT(nn.Module):
     Config = CUTConfig
     manual_optimization = True
+    monitor_protocol = "translation"  # its periodic check: sample grids and FID / KID (eval/translation.py)
 
     def __init__(self, cfg):
         super().__init__()
@@ -76,10 +79,6 @@ class CUT(nn.Module):
         set_requires_grad([self.D], True)
         return {"loss": loss_g.detach(), "loss_d": loss_d.detach(), "loss_gan": loss_gan.detach(),
                 "loss_nce": loss_nce.detach()}  # fmt: skip
-
-    def monitor(self, train_set, test_set, run_dir, step, device):
-        m = self.opt
-        return translation_monitor({"ab": self.G}, test_set, run_dir, step, m["monitor_images"], m["grid_images"], device)
 
     def translators(self) -> dict:
         """The generator of each direction this method learns (for ``contrastlab translate``)."""

@@ -25,11 +25,14 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-from ..engine.manual import set_requires_grad
 from ..fields import option
-from ..losses.translation import gan_loss
-from ..nn.translation import ImagePool, PatchDiscriminator, PatchSampleHeads, ResnetGenerator, init_weights
-from .translation import TranslationConfig, adam, patch_nce_loss, to_signed, translation_monitor
+from ..losses.gan import gan_loss
+from ..nn.discriminators import ImagePool, PatchDiscriminator
+from ..nn.generators import ResnetGenerator, to_signed
+from ..nn.init import init_weights
+from ..nn.momentum import set_requires_grad
+from ..nn.patch_heads import PatchSampleHeads
+from .cut_common import TranslationConfig, adam, patch_nce_loss
 
 
 @dataclass
@@ -51,6 +54,7 @@ class SimDCLConfig(DCLGANConfig):
 class DCLGAN(nn.Module):
     Config = DCLGANConfig
     manual_optimization = True
+    monitor_protocol = "translation"  # its periodic check: sample grids and FID / KID (eval/translation.py)
 
     def __init__(self, cfg):
         super().__init__()
@@ -118,11 +122,6 @@ class DCLGAN(nn.Module):
         set_requires_grad(nets_d, True)
         return {"loss": loss_g.detach(), "loss_d": (loss_d_a + loss_d_b).detach(), "loss_gan": loss_gan.detach(),
                 "loss_nce": (0.5 * (nce1 + nce2)).detach(), "loss_idt": loss_idt.detach(), **out}  # fmt: skip
-
-    def monitor(self, train_set, test_set, run_dir, step, device):
-        m = self.opt
-        return translation_monitor({"ab": self.G_A, "ba": self.G_B}, test_set, run_dir, step, m["monitor_images"],
-                                   m["grid_images"], device)  # fmt: skip
 
     def translators(self) -> dict:
         return {"AtoB": self.G_A, "BtoA": self.G_B}

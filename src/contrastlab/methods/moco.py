@@ -18,12 +18,13 @@ from typing import Literal
 import torch
 import torch.nn as nn
 
-from ..engine.distributed import gather_no_grad, rank_and_world
+from ..distributed import gather_no_grad, rank_and_world
 from ..errors import ConfigError
 from ..fields import option
 from ..losses import debiased_info_nce, info_nce, mochi_negatives
-from .common import (AxesConfig, Queue, build_encoder, build_projector, build_views, frozen_copy, mochi_active,
-                     momentum_update, setup_axes, two_views)
+from ..nn.momentum import frozen_copy, momentum_update
+from ..nn.queue import Queue
+from .common import AxesConfig, build_encoder, build_projector, build_views, mochi_active, setup_axes, two_views
 
 
 @dataclass

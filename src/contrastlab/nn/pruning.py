@@ -1,4 +1,5 @@
-"""Global unstructured magnitude pruning masks for SDCLR (Jiang et al., ICML 2021)."""
+"""SDCLR (Jiang et al., ICML 2021): global unstructured magnitude pruning masks, a pruned twin of a
+network that shares its weights, and the self-damaging branch of an encoder + projector."""
 from __future__ import annotations
 
 import copy
@@ -6,6 +7,8 @@ import math
 
 import torch
 from torch import nn
+
+from ..errors import ConfigError
 
 
 def _ceil_count(fraction: float, total: int) -> int:
@@ -113,3 +116,43 @@ class PrunedTwin(nn.Module):
             for key, t in list(bn.named_parameters()) + list(bn.named_buffers()):
                 tensors[f"{name}.{key}"] = t
         return torch.func.functional_call(net, tensors, (x,), strict=False)
+
+
+class PrunedBranch(nn.Module):
+    """SDCLR's self-damaging branch (Jiang et al., ICML 2021) of an encoder + projector: the
+    same weights with the encoder's conv weights masked by global magnitude pruning, renewed at
+    the start of every epoch, and BatchNorm layers of its own in both encoder and projector.
+    The masks and the epoch they belong to are buffers, so a resumed run continues exactly."""
+
+    def __init__(self, encoder: nn.Module, projector: nn.Module, prune_fraction: float, random_fraction: float = 0.0):
+        super().__init__()
+        self.prune_fraction, self.random_fraction = prune_fraction, random_fraction
+        self.encoder_twin = PrunedTwin(encoder)
+        self.projector_twin = PrunedTwin(projector)  # linear layers are never pruned: own BN only
+        self.register_buffer("mask_epoch", torch.tensor(-1, dtype=torch.long))
+
+    @torch.no_grad()
+    def refresh(self, encoder: nn.Module, epoch: int) -> None:
+        """New masks from the current weights when a new epoch starts (identical on every rank:
+        the weights are, and the random part is seeded by the epoch)."""
+        if int(self.mask_epoch) == epoch:
+            return
+        dev = next(encoder.parameters()).device
+        g = torch.Generator(device=dev).manual_seed(1_000_003 + epoch)
+        masks = magnitude_masks(encoder, self.prune_fraction, self.random_fraction, generator=g)
+        dead = [name for name, mk in masks.items() if not mk.any()]
+        if dead:
+            # a fully pruned layer without a skip connection makes the branch output constant
+            msg = (f"method.prune_fraction={self.prune_fraction} prunes every weight of {', '.join(dead)} "
+                   f"(global magnitude pruning favours small-fan-in layers); lower method.prune_fraction")
+            if int(self.mask_epoch) < 0:
+                raise ConfigError(msg)
+            import warnings
+
+            warnings.warn(msg, stacklevel=2)
+        self.encoder_twin.set_masks(masks)
+        self.mask_epoch.fill_(epoch)
+
+    def forward(self, encoder: nn.Module, projector: nn.Module, x: torch.Tensor, epoch: int = 0) -> torch.Tensor:
+        self.refresh(encoder, epoch)
+        return self.projector_twin(projector, self.encoder_twin(encoder, x))

@@ -19,7 +19,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from ..eval.knn import topk_neighbours
+from ..nn.neighbours import topk_neighbours
 from ..files import atomic_save, atomic_write
 
 __all__ = [
@@ -428,6 +428,44 @@ def _table(rows: list[tuple[str, str]]) -> str:
     return f"<table>\n{body}\n</table>"
 
 
+# entries of an evaluation result that describe it rather than measure it
+_EVAL_META = ("protocol", "checkpoint", "step", "label", "features", "method", "extractor", "n_train", "n_test",
+              "n_inputs", "n_real", "k_requested", "probe_data")
+
+
+def _eval_metrics(result: Mapping, prefix: str = "") -> list[str]:
+    """``name value`` for each scalar measurement of an evaluation result (nested dicts, such as
+    a translation's per-direction scores, with their key as a prefix; lists left out)."""
+    out = []
+    for k, v in result.items():
+        if k in _EVAL_META:
+            continue
+        if isinstance(v, Mapping):
+            out += _eval_metrics(v, f"{prefix}{k}.")
+        elif isinstance(v, (int, float, np.generic)) and not isinstance(v, bool):
+            out.append(f"{prefix}{k} {_fmt(v)}")
+    return out
+
+
+def evaluation_rows(evals: Mapping) -> list[tuple[str, str, str, str, str]]:
+    """One row per evaluation of ``eval.json`` (its entries are keyed protocol/label/features):
+    (protocol, label, features, step, measurements)."""
+    rows = []
+    for key, r in sorted(evals.items()):
+        if not isinstance(r, Mapping):
+            continue
+        parts = (key.split("/") + ["", "", ""])[:3]
+        rows.append((str(r.get("protocol", parts[0])), str(r.get("label", parts[1])), str(r.get("features", parts[2])),
+                     _fmt(r.get("step", "")), ", ".join(_eval_metrics(r))))  # fmt: skip
+    return rows
+
+
+def _grid(header: Sequence[str], rows: Sequence[Sequence[str]]) -> str:
+    head = "".join(f"<th>{html.escape(h)}</th>" for h in header)
+    body = "\n".join("<tr>" + "".join(f"<td>{html.escape(str(c))}</td>" for c in row) + "</tr>" for row in rows)
+    return f"<table>\n<tr>{head}</tr>\n{body}\n</table>"
+
+
 def _final_metrics(metrics: Sequence[Mapping]) -> list[tuple[str, str]]:
     """Last non-empty value of each column."""
     rows = []
@@ -471,6 +509,7 @@ def write_report(
     max_points: int | None = 2000,
     seed: int = 0,
     figures: Sequence[tuple[str, str, str]] = (),
+    evaluations: Mapping | None = None,
 ) -> Path:
     """Write ``run_dir/report.html`` (+ ``run_dir/report/*.png``); returns the html path.
 
@@ -493,6 +532,8 @@ def write_report(
         seed: seeds the subset and t-SNE.
         figures: extra images already under ``run_dir/report``: (heading, file name, caption),
             e.g. the sample grids of a translation run.
+        evaluations: the run's ``eval.json`` (results keyed protocol/label/features): one
+            table row per evaluation (protocol, label, features, step, measurements).
     """
     run_dir = Path(run_dir)
     img_dir = run_dir / "report"
@@ -517,6 +558,9 @@ def write_report(
     final = _final_metrics(metrics)
     if final:
         parts += ["<h2>Final metrics</h2>", _table(final)]
+    if evaluations:
+        parts += ["<h2>Evaluations</h2>", _grid(("protocol", "label", "features", "step", "results"),
+                                                evaluation_rows(evaluations))]  # fmt: skip
     if summary:
         parts += ["<h2>Summary</h2>", _table([(k, _fmt(v)) for k, v in _flatten(summary)])]
 

@@ -11,17 +11,18 @@ def build_run_report(run_dir: Path, device=None, n_embed: int = 2000) -> Path:
     """Loss / kNN curves from metrics.csv, a 2-D map of test embeddings coloured by class,
     a nearest-neighbour retrieval grid (test queries, training neighbours), and the eval
     results the run folder holds (summary.json, eval.json)."""
-    from ..cli import load_run
     from ..errors import UserError
     from ..data import build_datasets
     from ..eval.features import extract_features
+    from ..eval.run import load_run
+    from ..methods.contract import Translates
     from .report import read_metrics_csv, retrieval_from_features, write_report
 
     run_dir = Path(run_dir)
     if not (run_dir / "last.ckpt").exists():
         raise UserError(f"{run_dir} is not a run folder (no last.ckpt); pass the folder given as trainer.out_dir")
     cfg, method, ckpt = load_run(str(run_dir), [])
-    if hasattr(method, "translators"):
+    if isinstance(method, Translates):
         return _translation_report(run_dir, cfg, ckpt)
     device = device or torch.device("cpu")
     encoder = method.encoder.to(device)
@@ -45,23 +46,24 @@ def build_run_report(run_dir: Path, device=None, n_embed: int = 2000) -> Path:
             return self.ds[int(self.idx[i])][0]
 
     retrieval = retrieval_from_features(fte, yte, _Images(evalset, sub), ftr, ytr, _Images(train, bank), n_queries=8, k=8)
-    summary = _read_results(run_dir)
+    summary, evals = _read_results(run_dir)
     metrics = read_metrics_csv(run_dir / "metrics.csv") if (run_dir / "metrics.csv").exists() else []
     title = f"contrastlab: {cfg.method['name']} on {cfg.data.name} (step {ckpt['step']})"
     return write_report(run_dir, metrics, embeddings={"feats": fte, "labels": yte, "class_names": names},
-                        retrieval=retrieval, title=title, summary=summary)  # fmt: skip
+                        retrieval=retrieval, title=title, summary=summary, evaluations=evals)  # fmt: skip
 
 
-def _read_results(run_dir: Path) -> dict:
-    summary = {}
+def _read_results(run_dir: Path) -> tuple[dict, dict]:
+    """(the training summary, the evaluations) of a run folder: summary.json and eval.json."""
+    out = []
     for name in ("summary.json", "eval.json"):
         p = run_dir / name
-        if p.exists():
-            try:
-                summary[name[:-5]] = json.loads(p.read_text())
-            except json.JSONDecodeError:
-                pass
-    return _flatten_eval(summary)
+        try:
+            out.append(json.loads(p.read_text()) if p.exists() else {})
+        except (json.JSONDecodeError, OSError):
+            out.append({})
+    summary = {k: v for k, v in out[0].items() if not isinstance(v, (list, dict))}
+    return summary, out[1]
 
 
 def _translation_report(run_dir: Path, cfg, ckpt) -> Path:
@@ -89,16 +91,5 @@ def _translation_report(run_dir: Path, cfg, ckpt) -> Path:
         figures.append((f"Samples at step {step}", f"samples_{label}.png", f"Rows: {rows}."))
     metrics = read_metrics_csv(run_dir / "metrics.csv") if (run_dir / "metrics.csv").exists() else []
     title = f"contrastlab: {cfg.method['name']} on {cfg.data.name} (step {ckpt['step']})"
-    return write_report(run_dir, metrics, title=title, summary=_read_results(run_dir), figures=figures)
-
-
-def _flatten_eval(summary: dict) -> dict:
-    """Keep the numbers a reader wants in the summary table (drop per-class lists)."""
-    out = {}
-    for section, d in summary.items():
-        for k, v in d.items():
-            if isinstance(v, dict):
-                out[f"{section}: {k}"] = {kk: vv for kk, vv in v.items() if not isinstance(vv, list)}
-            elif not isinstance(v, list):
-                out.setdefault(section, {})[k] = v
-    return out
+    summary, evals = _read_results(run_dir)
+    return write_report(run_dir, metrics, title=title, summary=summary, evaluations=evals, figures=figures)

@@ -9,14 +9,13 @@ FID / KID during training (:func:`translation_monitor`). Images enter the method
 from __future__ import annotations
 
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Literal
 
 import torch
 
 from ..errors import ConfigError
 from ..fields import option
-from ..losses.translation import patch_nce
+from ..losses.patch_nce import patch_nce
 
 
 @dataclass
@@ -54,17 +53,6 @@ class TranslationConfig:
             )
 
 
-def to_signed(x: torch.Tensor) -> torch.Tensor:
-    """[0, 1] (or uint8) images -> [-1, 1] floats."""
-    if x.dtype == torch.uint8:
-        x = x.float() / 255
-    return x * 2 - 1
-
-
-def to_unit(x: torch.Tensor) -> torch.Tensor:
-    return ((x + 1) / 2).clamp(0, 1)
-
-
 def adam(params, ocfg) -> torch.optim.Adam:
     """The translation papers' optimiser: Adam(lr, betas) without weight decay (lr not scaled)."""
     return torch.optim.Adam([p for p in params if p.requires_grad], lr=ocfg.lr, betas=tuple(ocfg.betas))
@@ -81,52 +69,3 @@ def patch_nce_loss(enc_k, heads_k, src, enc_q, heads_q, tgt, layers, num_patches
         keys, ids = heads_k(enc_k.encode(src, layers), num_patches, generator=generator)
     queries, _ = heads_q(enc_q.encode(tgt, layers), num_patches, patch_ids=ids)
     return sum(patch_nce(q, k, t) for q, k in zip(queries, keys)) / len(layers)
-
-
-@torch.no_grad()
-def translate(generator_net, images: torch.Tensor, batch_size: int = 64, device=None) -> torch.Tensor:
-    """[0, 1] images -> [0, 1] translations, in chunks, in eval mode (caller restores the mode)."""
-    device = device or next(generator_net.parameters()).device
-    generator_net.eval()
-    out = [to_unit(generator_net(to_signed(x.to(device)))).cpu() for x in images.split(batch_size)]
-    return torch.cat(out)
-
-
-def translation_monitor(pairs: dict, test_set, run_dir: Path, step: int, n_images: int, n_grid: int, device) -> dict:
-    """Save a sample grid and score the translations of test images with FID / KID.
-
-    ``pairs``: {"ab": G translating A -> B, "ba": optional G translating B -> A}. The grid has one
-    block per direction: inputs, translations, and the identity mapping (the generator applied
-    to an image of its output domain). The scores compare the translations of the first
-    ``n_images`` test inputs with the real test images of the output domain, on the features
-    of the fallback extractor (``RandomConvFeatures``; fast and always available, comparable
-    only with itself), and are returned as ``fid_ab``, ``kid_ab`` (and ``_ba``); ``contrastlab
-    eval translation`` computes the final numbers with the extractor of the user's choice."""
-    from torchvision.utils import save_image
-
-    from ..files import atomic_save
-
-    from ..eval.translation_metrics import RandomConvFeatures, extract, translation_scores
-
-    if test_set is None:
-        return {}
-    real = {"A": test_set.domain_images("A", n_images), "B": test_set.domain_images("B", n_images)}
-    extractor = RandomConvFeatures(seed=0).to(device)
-    rows, out = [], {}
-    for direction, net in pairs.items():
-        if net is None:
-            continue
-        src, dst = (("A", "B") if direction == "ab" else ("B", "A"))
-        fake = translate(net, real[src], device=device)
-        idt = translate(net, real[dst][:n_grid], device=device)
-        rows += [real[src][:n_grid], fake[:n_grid], real[dst][:n_grid], idt]
-        f_real = extract(extractor, real[dst])
-        f_fake = extract(extractor, fake)
-        s = translation_scores(f_real, f_fake, n_subsets=20, subset_size=min(200, len(fake)))
-        out[f"fid_{direction}"], out[f"kid_{direction}"] = s["fid"], s["kid_mean"]
-    grid = torch.cat(rows)
-    samples = Path(run_dir) / "samples"
-    samples.mkdir(parents=True, exist_ok=True)
-    for name in (f"step_{step:07d}.png", "latest.png"):
-        atomic_save(samples / name, lambda tmp: save_image(grid, tmp, nrow=n_grid, padding=1, format="png"))
-    return out

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import torch
 
-from ..errors import UserError
-from ..files import atomic_save
+from .errors import UserError
+from .files import atomic_save
 
 
 def save_atomic(obj, path: str | Path) -> None:

@@ -1,0 +1,104 @@
+"""A run folder as the evaluation protocols see it: its config and method with the trained
+weights (:func:`load_run`), features of its encoder or of a baseline on the run's data
+(:func:`probe_features`), and ``eval.json``, where each protocol's result is kept beside the
+checkpoint (:func:`write_eval`)."""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import torch
+
+from ..errors import ConfigError, UserError
+
+FEATURE_KINDS = ("model", "random", "pixels")
+
+
+def load_run(checkpoint: str, data_overrides: list[str]):
+    """(cfg, method with weights, checkpoint dict) from a checkpoint path or run folder;
+    ``data_overrides`` (``data.key=value``) change where and how the data is read."""
+    from ..config import apply_overrides, from_dict
+    from ..checkpoint import load_checkpoint, load_weights
+    from ..methods import build_method
+
+    ckpt = load_checkpoint(checkpoint)
+    tree = apply_overrides(ckpt["config"], data_overrides)
+    cfg = from_dict(tree)  # defaults for keys newer than the checkpoint
+    method = build_method(cfg)
+    load_weights(method, ckpt["model"], checkpoint)
+    if cfg.trainer.channels_last:  # evaluate with the memory layout the run used (same numbers)
+        from ..nn import Encoder
+
+        for m in method.modules():
+            if isinstance(m, Encoder):
+                m.to_channels_last()
+    return cfg, method, ckpt
+
+
+def device(name: str) -> torch.device:
+    """``auto``: the GPU when there is one, else the CPU."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def probe_features(cfg, method, opts):
+    """Features of train and test for a protocol on frozen features: the model's, a random-init
+    model's of the same architecture, or raw pixels (the baselines). ``opts`` has ``label``,
+    ``features``, ``device`` and ``batch_size``. Returns (train, test, label, train features,
+    test features, train labels, test labels, number of classes)."""
+    from ..data import build_datasets
+    from ..methods import build_method
+    from .features import extract_features
+
+    train, test = build_datasets(cfg.data)
+    if test is None:
+        raise UserError(f"the {cfg.data.name} data set has no test split (data.test_dir) to evaluate on")
+    label = opts.label or train.default_label
+    if label not in train.labels:
+        raise UserError(f"label={label!r} is not a label of {cfg.data.name}; available: {', '.join(train.labels)}")
+    if opts.features not in FEATURE_KINDS:
+        raise ConfigError(f"features must be one of {', '.join(FEATURE_KINDS)}, got {opts.features!r}")
+    dev = device(opts.device)
+    if opts.features == "pixels":
+        encoder = torch.nn.Flatten()
+        encoder.out_dim = 3 * cfg.data.image_size**2
+    else:
+        if opts.features == "random":
+            torch.manual_seed(cfg.seed + 1)
+            method = build_method(cfg)
+        encoder = method.encoder.to(dev)
+    ftr = extract_features(encoder, train, device=dev, batch_size=opts.batch_size)
+    fte = extract_features(encoder, test, device=dev, batch_size=opts.batch_size)
+    ytr, yte = train.labels[label], test.labels[label]
+    n_classes = len(train.classes.get(label, [])) or int(ytr.max()) + 1
+    return train, test, label, ftr, fte, ytr, yte, n_classes
+
+
+def require_encoder(cfg, method, checkpoint) -> None:
+    """One line for a protocol on frozen features given a run without an encoder."""
+    from ..methods.contract import Encodes
+
+    if not isinstance(method, Encodes):
+        raise UserError(f"{checkpoint} is a {cfg.method['name']} run (image translation), which has no encoder "
+                        f"to probe; use: contrastlab eval translation {checkpoint}")  # fmt: skip
+
+
+def write_eval(checkpoint, protocol: str, result: dict) -> None:
+    """Keep a result next to the run (``eval.json``, one entry per protocol / label / features).
+    A write error is a warning: the result is still printed."""
+    from ..files import atomic_write
+
+    checkpoint = Path(checkpoint)
+    run_dir = checkpoint if checkpoint.is_dir() else checkpoint.parent
+    path = run_dir / "eval.json"
+    try:
+        data = json.loads(path.read_text()) if path.exists() else {}
+    except (json.JSONDecodeError, OSError):
+        data = {}
+    data[f"{protocol}/{result.get('label', '')}/{result.get('features', '')}"] = result
+    try:
+        atomic_write(path, json.dumps(data, indent=2), kept="the previous eval.json is kept")
+    except UserError as e:
+        print(f"contrastlab: warning: {e}", file=sys.stderr)

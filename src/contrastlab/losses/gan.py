@@ -1,0 +1,40 @@
+"""Adversarial losses of GANs (least squares, hinge, non-saturating): pure functions of tensors."""
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+GAN_MODES = ("lsgan", "hinge", "nonsaturating")
+
+
+def gan_loss(pred: torch.Tensor, target_real: bool, mode: str, for_discriminator: bool) -> torch.Tensor:
+    """Adversarial loss of one discriminator output ``pred`` (a PatchGAN map, any shape), averaged
+    over all its elements.
+
+    Discriminator (``for_discriminator=True``), for D(real) with ``target_real=True`` and D(fake)
+    with ``target_real=False``; its full loss is the sum of the two terms (CycleGAN / CUT /
+    DCLGAN then halve the sum; the method applies that factor):
+
+        lsgan:          (D(real) - 1)^2          D(fake)^2               (Mao et al., 2017)
+        hinge:          relu(1 - D(real))        relu(1 + D(fake))       (Lim & Ye, 2017)
+        nonsaturating:  softplus(-D(real))       softplus(D(fake))       (Goodfellow et al., 2014)
+
+    Generator (``for_discriminator=False``, ``pred`` = D(G(x)), ``target_real`` must be True):
+
+        lsgan: (D(fake) - 1)^2    hinge: -D(fake)    nonsaturating: softplus(-D(fake))
+    """
+    if mode not in GAN_MODES:
+        raise ValueError(f"unknown GAN loss mode {mode!r}; expected one of {', '.join(GAN_MODES)}")
+    pred = pred.float()
+    if not for_discriminator:
+        if not target_real:
+            raise ValueError("the generator's GAN loss pushes D(fake) towards real: call it with target_real=True")
+        if mode == "hinge":
+            return -pred.mean()
+        target_real = True  # lsgan and nonsaturating: the generator uses the discriminator's real term
+    if mode == "lsgan":
+        return ((pred - 1.0) ** 2).mean() if target_real else (pred**2).mean()
+    if mode == "hinge":
+        return F.relu(1.0 - pred).mean() if target_real else F.relu(1.0 + pred).mean()
+    return F.softplus(-pred).mean() if target_real else F.softplus(pred).mean()

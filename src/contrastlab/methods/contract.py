@@ -1,0 +1,64 @@
+"""What a method is (no base class): the contract the trainer, the evaluation protocols and the
+report rely on, written as typing Protocols and checked with ``isinstance``.
+
+Every method (:class:`Method`)
+    an ``nn.Module`` built as ``Method(cfg)`` from a resolved recipe, with
+    ``Config``: the dataclass of its ``method:`` section (typed options with their ranges,
+    ``fields.option``; an optional classmethod ``check(cfg)`` for checks across sections), and
+    ``forward(batch) -> dict``: one training step's outputs, ``{"loss": scalar tensor, ...}``
+    (the other entries are logged). ``batch`` holds ``images`` (uint8 (B, 3, H, W) on the
+    device) or ``views`` (per-image path), ``index``, ``step``, ``epoch`` and ``generator``
+    (the step's seeded random generator on the device).
+
+Optional parts, each a Protocol of its own:
+    :class:`Encodes`: ``encoder``, the network whose frozen features the kNN / linear protocols
+    and the report evaluate (``encoder(x) -> (B, d)`` for float images in [0, 1]).
+    :class:`OptimizesItself`: ``manual_optimization = True`` and
+    ``configure_optimizers(optim_cfg) -> {name: optimizer}``; ``forward`` then steps them with
+    ``batch["optim"].step(name, loss)`` (GANs, inner adversarial loops).
+    :class:`Translates`: ``translators() -> {"AtoB": generator, ...}`` (``contrastlab translate``).
+    :class:`Monitors`: ``monitor(train_set, test_set, run_dir, step, device) -> dict``, the
+    method's own periodic check; without it the trainer runs the ``monitor`` of the evaluation
+    protocol named by the method's ``monitor_protocol`` (default ``"knn"``).
+"""
+from __future__ import annotations
+
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+
+
+@runtime_checkable
+class Method(Protocol):
+    Config: type
+
+    def forward(self, batch: dict) -> dict: ...
+
+    def state_dict(self, *args, **kwargs) -> dict: ...
+
+
+@runtime_checkable
+class Encodes(Protocol):
+    encoder: torch.nn.Module
+
+
+@runtime_checkable
+class OptimizesItself(Protocol):
+    manual_optimization: bool
+
+    def configure_optimizers(self, optim_cfg: Any) -> dict: ...
+
+
+@runtime_checkable
+class Translates(Protocol):
+    def translators(self) -> dict: ...
+
+
+@runtime_checkable
+class Monitors(Protocol):
+    def monitor(self, train_set, test_set, run_dir, step, device) -> dict: ...
+
+
+def optimizes_itself(method_or_class) -> bool:
+    """Whether a method (or its class) makes its own optimisation steps."""
+    return bool(getattr(method_or_class, "manual_optimization", False))

@@ -1,0 +1,56 @@
+"""The method contract (methods/contract.py) holds for every registered method, and the trainer's
+monitor is chosen by it: the method's own, else its protocol's (kNN by default)."""
+import pytest
+
+from contrastlab.config import load_config
+from contrastlab.eval import monitor_for, protocol
+from contrastlab.methods import REGISTRY, build_method, method_class
+from contrastlab.methods.contract import Encodes, Method, Monitors, OptimizesItself, Translates, optimizes_itself
+
+TINY = {
+    "simclr": ("simclr", ["model.width=4", "model.depth=1"]),
+    "moco": ("moco", ["model.width=4", "model.depth=1", "method.queue_size=64"]),
+    "cut": ("cut", ["method.ngf=4", "method.n_blocks=1", "method.ndf=4", "method.nce_layers=[0,4]"]),
+    "dclgan": ("dclgan", ["method.ngf=4", "method.n_blocks=1", "method.ndf=4", "method.nce_layers=[0,4]"]),
+    "simdcl": ("simdcl", ["method.ngf=4", "method.n_blocks=1", "method.ndf=4", "method.nce_layers=[0,4]"]),
+}
+
+
+def test_every_registered_method_is_covered_here():
+    assert set(TINY) == set(REGISTRY)
+
+
+@pytest.mark.parametrize("name", sorted(TINY))
+def test_each_method_meets_the_contract(name):
+    recipe, overrides = TINY[name]
+    method = build_method(load_config(recipe, overrides))
+    assert isinstance(method, Method) and method_class(name).Config is type(method).Config
+    translates = name in ("cut", "dclgan", "simdcl")
+    assert isinstance(method, Translates) == translates
+    assert isinstance(method, Encodes) == (not translates)
+    assert isinstance(method, OptimizesItself) == optimizes_itself(method) == translates
+    if translates:
+        assert set(method.translators()) <= {"AtoB", "BtoA"} and "AtoB" in method.translators()
+    assert not isinstance(method, Monitors)  # none has its own monitor today: each uses a protocol's
+    expected = protocol("translation" if translates else "knn").monitor
+    assert monitor_for(method) is expected
+
+
+def test_a_method_with_its_own_monitor_gets_it():
+    class WithMonitor:
+        def monitor(self, train_set, test_set, run_dir, step, device):
+            return {"mine": step}
+
+    m = WithMonitor()
+    assert isinstance(m, Monitors)
+    assert monitor_for(m)(m, None, None, None, "cpu", None, 7) == {"mine": 7}
+
+
+def test_an_unknown_monitor_protocol_is_one_line():
+    from contrastlab.errors import ConfigError
+
+    class Odd:
+        monitor_protocol = "nope"
+
+    with pytest.raises(ConfigError, match="unknown evaluation protocol 'nope'"):
+        monitor_for(Odd())
