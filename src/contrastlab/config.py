@@ -62,9 +62,16 @@ class ViewsConfig(ViewConfig):
     backend: Literal["batched", "torchvision"] = "batched"
 
 
+def _backbone_allowed(v) -> str | None:
+    """A backbone that build_backbone knows; timm:NAME needs timm installed and NAME a timm model."""
+    from .nn.backbones import backbone_problem
+
+    return backbone_problem(v)
+
+
 @dataclass
 class ModelConfig:
-    backbone: Literal["small_cnn", "resnet18", "resnet34", "resnet50"] = "small_cnn"
+    backbone: str = option("small_cnn", check=_backbone_allowed)  # small_cnn | resnet18|34|50 | timm:NAME
     width: int = option(32, ge=1)  # small_cnn only: channels of the first stage (x1, x2, x4, x4)
     depth: int = option(1, ge=1)  # small_cnn only: conv layers per stage
     cifar_stem: bool = False

@@ -1,19 +1,42 @@
-"""Backbones: a small CNN for CPU runs and torchvision ResNets with an optional CIFAR stem.
+"""Backbones: a small CNN for CPU runs, torchvision ResNets with an optional CIFAR stem, and any
+timm model (``timm:NAME``, the optional extra ``contrastlab[timm]``).
 
-Every backbone maps float images in [0, 1] to a feature vector and exposes ``out_dim``.
+Every backbone maps float images to features through the same interface, in timm's manner:
+
+- ``forward_features(x)``: the final feature map (B, C, h, w), before pooling (C = ``feature_dim``);
+- ``forward(x)``: the pooled feature vector (B, ``out_dim``); for the CNNs here the global
+  average of ``forward_features`` over h and w, flattened;
+- ``stage_dims``: the channels of each stage; ``forward_stages(x, indices=None)``: the list of
+  per-stage feature maps (B, stage_dims[i], h_i, w_i), in stage order. ``indices``: None for
+  all stages, an int n for the last n, or a sequence of stage indices (negative ones count
+  from the end), as timm's ``forward_intermediates``.
+
 :class:`Encoder` puts :class:`InputNorm` in front of the backbone, so the input
-standardisation is part of the saved model and evaluation cannot forget it.
+standardisation is part of the saved model and evaluation cannot forget it; it exposes the same
+three calls, each applying the norm (and channels_last) as its ``forward`` does.
 """
 from __future__ import annotations
 
+import difflib
+import itertools
+from collections.abc import Sequence
+from typing import Union
+
 import torch
 import torch.nn as nn
+
+from ..errors import ConfigError, UserError
 
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
 CIFAR_MEAN = (0.4914, 0.4822, 0.4465)
 CIFAR_STD = (0.2470, 0.2435, 0.2616)
 NORMS = ("per_image", "imagenet", "cifar", "none")
+BACKBONES = ("small_cnn", "resnet18", "resnet34", "resnet50")  # and timm:NAME
+TIMM_PREFIX = "timm:"
+TIMM_MISSING = "timm is not installed; pip install 'contrastlab[timm]' (or pip install timm) to use timm:NAME backbones"
+
+Indices = Union[None, int, Sequence[int]]
 
 
 class InputNorm(nn.Module):
@@ -50,6 +73,27 @@ class InputNorm(nn.Module):
         return self.mode
 
 
+def stage_indices(indices: Indices, n: int) -> list[int]:
+    """The absolute stage indices, ascending, that ``indices`` selects out of ``n`` stages: None
+    -> all, an int k -> the last k, a sequence -> those (negative ones count from the end)."""
+    if indices is None:
+        return list(range(n))
+    if isinstance(indices, bool) or not isinstance(indices, (int, Sequence)) or isinstance(indices, str):
+        raise TypeError(f"stage indices: expected None, an int or a sequence of ints, got {indices!r}")
+    if isinstance(indices, int):
+        if not 0 < indices <= n:
+            raise ValueError(f"stage indices: last-{indices} is out of range for {n} stages (1 to {n})")
+        return list(range(n - indices, n))
+    take = set()
+    for i in indices:
+        if not -n <= int(i) < n:
+            raise ValueError(f"stage index {i} is out of range for {n} stages ({-n} to {n - 1})")
+        take.add(int(i) % n)
+    if not take:
+        raise ValueError("stage indices: an empty sequence selects no stage")
+    return sorted(take)
+
+
 def _conv_bn(cin, cout, stride=1):
     return nn.Sequential(nn.Conv2d(cin, cout, 3, stride, 1, bias=False), nn.BatchNorm2d(cout), nn.ReLU(inplace=True))
 
@@ -58,28 +102,57 @@ class SmallCNN(nn.Module):
     """A four-stage CNN for CPU runs: conv3x3-BN-ReLU stages at 32, 16, 8 and 4 px (max-pool
     between stages), global average pool. ``widths`` per stage; ``depth`` convs per stage.
     Defaults (32, 64, 128, 128), depth 1: 0.24M parameters, ~13M multiply-adds per 32 px image.
+
+    ``self.features`` keeps its layout (and so the state-dict keys of older checkpoints):
+    [stage 0 convs, max-pool, stage 1 convs, ..., stage 3 convs, AdaptiveAvgPool2d, Flatten].
+    Stage i (i > 0) starts with its max-pool.
     """
 
     def __init__(self, width: int = 32, depth: int = 1, widths: tuple | None = None):
         super().__init__()
         widths = widths or (width, 2 * width, 4 * width, 4 * width)
-        layers, cin = [], 3
+        layers, cin, ends = [], 3, []
         for i, w in enumerate(widths):
             if i:
                 layers.append(nn.MaxPool2d(2))
             for _ in range(depth):
                 layers.append(_conv_bn(cin, w))
                 cin = w
+            ends.append(len(layers))
         self.features = nn.Sequential(*layers, nn.AdaptiveAvgPool2d(1), nn.Flatten())
-        self.out_dim = cin
+        self._stage_ends = tuple(ends)  # stage i is features[ends[i - 1]:ends[i]]
+        self.stage_dims = tuple(widths)
+        self.out_dim = self.feature_dim = cin
+
+    def forward_features(self, x):
+        """(B, 3, H, W) -> the last stage's map (B, out_dim, H / 8, W / 8), before pooling."""
+        for layer in itertools.islice(self.features, self._stage_ends[-1]):
+            x = layer(x)
+        return x
 
     def forward(self, x):
-        return self.features(x)
+        x = self.forward_features(x)
+        for layer in itertools.islice(self.features, self._stage_ends[-1], None):  # pool, flatten
+            x = layer(x)
+        return x
+
+    def forward_stages(self, x, indices: Indices = None) -> list[torch.Tensor]:
+        """The maps after each selected stage (H, H / 2, H / 4, H / 8 px), in stage order."""
+        take = stage_indices(indices, len(self._stage_ends))
+        out, start = [], 0
+        for i, end in enumerate(self._stage_ends[: take[-1] + 1]):
+            for layer in itertools.islice(self.features, start, end):
+                x = layer(x)
+            if i in take:
+                out.append(x)
+            start = end
+        return out
 
 
 class TorchvisionResNet(nn.Module):
     """torchvision ResNet-18/34/50 without its classifier; ``cifar_stem`` swaps the 7x7/2 conv and
-    max-pool for a 3x3/1 conv (the standard for 32 px inputs)."""
+    max-pool for a 3x3/1 conv (the standard for 32 px inputs). Stages: layer1..layer4 (strides
+    4, 8, 16, 32 with the ImageNet stem; 1, 2, 4, 8 with the CIFAR stem)."""
 
     def __init__(self, depth: int = 18, cifar_stem: bool = False, zero_init_residual: bool = False):
         super().__init__()
@@ -92,31 +165,165 @@ class TorchvisionResNet(nn.Module):
         if cifar_stem:
             net.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
             net.maxpool = nn.Identity()
-        self.out_dim = net.fc.in_features
+        self.out_dim = self.feature_dim = net.fc.in_features
         net.fc = nn.Identity()
         self.net = net
+        expansion = type(net.layer1[0]).expansion
+        self.stage_dims = tuple(expansion * w for w in (64, 128, 256, 512))
+
+    def _stem(self, x):
+        n = self.net
+        return n.maxpool(n.relu(n.bn1(n.conv1(x))))
+
+    def _stages(self):
+        return (self.net.layer1, self.net.layer2, self.net.layer3, self.net.layer4)
+
+    def forward_features(self, x):
+        """(B, 3, H, W) -> layer4's map (B, out_dim, H / 32, W / 32; H / 8 with the CIFAR stem)."""
+        x = self._stem(x)
+        for layer in self._stages():
+            x = layer(x)
+        return x
+
+    def forward(self, x):
+        return torch.flatten(self.net.avgpool(self.forward_features(x)), 1)  # as torchvision's forward
+
+    def forward_stages(self, x, indices: Indices = None) -> list[torch.Tensor]:
+        """The maps after layer1..layer4 (those selected), in stage order."""
+        take = stage_indices(indices, 4)
+        x, out = self._stem(x), []
+        for i, layer in enumerate(self._stages()[: take[-1] + 1]):
+            x = layer(x)
+            if i in take:
+                out.append(x)
+        return out
+
+
+def _import_timm():
+    try:
+        import timm
+    except ImportError:
+        raise UserError(TIMM_MISSING) from None
+    return timm
+
+
+def timm_name_problem(name: str) -> str | None:
+    """None when ``name`` is a timm model architecture, else a one-line reason (with the
+    closest names, or how to install timm)."""
+    timm = _import_timm()
+    if not name:
+        return "timm:NAME needs a model name, e.g. timm:resnet18 (timm.list_models() lists them)"
+    if timm.is_model(name):
+        return None
+    near = difflib.get_close_matches(name, timm.list_models(), n=3)
+    hint = f" (did you mean {', '.join(near)}?)" if near else ""
+    return f"timm has no model {name!r}{hint}; timm.list_models() lists them"
+
+
+def backbone_problem(name) -> str | None:
+    """For config validation: None when ``name`` names a backbone, else what is allowed."""
+    allowed = f"one of {', '.join(BACKBONES)} or timm:NAME"
+    if not isinstance(name, str):
+        return allowed
+    if name.startswith(TIMM_PREFIX):
+        try:
+            problem = timm_name_problem(name[len(TIMM_PREFIX):])
+        except UserError as e:
+            return f"a backbone whose library is installed: {e}"
+        return problem and f"timm:NAME with NAME a timm model: {problem}"
+    return None if name in BACKBONES else allowed
+
+
+class TimmBackbone(nn.Module):
+    """Any timm model as a backbone, built with ``num_classes=0`` and never with pretrained
+    weights (nothing downloads; load weights into ``self.net`` yourself). ``kwargs`` go to
+    ``timm.create_model`` (e.g. ``img_size=32, patch_size=8`` for a ViT).
+
+    - ``forward(x)``: timm's own pooled features (B, out_dim): its ``global_pool`` and head
+      pre-logits, so a ViT gives its class token, not the mean of ``forward_features``.
+    - ``forward_features(x)``: (B, C, h, w) with C = ``feature_dim`` (timm's ``num_features``).
+      A CNN's map as timm returns it (NHWC models such as Swin are permuted to NCHW). A token
+      model (ViT: timm's forward_features gives tokens (B, N, C)) gives its patch tokens after
+      the final norm, laid out on the patch grid, through ``forward_intermediates(...,
+      output_fmt='NCHW', norm=True)``; a token model without it raises a ValueError.
+    - ``stage_dims`` / ``forward_stages``: timm's ``feature_info`` and ``forward_intermediates``
+      (NCHW, without the final norm). These are timm's stages: for a timm ResNet the stem
+      (act1) is stage 0 and layer1..layer4 are stages 1..4; for a ViT every block is a stage.
+    """
+
+    def __init__(self, name: str, **kwargs):
+        super().__init__()
+        timm = _import_timm()
+        problem = timm_name_problem(name)
+        if problem:
+            raise ConfigError(f"backbone timm:{name}: {problem}")
+        self.name = name
+        self.net = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
+        self.feature_dim = int(self.net.num_features)
+        self.out_dim = int(getattr(self.net, "head_hidden_size", None) or self.net.num_features)
+        info = getattr(self.net, "feature_info", None)
+        self.stage_dims = tuple(int(f["num_chs"]) for f in info) if isinstance(info, list) else ()
+        self._tokens = None  # whether timm's forward_features gives tokens; known after the first call
 
     def forward(self, x):
         return self.net(x)
 
+    def _no_dense(self, what: str) -> ValueError:
+        return ValueError(f"timm model {self.name!r} has no forward_intermediates(output_fmt='NCHW'), so it has no "
+                          f"{what}; forward(x) gives its pooled features")  # fmt: skip
+
+    def _dense_from_tokens(self, x):
+        if not hasattr(self.net, "forward_intermediates"):
+            raise self._no_dense("dense (B, C, h, w) features (its forward_features gives tokens)")
+        return self.net.forward_intermediates(x, indices=1, norm=True, stop_early=True, output_fmt="NCHW",
+                                              intermediates_only=True)[-1]  # fmt: skip
+
+    def forward_features(self, x):
+        if self._tokens:
+            return self._dense_from_tokens(x)
+        y = self.net.forward_features(x)
+        if y.ndim == 4:
+            self._tokens = False
+            return y.permute(0, 3, 1, 2) if getattr(self.net, "output_fmt", "NCHW") == "NHWC" else y
+        self._tokens = True
+        return self._dense_from_tokens(x)
+
+    def forward_stages(self, x, indices: Indices = None) -> list[torch.Tensor]:
+        if not hasattr(self.net, "forward_intermediates") or not self.stage_dims:
+            raise self._no_dense("stages")
+        take = stage_indices(indices, len(self.stage_dims))
+        return self.net.forward_intermediates(x, indices=take, stop_early=True, output_fmt="NCHW",
+                                              intermediates_only=True)  # fmt: skip
+
 
 def build_backbone(name: str, **kw) -> nn.Module:
+    """``small_cnn`` (``width``, ``depth``), ``resnet18|34|50`` (``cifar_stem``) or ``timm:NAME``
+    (``timm_kwargs``: a dict for ``timm.create_model``). Options of the other kinds are ignored,
+    except ``cifar_stem=True`` with a timm model, which is an error."""
+    if name.lower().startswith(TIMM_PREFIX):
+        if kw.get("cifar_stem"):
+            raise ConfigError(f"model.cifar_stem applies to the torchvision ResNets, not to {name}; "
+                              "pass the timm model's own options instead")  # fmt: skip
+        return TimmBackbone(name[len(TIMM_PREFIX):], **kw.get("timm_kwargs", {}))
     name = name.lower()
     if name == "small_cnn":
         return SmallCNN(width=kw.get("width", 32), depth=kw.get("depth", 1))
     if name in ("resnet18", "resnet34", "resnet50"):
         return TorchvisionResNet(int(name[6:]), cifar_stem=kw.get("cifar_stem", False))
-    raise ValueError(f"unknown backbone {name!r}; expected one of small_cnn, resnet18, resnet34, resnet50")
+    raise ValueError(f"unknown backbone {name!r}; expected one of {', '.join(BACKBONES)} or timm:NAME")
 
 
 class Encoder(nn.Module):
-    """InputNorm followed by a backbone: float [0, 1] images -> features (B, out_dim)."""
+    """InputNorm followed by a backbone: float [0, 1] images -> features (B, out_dim).
+    ``forward_features`` / ``forward_stages`` give the backbone's maps of the normalised input."""
 
     def __init__(self, backbone: nn.Module, norm: str = "per_image"):
         super().__init__()
         self.norm = InputNorm(norm)
         self.backbone = backbone
         self.out_dim = backbone.out_dim
+        self.feature_dim = getattr(backbone, "feature_dim", backbone.out_dim)
+        self.stage_dims = tuple(getattr(backbone, "stage_dims", ()))
         self.channels_last = False
 
     def to_channels_last(self) -> "Encoder":
@@ -124,8 +331,19 @@ class Encoder(nn.Module):
         self.channels_last = True
         return self.to(memory_format=torch.channels_last)
 
-    def forward(self, x):
+    def _input(self, x):
         x = self.norm(x)
         if self.channels_last:
             x = x.contiguous(memory_format=torch.channels_last)
-        return self.backbone(x)
+        return x
+
+    def forward(self, x):
+        return self.backbone(self._input(x))
+
+    def forward_features(self, x):
+        """(B, 3, H, W) images in [0, 1] -> the backbone's final map (B, feature_dim, h, w)."""
+        return self.backbone.forward_features(self._input(x))
+
+    def forward_stages(self, x, indices: Indices = None) -> list[torch.Tensor]:
+        """(B, 3, H, W) images in [0, 1] -> the backbone's per-stage maps (see the module docstring)."""
+        return self.backbone.forward_stages(self._input(x), indices)
