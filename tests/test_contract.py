@@ -54,3 +54,20 @@ def test_an_unknown_monitor_protocol_is_one_line():
 
     with pytest.raises(ConfigError, match="unknown evaluation protocol 'nope'"):
         monitor_for(Odd())
+
+
+@pytest.mark.parametrize("recipe,overrides,loss,extra", [
+    ("simclr", [], "nt_xent", {}),
+    ("simclr", ["method.tau_plus=0.1"], "debiased_nt_xent", {"tau_plus": 0.1, "beta": 0.0}),
+    ("simclr", ["method.tau_plus=0.1", "method.beta=1.0"], "debiased_nt_xent", {"tau_plus": 0.1, "beta": 1.0}),
+    ("moco", ["method.queue_size=64"], "info_nce", {}),
+    ("moco", ["method.queue_size=64", "method.beta=0.5"], "debiased_info_nce", {"tau_plus": 0.0, "beta": 0.5}),
+])  # fmt: skip
+def test_the_loss_axis_is_chosen_once_from_the_config(recipe, overrides, loss, extra):
+    """Issue 13 point 4: the loss is one callable built at construction from the typed config."""
+    import contrastlab.losses as L
+
+    method = build_method(load_config(recipe, ["model.width=4", "method.temperature=0.3", *overrides]))
+    assert method.cfg.temperature == 0.3 and type(method.cfg) is type(method).Config
+    assert method.criterion.func is getattr(L, loss)
+    assert method.criterion.keywords == {"temperature": 0.3, **extra}

@@ -123,7 +123,7 @@ def test_one_step_updates_d_then_g_and_each_optimiser_touches_only_its_networks(
 
 def test_simdcl_adds_the_similarity_loss_and_dclgan_has_none():
     _, m = _method("simdcl")
-    assert m.H_A is not None and m.opt["lambda_sim"] == 10.0
+    assert m.H_A is not None and m.cfg.lambda_sim == 10.0
     _, d = _method("dclgan")
     assert d.H_A is None
 

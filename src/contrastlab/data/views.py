@@ -236,6 +236,21 @@ class BatchedViews:
         return x
 
 
+class TwoViews(BatchedViews):
+    """The standard view generator of the instance-contrastive methods: ``pair(batch)`` returns two
+    independent views of every image of the batch (drawn here from ``batch["images"]`` with the
+    step's ``batch["generator"]``, or the two the loader made: ``batch["views"]``, per-image
+    path); calling it draws one view, as :class:`BatchedViews`. Other generators (leave-one-out,
+    adversarial) are other classes with the same ``pair``."""
+
+    def pair(self, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
+        if "views" in batch:
+            v1, v2 = batch["views"][:2]
+            return v1, v2
+        g = batch.get("generator")
+        return self(batch["images"], g), self(batch["images"], g)
+
+
 def torchvision_views(cfg: ViewConfig, out_size: int):
     """The same family as per-image ``torchvision.transforms.v2`` (PIL or tensor in, float out)."""
     from torchvision.transforms import v2

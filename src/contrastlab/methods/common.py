@@ -3,13 +3,16 @@ and the builders of encoder, projector and views from a recipe."""
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import partial
+from typing import Callable
 
 import torch
 import torch.nn as nn
 
-from ..data.views import BatchedViews
+from ..data.views import TwoViews
 from ..errors import ConfigError
 from ..fields import option
+from ..losses import debiased_info_nce, debiased_nt_xent, info_nce, nt_xent
 from ..nn import Encoder, MLPHead, build_backbone
 from ..nn.pruning import PrunedBranch
 
@@ -42,20 +45,38 @@ class AxesConfig:
                               "needs at least 2 images per batch; raise batch_size or set model.proj_bn=false")  # fmt: skip
 
 
-def setup_axes(method: nn.Module, m: dict) -> None:
-    """Reads the axes of ``AxesConfig`` from a method section onto the method (after its encoder
-    and projector exist): ``tau_plus``, ``beta``, ``mochi`` (n_hard, s, s') or None,
-    ``mochi_warmup`` and ``pruned`` (a :class:`PrunedBranch` or None)."""
-    method.tau_plus, method.beta = m["tau_plus"], m["beta"]
-    method.mochi = (m["mochi_n_hard"], m["mochi_s"], m["mochi_s_prime"]) if m["mochi_n_hard"] else None
-    method.mochi_warmup = m["mochi_warmup_steps"]
+def setup_axes(method: nn.Module, c: AxesConfig) -> None:
+    """Sets the mixing and pruning axes of ``AxesConfig`` on the method, once (after its encoder
+    and projector exist): ``mochi`` (n_hard, s, s') or None, ``mochi_warmup``, and ``pruned`` (a
+    :class:`PrunedBranch` or None). The loss axis is the method's ``criterion``
+    (:func:`batch_criterion`, :func:`queue_criterion`)."""
+    method.mochi = (c.mochi_n_hard, c.mochi_s, c.mochi_s_prime) if c.mochi_n_hard else None
+    method.mochi_warmup = c.mochi_warmup_steps
     method.pruned = None
-    if m["pruned_branch"]:
-        method.pruned = PrunedBranch(method.encoder, method.projector, m["prune_fraction"], m["prune_random_fraction"])
+    if c.pruned_branch:
+        method.pruned = PrunedBranch(method.encoder, method.projector, c.prune_fraction, c.prune_random_fraction)
 
 
 def mochi_active(method: nn.Module, batch: dict) -> bool:
     return method.mochi is not None and batch.get("step", 0) >= method.mochi_warmup
+
+
+def batch_criterion(c) -> Callable[..., torch.Tensor]:
+    """The loss over a two-view batch, chosen once from the config: ``criterion(z1, z2,
+    extra_negatives=None)`` is NT-Xent (SimCLR), or the debiased / hard NT-Xent when
+    ``tau_plus`` or ``beta`` > 0 (DCL, HCL); negatives gathered across processes."""
+    if c.tau_plus or c.beta:
+        return partial(debiased_nt_xent, temperature=c.temperature, tau_plus=c.tau_plus, beta=c.beta)
+    return partial(nt_xent, temperature=c.temperature)
+
+
+def queue_criterion(c) -> Callable[..., torch.Tensor]:
+    """The loss of queries against their keys and a queue, chosen once from the config:
+    ``criterion(q, k, queue, extra_negatives=None)`` is InfoNCE (MoCo), or its debiased / hard
+    form when ``tau_plus`` or ``beta`` > 0."""
+    if c.tau_plus or c.beta:
+        return partial(debiased_info_nce, temperature=c.temperature, tau_plus=c.tau_plus, beta=c.beta)
+    return partial(info_nce, temperature=c.temperature)
 
 
 def check_negatives_options(m: dict) -> None:
@@ -79,14 +100,6 @@ def build_projector(in_dim: int, mcfg) -> MLPHead:
     return MLPHead(dims, batch_norm=mcfg.proj_bn)
 
 
-def build_views(cfg) -> BatchedViews:
-    return BatchedViews(cfg.views, cfg.data.image_size)
-
-
-def two_views(views: BatchedViews, batch: dict) -> tuple[torch.Tensor, torch.Tensor]:
-    """Two augmented views of the batch: made by the loader (per-image path) or here (batched)."""
-    if "views" in batch:
-        v1, v2 = batch["views"][:2]
-        return v1, v2
-    g = batch.get("generator")
-    return views(batch["images"], g), views(batch["images"], g)
+def build_views(cfg) -> TwoViews:
+    """The standard view generator of a recipe (``views:`` section, at ``data.image_size``)."""
+    return TwoViews(cfg.views, cfg.data.image_size)

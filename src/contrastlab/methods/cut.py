@@ -41,40 +41,39 @@ class CUT(nn.Module):
 
     def __init__(self, cfg):
         super().__init__()
-        m = cfg.method
-        self.opt = m
-        self.G = ResnetGenerator(3, 3, m["ngf"], m["n_blocks"], m["n_down"])
-        self.D = PatchDiscriminator(3, m["ndf"], m["n_layers_d"])
-        self.layers = list(m["nce_layers"])
-        self.F = PatchSampleHeads(self.G.feature_channels(self.layers), m["head_dim"])
-        self.pool = ImagePool(m["pool_size"])
+        self.cfg = m = self.Config(**cfg.method)
+        self.G = ResnetGenerator(3, 3, m.ngf, m.n_blocks, m.n_down)
+        self.D = PatchDiscriminator(3, m.ndf, m.n_layers_d)
+        self.layers = list(m.nce_layers)
+        self.F = PatchSampleHeads(self.G.feature_channels(self.layers), m.head_dim)
+        self.pool = ImagePool(m.pool_size)
 
     def configure_optimizers(self, ocfg) -> dict:
         return {"D": adam(self.D.parameters(), ocfg), "G": adam([*self.G.parameters(), *self.F.parameters()], ocfg)}
 
     def nce(self, src, tgt, generator=None):
-        m = self.opt
-        return patch_nce_loss(self.G, self.F, src, self.G, self.F, tgt, self.layers, m["num_patches"], m["nce_t"], generator)
+        m = self.cfg
+        return patch_nce_loss(self.G, self.F, src, self.G, self.F, tgt, self.layers, m.num_patches, m.nce_t, generator)
 
     def forward(self, batch: dict) -> dict:
-        m, opt, g = self.opt, batch["optim"], batch.get("generator")
+        m, opt, g = self.cfg, batch["optim"], batch.get("generator")
         real_a, real_b = to_signed(batch["a"]), to_signed(batch["b"])
-        if m["nce_idt"]:
+        if m.nce_idt:
             fake_b, idt_b = self.G(torch.cat([real_a, real_b])).chunk(2)
         else:
             fake_b, idt_b = self.G(real_a), None
         # discriminator
         set_requires_grad([self.D], True)
-        loss_d = 0.5 * (gan_loss(self.D(real_b), True, m["gan_mode"], True)
-                        + gan_loss(self.D(self.pool.query(fake_b.detach(), g)), False, m["gan_mode"], True))  # fmt: skip
+        loss_d = 0.5 * (gan_loss(self.D(real_b), True, m.gan_mode, True)
+                        + gan_loss(self.D(self.pool.query(fake_b.detach(), g)), False, m.gan_mode, True))  # fmt: skip
         opt.step("D", loss_d)
         # generator and heads (D frozen: its gradients are not needed)
         set_requires_grad([self.D], False)
-        loss_gan = gan_loss(self.D(fake_b), True, m["gan_mode"], False)
+        loss_gan = gan_loss(self.D(fake_b), True, m.gan_mode, False)
         loss_nce = self.nce(real_a, fake_b, g)
         if idt_b is not None:
             loss_nce = 0.5 * (loss_nce + self.nce(real_b, idt_b, g))
-        loss_g = m["lambda_gan"] * loss_gan + m["lambda_nce"] * loss_nce
+        loss_g = m.lambda_gan * loss_gan + m.lambda_nce * loss_nce
         opt.step("G", loss_g)
         set_requires_grad([self.D], True)
         return {"loss": loss_g.detach(), "loss_d": loss_d.detach(), "loss_gan": loss_gan.detach(),

@@ -58,21 +58,21 @@ class DCLGAN(nn.Module):
 
     def __init__(self, cfg):
         super().__init__()
-        m = self.opt = cfg.method
-        self.G_A = ResnetGenerator(3, 3, m["ngf"], m["n_blocks"], m["n_down"])
-        self.G_B = ResnetGenerator(3, 3, m["ngf"], m["n_blocks"], m["n_down"])
-        self.D_A = PatchDiscriminator(3, m["ndf"], m["n_layers_d"])
-        self.D_B = PatchDiscriminator(3, m["ndf"], m["n_layers_d"])
-        self.layers = list(m["nce_layers"])
+        self.cfg = m = self.Config(**cfg.method)
+        self.G_A = ResnetGenerator(3, 3, m.ngf, m.n_blocks, m.n_down)
+        self.G_B = ResnetGenerator(3, 3, m.ngf, m.n_blocks, m.n_down)
+        self.D_A = PatchDiscriminator(3, m.ndf, m.n_layers_d)
+        self.D_B = PatchDiscriminator(3, m.ndf, m.n_layers_d)
+        self.layers = list(m.nce_layers)
         chans = self.G_A.feature_channels(self.layers)
-        self.F1 = PatchSampleHeads(chans, m["head_dim"])  # on G_A's encoder (reads domain A)
-        self.F2 = PatchSampleHeads(chans, m["head_dim"])  # on G_B's encoder (reads domain B)
-        self.pool_A, self.pool_B = ImagePool(m["pool_size"]), ImagePool(m["pool_size"])
+        self.F1 = PatchSampleHeads(chans, m.head_dim)  # on G_A's encoder (reads domain A)
+        self.F2 = PatchSampleHeads(chans, m.head_dim)  # on G_B's encoder (reads domain B)
+        self.pool_A, self.pool_B = ImagePool(m.pool_size), ImagePool(m.pool_size)
         self.H_A = self.H_B = None
-        if m["lambda_sim"] > 0:
+        if m.lambda_sim > 0:
             c = chans[-1]
-            self.H_A = init_weights(nn.Sequential(nn.Linear(c, m["sim_dim"]), nn.ReLU(), nn.Linear(m["sim_dim"], m["sim_dim"])))
-            self.H_B = init_weights(nn.Sequential(nn.Linear(c, m["sim_dim"]), nn.ReLU(), nn.Linear(m["sim_dim"], m["sim_dim"])))
+            self.H_A = init_weights(nn.Sequential(nn.Linear(c, m.sim_dim), nn.ReLU(), nn.Linear(m.sim_dim, m.sim_dim)))
+            self.H_B = init_weights(nn.Sequential(nn.Linear(c, m.sim_dim), nn.ReLU(), nn.Linear(m.sim_dim, m.sim_dim)))
 
     def configure_optimizers(self, ocfg) -> dict:
         g_params = [*self.G_A.parameters(), *self.G_B.parameters(), *self.F1.parameters(), *self.F2.parameters()]
@@ -83,8 +83,8 @@ class DCLGAN(nn.Module):
     def nce_losses(self, real_a, real_b, fake_a, fake_b, generator=None):
         """(NCE1, NCE2) with DCLGAN's cross-encoder wiring: the keys of an input come from the
         generator that reads it, the queries of its translation from the other generator."""
-        m = self.opt
-        args = (self.layers, m["num_patches"], m["nce_t"], generator)
+        m = self.cfg
+        args = (self.layers, m.num_patches, m.nce_t, generator)
         nce1 = patch_nce_loss(self.G_A, self.F1, real_a, self.G_B, self.F2, fake_b, *args)
         nce2 = patch_nce_loss(self.G_B, self.F2, real_b, self.G_A, self.F1, fake_a, *args)
         return nce1, nce2
@@ -93,8 +93,8 @@ class DCLGAN(nn.Module):
         return head(enc.encode(x, self.layers[-1:])[0].mean(dim=(2, 3)))
 
     def forward(self, batch: dict) -> dict:
-        m, opt, g = self.opt, batch["optim"], batch.get("generator")
-        mode = m["gan_mode"]
+        m, opt, g = self.cfg, batch["optim"], batch.get("generator")
+        mode = m.gan_mode
         real_a, real_b = to_signed(batch["a"]), to_signed(batch["b"])
         fake_b, idt_b = self.G_A(torch.cat([real_a, real_b])).chunk(2)  # idt_b = G_A(real_B) ~ real_B
         fake_a, idt_a = self.G_B(torch.cat([real_b, real_a])).chunk(2)  # idt_a = G_B(real_A) ~ real_A
@@ -111,12 +111,12 @@ class DCLGAN(nn.Module):
         loss_gan = 0.5 * (gan_loss(self.D_A(fake_b), True, mode, False) + gan_loss(self.D_B(fake_a), True, mode, False))
         nce1, nce2 = self.nce_losses(real_a, real_b, fake_a, fake_b, g)
         loss_idt = 0.5 * (F.l1_loss(idt_b, real_b) + F.l1_loss(idt_a, real_a))
-        loss_g = m["lambda_gan"] * loss_gan + 0.5 * m["lambda_nce"] * (nce1 + nce2) + m["lambda_idt"] * loss_idt
+        loss_g = m.lambda_gan * loss_gan + 0.5 * m.lambda_nce * (nce1 + nce2) + m.lambda_idt * loss_idt
         out = {}
         if self.H_A is not None:
             loss_sim = (F.l1_loss(self._embed(self.G_A, self.H_A, real_a), self._embed(self.G_A, self.H_A, fake_a))
                         + F.l1_loss(self._embed(self.G_B, self.H_B, fake_b), self._embed(self.G_B, self.H_B, real_b)))  # fmt: skip
-            loss_g = loss_g + m["lambda_sim"] * loss_sim
+            loss_g = loss_g + m.lambda_sim * loss_sim
             out["loss_sim"] = loss_sim.detach()
         opt.step("G", loss_g)
         set_requires_grad(nets_d, True)

@@ -21,10 +21,10 @@ import torch.nn as nn
 from ..distributed import gather_no_grad, rank_and_world
 from ..errors import ConfigError
 from ..fields import option
-from ..losses import debiased_info_nce, info_nce, mochi_negatives
+from ..losses import mochi_negatives
 from ..nn.momentum import frozen_copy, momentum_update
 from ..nn.queue import Queue
-from .common import AxesConfig, build_encoder, build_projector, build_views, mochi_active, setup_axes, two_views
+from .common import AxesConfig, build_encoder, build_projector, build_views, mochi_active, queue_criterion, setup_axes
 
 
 @dataclass
@@ -80,51 +80,49 @@ class MoCo(nn.Module):
 
     def __init__(self, cfg):
         super().__init__()
-        m = cfg.method
-        self.temperature, self.m, self.bn, self.symmetric = m["temperature"], m["momentum"], m["bn"], m["symmetric"]
-        self.shuffle_groups, self.m_schedule = m["shuffle_groups"], m["momentum_schedule"]
+        self.cfg = c = self.Config(**cfg.method)
         self.encoder = build_encoder(cfg.model)
         self.projector = build_projector(self.encoder.out_dim, cfg.model)
         self.key_encoder = frozen_copy(self.encoder)
         self.key_projector = frozen_copy(self.projector)
-        self.queue = Queue(m["queue_size"], cfg.model.proj_dim)
+        self.queue = Queue(c.queue_size, cfg.model.proj_dim)
         self.views = build_views(cfg)
-        setup_axes(self, m)
+        self.criterion = queue_criterion(c)  # InfoNCE, or DCL / HCL's debiased form
+        setup_axes(self, c)
 
     def momentum_at(self, step: int, total: int | None) -> float:
         """The key encoder's EMA momentum at ``step`` of ``total``."""
-        if self.m_schedule == "constant" or not total:
-            return self.m
-        return 1 - (1 - self.m) * (math.cos(math.pi * min(step, total) / total) + 1) / 2
+        m = self.cfg.momentum
+        if self.cfg.momentum_schedule == "constant" or not total:
+            return m
+        return 1 - (1 - m) * (math.cos(math.pi * min(step, total) / total) + 1) / 2
 
     def keys(self, x, generator=None):
         net = lambda v: self.key_projector(self.key_encoder(v))  # noqa: E731
-        return shuffled_keys(net, x, generator, self.shuffle_groups) if self.bn == "shuffle" else net(x)
+        return shuffled_keys(net, x, generator, self.cfg.shuffle_groups) if self.cfg.bn == "shuffle" else net(x)
 
     def loss(self, q, k, queue, batch):
         extra = None
         if mochi_active(self, batch):
             extra = mochi_negatives(q, queue, *self.mochi, generator=batch.get("generator"))
-        if self.tau_plus or self.beta:
-            return debiased_info_nce(q, k, queue, self.temperature, self.tau_plus, self.beta, extra_negatives=extra)
-        return info_nce(q, k, queue, self.temperature, extra_negatives=extra)
+        return self.criterion(q, k, queue, extra_negatives=extra)
 
     def forward(self, batch: dict) -> dict:
-        x1, x2 = two_views(self.views, batch)
+        x1, x2 = self.views.pair(batch)
         with torch.no_grad():
             m = self.momentum_at(batch.get("step", 0), batch.get("total_steps"))
             momentum_update(self.encoder, self.key_encoder, m)
             momentum_update(self.projector, self.key_projector, m)
             g = batch.get("generator")
             k2 = self.keys(x2, g)
-            k1 = self.keys(x1, g) if self.symmetric or self.pruned is not None else None
+            k1 = self.keys(x1, g) if self.cfg.symmetric or self.pruned is not None else None
         queue = self.queue.keys.clone()  # the loss needs the queue as it was before this push
         if self.pruned is not None:
             # SDCLR on a queue: the dense encoder queries with view 1, the pruned branch with view 2
             q1 = self.projector(self.encoder(x1))
             q2 = self.pruned(self.encoder, self.projector, x2, batch.get("epoch", 0))
             loss = 0.5 * (self.loss(q1, k2, queue, batch) + self.loss(q2, k1, queue, batch))
-        elif self.symmetric:
+        elif self.cfg.symmetric:
             q1, q2 = self.projector(self.encoder(torch.cat([x1, x2]))).chunk(2)
             loss = 0.5 * (self.loss(q1, k2, queue, batch) + self.loss(q2, k1, queue, batch))
         else:

@@ -15,8 +15,8 @@ import torch.nn.functional as F
 
 from ..errors import ConfigError
 from ..fields import option
-from ..losses import debiased_nt_xent, mochi_negatives, nt_xent
-from .common import AxesConfig, build_encoder, build_projector, build_views, mochi_active, setup_axes, two_views
+from ..losses import mochi_negatives
+from .common import AxesConfig, batch_criterion, build_encoder, build_projector, build_views, mochi_active, setup_axes
 
 
 @dataclass
@@ -43,15 +43,15 @@ class SimCLR(nn.Module):
 
     def __init__(self, cfg):
         super().__init__()
-        m = cfg.method
-        self.temperature = m["temperature"]
+        self.cfg = self.Config(**cfg.method)
         self.encoder = build_encoder(cfg.model)
         self.projector = build_projector(self.encoder.out_dim, cfg.model)
         self.views = build_views(cfg)
-        setup_axes(self, m)
+        self.criterion = batch_criterion(self.cfg)  # NT-Xent, or DCL / HCL's debiased form
+        setup_axes(self, self.cfg)
 
     def forward(self, batch: dict) -> dict:
-        x1, x2 = two_views(self.views, batch)
+        x1, x2 = self.views.pair(batch)
         # one forward pass per view (BatchNorm statistics per view, as solo-learn): on CPUs
         # two passes of B are ~1.4x faster than one of 2B, and the result is the same method
         z1 = self.projector(self.encoder(x1))
@@ -62,11 +62,7 @@ class SimCLR(nn.Module):
         extra = None
         if mochi_active(self, batch):
             extra = batch_mochi(z1, z2, *self.mochi, generator=batch.get("generator"))
-        if self.tau_plus or self.beta:  # DCL / HCL (negatives gathered across processes)
-            loss = debiased_nt_xent(z1, z2, self.temperature, self.tau_plus, self.beta, extra_negatives=extra)
-        else:
-            loss = nt_xent(z1, z2, self.temperature, extra_negatives=extra)  # negatives gathered across processes
-        return {"loss": loss}
+        return {"loss": self.criterion(z1, z2, extra_negatives=extra)}  # negatives gathered across processes
 
 
 def batch_mochi(z1, z2, n_hard, s, s_prime, generator=None):
