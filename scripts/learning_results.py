@@ -107,10 +107,13 @@ def main(argv=None):
     ap.add_argument("--threads", type=int, default=2)
     ap.add_argument("--runs-dir", default="runs/results")
     ap.add_argument("--fresh", action="store_true", help="redo runs already recorded for this commit")
+    ap.add_argument("--out", default=None, help="results file (default results/learning_TABLE.json)")
     a = ap.parse_args(argv)
     what, rows, evals, default_seeds = TABLES[a.table]
     seeds = a.seeds if a.seeds is not None else default_seeds
-    out_path = ROOT / "results" / f"learning_{a.table}.json"
+    out_path = Path(a.out) if a.out else ROOT / "results" / f"learning_{a.table}.json"
+    if not out_path.is_absolute():
+        out_path = ROOT / out_path
     commit = _commit()
     old = json.loads(out_path.read_text()) if out_path.exists() else {}
     kept = {} if a.fresh else {
