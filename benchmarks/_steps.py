@@ -15,19 +15,15 @@ def make_step(recipe: str, images, overrides=(), channels_last: bool = True, acc
     views included; ``step``/``epoch`` are past every warm-up. ``images()`` must return uint8
     images on the accelerator. With ``return_model`` also returns the Fabric-wrapped method."""
     from contrastlab.config import load_config
-    from contrastlab.engine.optim import build_optimizer, build_scheduler
-    from contrastlab.engine.trainer import _fabric_class, train_step
-    from contrastlab.methods import build_method
+    from contrastlab.engine.setup import build_setup, make_fabric
+    from contrastlab.engine.step import train_step
 
-    cfg = load_config(recipe, ["trainer.max_steps=1000000", "data.long_tail_ratio=null", *overrides])
-    fabric = _fabric_class()(accelerator=accelerator, devices=1, precision=precision)
-    torch.manual_seed(0)
-    method = build_method(cfg)
-    if channels_last:
-        method.encoder.to_channels_last()
-    opt = build_optimizer(method, cfg.optim, cfg.optim.batch_size)
-    sched = build_scheduler(opt, cfg.optim, cfg.trainer.max_steps)
-    model, opt = fabric.setup(method, opt)
+    cfg = load_config(recipe, ["trainer.max_steps=1000000", "data.long_tail_ratio=null", "seed=0", "trainer.threads=null",
+                               f"trainer.accelerator={accelerator}", "trainer.devices=1", f"trainer.precision={precision}",
+                               f"trainer.channels_last={str(channels_last).lower()}", *overrides])  # fmt: skip
+    fabric = make_fabric(cfg)
+    s = build_setup(cfg, fabric, datasets=(None, None))  # the trainer's set-up; the images are the caller's
+    model, opt, sched = s.model, s.optimizer, s.scheduler
     model.train()
     g = torch.Generator(device=fabric.device)
     k = [0]

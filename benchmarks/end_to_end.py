@@ -9,13 +9,13 @@ ResNet-18 with the CIFAR stem at 32 px and otherwise the same recipe):
 - batched: ``views.backend=batched``, the uint8 images in memory, the two views made by
   `BatchedViews` inside the method's step on the device;
 - loader_1w / loader_2w: ``views.backend=torchvision`` with ``data.num_workers=1`` / ``2``: a
-  DataLoader whose workers apply `torchvision_views` image by image (the trainer's `_TwoViewSet`
-  and `_loader`), the step then trains on the views it delivers.
+  DataLoader whose workers apply `torchvision_views` image by image (`engine/batches.py`), the
+  step then trains on the views it delivers.
 
-Each contender is built from a config (`load_config("simclr", [...])`) the way the trainer does
-it: `build_method`, channels_last as the preset says, `build_optimizer` / `build_scheduler`,
-`fabric.setup`; its batches come from the trainer's `_batches` generator over a `StepBatches`
-sampler, and a step is the trainer loop's body (per-step seeds, `train_step`). The generators
+Each contender is built from a config (`load_config("simclr", [...])`) by the trainer's own
+set-up (`engine.setup.build_setup`: the method, channels_last as the preset says, optimiser and
+schedule on Fabric); its batches come from the set-up's `batches()` (the trainer's data path over
+a `StepBatches` sampler), and a step is the trainer loop's body (per-step seeds, `train_step`). The generators
 live through the whole run, so loader workers start once (that start-up, to the first batch, is
 reported separately as ``first_batch_s``) and persist across rounds.
 
@@ -53,29 +53,18 @@ class Contender:
     def __init__(self, overrides, device: str, train_set=None):
         from contrastlab.config import load_config
         from contrastlab.data import build_datasets
-        from contrastlab.engine.optim import build_optimizer, build_scheduler
-        from contrastlab.engine.trainer import StepBatches, _batches, _fabric_class, step_seed, train_step
-        from contrastlab.methods import build_method
-        from contrastlab.nn import Encoder
+        from contrastlab.engine.setup import build_setup, make_fabric
+        from contrastlab.engine.trainer import step_seed, train_step
 
-        self.cfg = cfg = load_config("simclr", [f"trainer.accelerator={device}", "trainer.max_steps=1000000", *overrides])
-        t, o = cfg.trainer, cfg.optim
-        self.fabric = fabric = _fabric_class()(accelerator=t.accelerator, devices=1, precision=t.precision)
+        self.cfg = cfg = load_config("simclr", [f"trainer.accelerator={device}", "trainer.max_steps=1000000",
+                                                "trainer.devices=1", "trainer.threads=null", *overrides])  # fmt: skip
+        self.fabric = fabric = make_fabric(cfg)
         self.train_set = train_set if train_set is not None else build_datasets(cfg.data)[0]
-        self.total = t.max_steps
-        self.per_epoch = len(self.train_set) // o.batch_size
-        torch.manual_seed(cfg.seed)
-        method = build_method(cfg)
-        if t.channels_last:
-            for m in method.modules():
-                if isinstance(m, Encoder):
-                    m.to_channels_last()
-        opt = build_optimizer(method, o, o.batch_size)
-        self.sched = build_scheduler(opt, o, self.total)
-        self.model, self.opt = fabric.setup(method, opt)
+        s = build_setup(cfg, fabric, datasets=(self.train_set, None))  # the trainer's own set-up
+        self.total, self.per_epoch = s.total, s.per_epoch
+        self.model, self.opt, self.sched = s.model, s.optimizer, s.scheduler
         self.model.train()
-        sampler = StepBatches(len(self.train_set), o.batch_size, 1, 0, cfg.seed, 0, self.total)
-        self.batches = _batches(self.train_set, sampler, cfg, fabric.device)
+        self.batches = s.batches()  # the trainer's data path (batched views or DataLoader workers)
         self.gen = torch.Generator(device=fabric.device)
         self.step_no = 0
         self._seed, self._train_step = step_seed, train_step

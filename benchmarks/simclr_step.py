@@ -69,24 +69,19 @@ def bare(views):
 
 def contrastlab(views, batch, channels_last=False):
     from contrastlab.config import load_config
-    from contrastlab.engine.optim import build_optimizer, build_scheduler
-    from contrastlab.engine.trainer import _fabric_class, train_step
-    from contrastlab.methods import build_method
+    from contrastlab.engine.setup import build_setup, make_fabric
+    from contrastlab.engine.step import train_step
 
     cfg = load_config("simclr/cifar10", [
         "model.backbone=resnet18", "model.cifar_stem=true", "model.proj_hidden=2048", "model.proj_dim=128",
         "model.proj_layers=2", "model.norm=cifar", f"method.temperature={T}", "optim.name=sgd", f"optim.lr={LR}",
         "optim.scale_lr=false", f"optim.momentum={MOMENTUM}", f"optim.weight_decay={WD}", f"optim.batch_size={batch}",
-        "optim.warmup_steps=0", "trainer.accelerator=cpu", "trainer.max_steps=1000000",
+        "optim.warmup_steps=0", "trainer.accelerator=cpu", "trainer.max_steps=1000000", "trainer.devices=1",
+        "trainer.precision=32-true", "trainer.threads=null", f"trainer.channels_last={str(channels_last).lower()}", "seed=0",
     ])  # fmt: skip
-    torch.manual_seed(0)
-    method = build_method(cfg)
-    if channels_last:
-        method.encoder.to_channels_last()
-    fabric = _fabric_class()(accelerator="cpu", devices=1)
-    opt = build_optimizer(method, cfg.optim, batch)
-    sched = build_scheduler(opt, cfg.optim, cfg.trainer.max_steps)
-    model, opt = fabric.setup(method, opt)
+    fabric = make_fabric(cfg)
+    s = build_setup(cfg, fabric, datasets=(None, None))  # the trainer's set-up; the views are made here
+    model, opt, sched = s.model, s.optimizer, s.scheduler
     model.train()
 
     def step():

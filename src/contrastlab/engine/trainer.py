@@ -12,7 +12,6 @@ exactly as the uninterrupted run would (on the same hardware and thread count).
 from __future__ import annotations
 
 import contextlib
-import copy
 import json
 import signal
 import sys
@@ -23,133 +22,17 @@ from pathlib import Path
 import torch
 import yaml
 
-from ..config import Config, UserError, to_dict
-from ..data import build_datasets
-from ..data.base import TensorImageSet
-from ..data.real import worker_error_line
+from ..checkpoint import save_atomic
+from ..config import Config, UserError, to_dict  # noqa: F401  (UserError: re-exported)
 from ..errors import Interrupted
 from ..files import atomic_write
-from ..methods import build_method, method_class
-from ..methods.contract import optimizes_itself
-from ..checkpoint import load_weights, save_atomic
+from .batches import StepBatches, _batches, batches, step_seed  # noqa: F401  (re-exported)
 from .logging import RunLogger
-from .manual import ManualSteps, OptimizerSet, SchedulerSet
-from .optim import build_optimizer, build_scheduler
-from .rundir import CKPT_NAME, claimed, clear_run, load_resume, resume_source
+from .rundir import CKPT_NAME, claimed, clear_run
+from .setup import build_setup, compile_networks, fabric_class, make_fabric  # noqa: F401
+from .step import train_step
 
-
-def step_seed(seed: int, rank: int, step: int) -> int:
-    """The seed of one step on one process: distinct per rank (augmentations differ across
-    processes) and per step, and a pure function of its arguments (exact resume)."""
-    return (seed * 1_000_003 + rank * 7_919 + step * 104_729) % (2**63 - 1)
-
-
-class StepBatches:
-    """Indices of the batch of each step: epoch e uses randperm(n) seeded by (seed, e); the
-    global batch of a step is split across ranks; incomplete batches are dropped."""
-
-    def __init__(self, n: int, batch: int, world: int, rank: int, seed: int, start: int, total: int):
-        self.n, self.batch, self.world, self.rank, self.seed = n, batch, world, rank, seed
-        self.start, self.total = start, total
-        self.per_epoch = n // (batch * world)
-
-    def indices(self, step: int) -> torch.Tensor:
-        epoch, i = divmod(step, self.per_epoch)
-        perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed * 7_777 + epoch))
-        gb = self.batch * self.world
-        glob = perm[i * gb : (i + 1) * gb]
-        return glob[self.rank * self.batch : (self.rank + 1) * self.batch]
-
-    def __iter__(self):
-        for s in range(self.start, self.total):
-            yield self.indices(s).tolist()
-
-    def __len__(self):
-        return self.total - self.start
-
-
-class _TwoViewSet(torch.utils.data.Dataset):
-    """Per-image augmentation path: each item is two torchvision views of the raw image. Image
-    files are decoded at full size and augmented there (set_transform, on a shallow copy of the
-    data set: the training set itself keeps serving plain images to the kNN monitor), not after
-    resizing."""
-
-    def __init__(self, ds, transform):
-        self.ds, self.transform = ds, transform
-        if hasattr(ds, "set_transform"):
-            self.ds = copy.copy(ds)
-            self.ds.set_transform(_PairTransform(transform))
-            self.transform = None
-
-    def __len__(self):
-        return len(self.ds)
-
-    def __getitem__(self, i):
-        img, _ = self.ds[i]
-        v1, v2 = img if self.transform is None else (self.transform(img), self.transform(img))
-        return v1, v2, i
-
-
-class _PairTransform:
-    """Two independent draws of one per-image transform (picklable for loader workers)."""
-
-    def __init__(self, transform):
-        self.transform = transform
-
-    def __call__(self, img):
-        return self.transform(img), self.transform(img)
-
-
-def _batches(train_set, sampler: StepBatches, cfg: Config, device):
-    """Yields batch dicts for the steps of ``sampler``; a data error raised in a loader worker
-    (a corrupt file) comes out as the worker's one-line message."""
-    try:
-        yield from _batches_of(train_set, sampler, cfg, device)
-    except Exception as e:  # a worker's UserError comes back as a UserError holding its traceback
-        line = worker_error_line(e)
-        if line is None:
-            raise
-        raise UserError(line) from None
-
-
-def _batches_of(train_set, sampler: StepBatches, cfg: Config, device):
-    """Yields batch dicts for the steps of ``sampler`` (images or views on the device)."""
-    d = cfg.data
-    pin = d.pin_memory and device.type == "cuda"
-    if cfg.views.backend == "torchvision":
-        from ..data.views import torchvision_views
-
-        tf = torchvision_views(cfg.views, d.image_size)
-        loader = _loader(_TwoViewSet(train_set, tf), sampler, d, pin)
-        for v1, v2, idx in loader:
-            yield {"views": [v1.to(device, non_blocking=pin), v2.to(device, non_blocking=pin)], "index": idx}
-    elif hasattr(train_set, "get_batch"):
-        # data sets that assemble whole batches themselves (e.g. unpaired domains: {"a", "b"});
-        # their random picks use the step's seed, so a resumed run sees the same batches
-        for step, idx in zip(range(sampler.start, sampler.total), sampler):
-            g = torch.Generator().manual_seed(step_seed(cfg.seed, sampler.rank, step) + 1)
-            out = train_set.get_batch(torch.tensor(idx), generator=g)
-            yield {k: (v.to(device) if torch.is_tensor(v) else v) for k, v in out.items()} | {"index": torch.tensor(idx)}
-    elif isinstance(train_set, TensorImageSet):
-        for idx in sampler:
-            idx = torch.tensor(idx)
-            x = train_set.images[idx]
-            if pin:
-                x = x.pin_memory()
-            yield {"images": x.to(device, non_blocking=pin), "index": idx}
-    else:
-        for x, idx in _loader(train_set, sampler, d, pin):
-            yield {"images": x.to(device, non_blocking=pin), "index": idx}
-
-
-def _loader(ds, sampler, d, pin):
-    return torch.utils.data.DataLoader(
-        ds,
-        batch_sampler=sampler,
-        num_workers=d.num_workers,
-        pin_memory=pin,
-        persistent_workers=d.persistent_workers and d.num_workers > 0,
-    )
+_fabric_class = fabric_class  # the earlier private name, kept for scripts that used it
 
 
 @dataclass
@@ -225,135 +108,25 @@ def monitor(method, train_set, test_set, cfg: Config, device, run_dir: Path, ste
             method.train(was)
 
 
-def compile_networks(method: torch.nn.Module) -> list[str]:
-    """``trainer.compile``: compiles, in place, each network the method holds (its direct
-    submodules with parameters: encoders, heads, momentum twins), not the method's step itself,
-    whose queues, random permutations and Python control flow would break the graph into many
-    small pieces. In-place compilation keeps the parameter names, so checkpoints are the same
-    with and without it. Returns the compiled names."""
-    names = []
-    for name, child in method.named_children():
-        if any(True for _ in child.parameters()):
-            child.compile(dynamic=False)
-            names.append(name)
-    return names
-
-
-def train_step(model, optimizer, scheduler, fabric, batch: dict, step: int = 0) -> dict:
-    """One optimisation step of any method: forward, finite-loss check, backward through Fabric
-    (precision, DDP gradient averaging), optimiser and schedule. Returns the method's outputs.
-    With an :class:`OptimizerSet` (methods with several optimisers) the method makes its own
-    updates through ``batch["optim"]`` and the trainer only steps the schedules."""
-    if isinstance(optimizer, OptimizerSet):
-        batch["optim"] = ManualSteps(fabric, optimizer, step)
-        out = model(batch)
-        scheduler.step()
-        return out
-    out = model(batch)
-    loss = out["loss"]
-    if not torch.isfinite(loss):
-        raise FloatingPointError(f"loss is {loss.item()} at step {step}; lower optim.lr or check the data")
-    optimizer.zero_grad(set_to_none=True)
-    fabric.backward(loss)
-    optimizer.step()
-    scheduler.step()
-    return out
-
-
-def _fabric_class():
-    try:
-        from lightning_fabric import Fabric
-    except ImportError:  # the `lightning` package ships the same class
-        from lightning.fabric import Fabric
-    return Fabric
-
-
 def fit(cfg: Config) -> FitResult:
     """Train ``cfg`` into its run folder (resuming it when it holds a checkpoint of the same
     config). A SIGINT / SIGTERM checkpoints the last completed step and returns a result whose
     ``interrupted`` is the signal (the summary says ``"status": "interrupted"``)."""
-    Fabric = _fabric_class()
-
-    t = cfg.trainer
-    if optimizes_itself(method_class(cfg.method["name"])) and (
-        str(t.devices) not in ("1", "auto") or t.num_nodes != 1
-    ):
-        raise _one_process_only(cfg)
-    if t.threads:
-        torch.set_num_threads(t.threads)
-    fabric = Fabric(
-        accelerator=t.accelerator, devices=t.devices, num_nodes=t.num_nodes, strategy=t.strategy, precision=t.precision
-    )
+    fabric = make_fabric(cfg)
     fabric.launch()
-    run_dir = Path(t.out_dir or f"runs/{cfg.method['name']}-{cfg.data.name}")
+    run_dir = Path(cfg.trainer.out_dir or f"runs/{cfg.method['name']}-{cfg.data.name}")
     with claimed(run_dir, enabled=fabric.is_global_zero):
         return _fit(cfg, fabric, run_dir)
 
 
 def _fit(cfg: Config, fabric, run_dir: Path) -> FitResult:
-    t, o = cfg.trainer, cfg.optim
-    rank, world, device = fabric.global_rank, fabric.world_size, fabric.device
-    is_main = fabric.is_global_zero
-    source = resume_source(cfg, run_dir)
-    ckpt = load_resume(cfg, source, run_dir) if source is not None else None
-
-    train_set, test_set = build_datasets(cfg.data)
-    global_batch = o.batch_size * world
-    if len(train_set) < global_batch:
-        raise UserError(
-            f"batch larger than the data set: {global_batch} images per step ({o.batch_size} x {world} processes) "
-            f"but the training set has {len(train_set)}; lower optim.batch_size"
-        )
-    if is_main:
-        for ds in (train_set, test_set):
-            if hasattr(ds, "check_readable"):
-                ds.check_readable()
-        note = getattr(train_set, "note", None)
-        if note:
-            print(note, file=sys.stderr)
-    per_epoch = len(train_set) // global_batch
-    total = t.max_steps if t.max_steps is not None else t.max_epochs * per_epoch
-
-    torch.manual_seed(cfg.seed)  # the same initial weights on every process
-    method = build_method(cfg)
-    if cfg.model.sync_bn and world > 1:
-        method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
-    if t.channels_last:
-        from ..nn import Encoder
-
-        for m in method.modules():
-            if isinstance(m, Encoder):
-                m.to_channels_last()
-    manual = optimizes_itself(method)
-    if manual:
-        if world > 1:
-            raise _one_process_only(cfg)
-        optimizer = OptimizerSet(method.configure_optimizers(o))
-        scheduler = SchedulerSet({n: build_scheduler(opt, o, total) for n, opt in optimizer.items()})
-    else:
-        optimizer = build_optimizer(method, o, global_batch)
-        scheduler = build_scheduler(optimizer, o, total)
-
-    step = 0
-    if ckpt is not None:
-        load_weights(method, ckpt["model"], source)  # strict: a mismatch is an error, never ignored
-        optimizer.load_state_dict(ckpt["optimizer"])
-        scheduler.load_state_dict(ckpt["scheduler"])
-        step = int(ckpt["step"])
-        del ckpt
-
-    if t.compile:
-        compiled = compile_networks(method)
-        if is_main:
-            print(f"torch.compile: {', '.join(compiled) or 'nothing to compile'} (the first steps compile them)", file=sys.stderr)
-    model = method
-    if manual:
-        model = fabric.setup_module(model)
-        names = list(optimizer.optimizers)
-        wrapped = fabric.setup_optimizers(*optimizer.optimizers.values())
-        optimizer = OptimizerSet(dict(zip(names, wrapped if len(names) > 1 else [wrapped])))
-    else:
-        model, optimizer = fabric.setup(model, optimizer)
+    """The loop: prepares the run folder, then steps, logs, monitors, checkpoints and stops."""
+    s = build_setup(cfg, fabric, run_dir)
+    t = cfg.trainer
+    rank, device, is_main = fabric.global_rank, fabric.device, fabric.is_global_zero
+    method, model, optimizer, scheduler = s.method, s.model, s.optimizer, s.scheduler
+    train_set, test_set, source = s.train_set, s.test_set, s.source
+    step, total, per_epoch, global_batch = s.step, s.total, s.per_epoch, s.global_batch
 
     fabric.barrier()  # every process has read the checkpoint before rank 0 touches the folder
     if is_main:
@@ -385,7 +158,6 @@ def _fit(cfg: Config, fabric, run_dir: Path) -> FitResult:
         fabric.barrier()
         saved["step"] = step
 
-    sampler = StepBatches(len(train_set), o.batch_size, world, rank, cfg.seed, step, total)
     gen = torch.Generator(device=device)
     metrics: dict = {}
     bar = None
@@ -407,7 +179,7 @@ def _fit(cfg: Config, fabric, run_dir: Path) -> FitResult:
     stop = _Stop()
     try:
         with stop:
-            for batch in _batches(train_set, sampler, cfg, device):
+            for batch in s.batches():
                 s = step_seed(cfg.seed, rank, step)
                 torch.manual_seed(s)
                 gen.manual_seed(s)
@@ -480,11 +252,6 @@ def _fit(cfg: Config, fabric, run_dir: Path) -> FitResult:
     return FitResult(run_dir, step, summary, is_main, interrupted=stop.signum)
 
 
-def _one_process_only(cfg) -> UserError:
-    return UserError(
-        f"{cfg.method['name']} updates several networks per step and runs in one process for now; "
-        "set trainer.devices=1 and trainer.num_nodes=1 (multi-process training of such methods is not supported yet)"
-    )
 
 
 def _plain(x):
