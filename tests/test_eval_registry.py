@@ -82,3 +82,13 @@ def test_unknown_protocol_is_refused_by_the_cli(capsys):
     with pytest.raises(SystemExit):
         main(["eval", "nope", "somewhere"])
     assert "invalid choice" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("protocol", ["knn", "linear"])
+def test_a_protocol_on_features_refuses_a_run_without_an_encoder(protocol, tmp_path, capsys):
+    """The method contract decides: a translation run (no encoder) gets one line naming the
+    protocol that fits it."""
+    shutil.copy(FIXTURE.parent / "cut.ckpt", tmp_path / "last.ckpt")
+    assert main(["eval", protocol, str(tmp_path)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "has no encoder" in err and "contrastlab eval translation" in err

@@ -159,3 +159,21 @@ def test_rotation_direction_matches_torchvision():
     for a in (90.0, -90.0):
         out = resized_crop(x, full, torch.tensor([False]), 9, torch.tensor([a]))
         assert torch.allclose(out, TF.rotate(x, a), atol=1e-5)
+
+
+def test_two_views_pair_draws_two_independent_views_in_order():
+    """TwoViews.pair: the first and the second draw of the step's generator (two different views
+    of each image), or the loader's views when the batch brings them."""
+    from contrastlab.data.views import TwoViews
+
+    images = torch.randint(0, 256, (6, 3, 32, 32), dtype=torch.uint8)
+    views = TwoViews(ViewConfig(), 24)
+    g = torch.Generator().manual_seed(3)
+    v1, v2 = views.pair({"images": images, "generator": g})
+    g.manual_seed(3)
+    r1, r2 = views(images, g), views(images, g)
+    assert torch.equal(v1, r1) and torch.equal(v2, r2)
+    assert not torch.allclose(v1, v2)
+    given = [torch.rand(6, 3, 24, 24), torch.rand(6, 3, 24, 24)]
+    w1, w2 = views.pair({"views": given, "images": images})
+    assert w1 is given[0] and w2 is given[1]
