@@ -177,3 +177,19 @@ def test_two_views_pair_draws_two_independent_views_in_order():
     given = [torch.rand(6, 3, 24, 24), torch.rand(6, 3, 24, 24)]
     w1, w2 = views.pair({"views": given, "images": images})
     assert w1 is given[0] and w2 is given[1]
+
+
+def test_views_return_normalised_boxes_and_flips_on_request():
+    """return_boxes=True: the view is the crop of its box (normalised coordinates of the original
+    image) flipped as its flag says, and the same draws as without boxes."""
+    images = torch.randint(0, 256, (8, 3, 40, 30), dtype=torch.uint8)
+    cfg = ViewConfig(flip_p=0.5, rotation=0.0, blur_p=0.0, jitter_p=0.0, grayscale_p=0.0)
+    views = BatchedViews(cfg, 16)
+    x, boxes, flips = views(images, torch.Generator().manual_seed(1), return_boxes=True)
+    assert torch.equal(x, views(images, torch.Generator().manual_seed(1)))
+    assert boxes.shape == (8, 4) and flips.dtype == torch.bool and flips.any() and not flips.all()
+    assert (boxes >= 0).all() and (boxes <= 1).all() and (boxes[:, 2] > boxes[:, 0]).all()
+    pixels = boxes * torch.tensor([30.0, 40.0, 30.0, 40.0])
+    assert torch.allclose(pixels, pixels.round(), atol=1e-4)  # whole-pixel boxes, scaled by W and H
+    ref = resized_crop(images.float() / 255, pixels.round(), flips, 16)
+    torch.testing.assert_close(x, ref)

@@ -206,7 +206,12 @@ def gaussian_blur(x, sigma, kernel_size):
 
 
 class BatchedViews:
-    """Draws random views of a batch: ``views(images, generator) -> float (B,3,S,S)`` in [0, 1]."""
+    """Draws random views of a batch: ``views(images, generator) -> float (B,3,S,S)`` in [0, 1].
+
+    ``return_boxes=True`` also returns where each view came from, for dense methods (PixPro's
+    positive pixel pairs): ``boxes`` (B, 4) as (x0, y0, x1, y1) in the original image's
+    normalised coordinates [0, 1] (the crop before its optional rotation, ``views.rotation``),
+    and ``flips`` (B,) bool, whether the view was mirrored left-right after the crop."""
 
     def __init__(self, cfg: ViewConfig, out_size: int):
         self.cfg = cfg
@@ -232,7 +237,8 @@ class BatchedViews:
             if blur.any():
                 x = torch.where(blur[:, None, None, None], gaussian_blur(x, sigma, k), x)
         if return_boxes:
-            return x, boxes, flip
+            scale = torch.tensor([w, h, w, h], dtype=boxes.dtype, device=boxes.device)
+            return x, boxes / scale, flip
         return x
 
 
