@@ -27,7 +27,7 @@ from .fields import check_bounds, is_resume_safe, option
 # trajectory of the weights (see resume_differences).
 @dataclass
 class DataConfig:
-    name: Literal["digits", "cifar10", "cifar100", "stl10", "imagefolder", "digit_domains", "unpaired"] = "digits"
+    name: str = "digits"  # a data set of contrastlab.data.DATASETS (checked with the config)
     root: Optional[str] = option(None, resume_safe=True)  # folder of the data set (CIFAR/STL-10: torchvision layout)
     download: bool = option(False, resume_safe=True)  # torchvision sets only; nothing downloads unless asked
     image_size: int = option(32, ge=1)  # side of the images the loader yields (and of the views)
@@ -401,6 +401,11 @@ def check_config(cfg: Config) -> None:
     checked by build_dataclass), then the method's own: its config class may define
     ``check(cfg)`` (a classmethod that sees the whole Config, e.g. SimCLR's batch size)."""
     t, d, v = cfg.trainer, cfg.data, cfg.views
+    from .data import dataset_problem
+
+    problem = dataset_problem(d.name)
+    if problem:
+        raise ConfigError(f"data.name={d.name!r}: {problem}")
     if t.max_steps is None and t.max_epochs is None:
         raise ConfigError("trainer.max_steps=null and trainer.max_epochs=null: set trainer.max_steps or "
                           "trainer.max_epochs (the length of the run)")

@@ -10,7 +10,11 @@ uses unless told otherwise, and ``__getitem__(i) -> (uint8 (3, S, S), i)``.
 """
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch
+
+from ..errors import UserError
 
 
 class ImageSet(torch.utils.data.Dataset):
@@ -69,3 +73,14 @@ class TensorImageSet(ImageSet):
         )
         out.default_label = self.default_label
         return out
+
+
+def data_root(dcfg) -> Path:
+    """The folder ``data.root`` of a data set read from disk, with one-line errors when it is not
+    set or does not exist (unless the set may be downloaded there)."""
+    if dcfg.root is None:
+        raise UserError(f"data.root is not set: the {dcfg.name} data set needs a folder (data.root=PATH)")
+    root = Path(dcfg.root).expanduser()
+    if not root.exists() and not getattr(dcfg, "download", False):
+        raise UserError(f"data folder {root} does not exist; set data.root to the folder of the {dcfg.name} data")
+    return root

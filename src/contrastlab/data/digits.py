@@ -29,6 +29,8 @@ from pathlib import Path
 import torch
 import torch.nn.functional as F
 
+from .base import TensorImageSet
+
 N_COLORS = 6
 N_ROTATIONS = 4
 ROTATION_CENTRES = (-15.0, -5.0, 5.0, 15.0)
@@ -212,3 +214,32 @@ def cached(path: Path, make, cache: bool = True) -> dict:
 def load(spec: DigitScenesSpec, cache: bool = True) -> dict:
     """Generate or read from the cache. The cache file is written atomically."""
     return cached(cache_dir() / f"digit-scenes-{spec.key()}.pt", lambda: generate(spec), cache)
+
+
+DIGIT_CLASSES = {
+    "digit": [str(i) for i in range(10)],
+    "color": ["red", "yellow", "green", "cyan", "blue", "magenta"],
+    "rotation": ["-45", "-15", "+15", "+45"],
+}
+
+
+def digit_scenes(spec: DigitScenesSpec | None = None) -> tuple[TensorImageSet, TensorImageSet]:
+    """The embedded data set as (train, test) image sets with labels digit, color, rotation.
+
+    The per-pixel masks are in ``.masks`` (uint8 (N, H, W): 0 background, 1 + digit class)."""
+    spec = spec or DigitScenesSpec()
+    data = load(spec)
+    out = []
+    for split in ("train", "test"):
+        d = data[split]
+        labels = {k: d[k] for k in ("digit", "color", "rotation")}
+        out.append(TensorImageSet(d["images"], labels, DIGIT_CLASSES, name=f"digits-{split}", masks=d["mask"]))
+    return out[0], out[1]
+
+
+def datasets(dcfg):
+    """The registry's entry for ``data.name=digits``: (train, test) digit scenes of the config."""
+    spec = DigitScenesSpec(n_train=dcfg.n_train, n_test=dcfg.n_test, seed=dcfg.scene_seed, image_size=dcfg.image_size,
+                           second_digit=dcfg.second_digit, clutter=dcfg.clutter, texture=dcfg.texture,
+                           light_fraction=dcfg.light_fraction)  # fmt: skip
+    return digit_scenes(spec)

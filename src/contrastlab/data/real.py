@@ -34,7 +34,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from contrastlab.errors import ConfigError, UserError
-from contrastlab.data.base import ImageSet, TensorImageSet
+from contrastlab.data.base import ImageSet, TensorImageSet, data_root
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".ppm", ".tif", ".tiff", ".webp")
 _EXT_TEXT = " ".join(IMAGE_EXTENSIONS)
@@ -571,3 +571,19 @@ def load_stl10(root, split: str = "train+unlabeled", download: bool = False,
     x_test, y_test = read(["test_X.bin"], ["test_y.bin"])
     return (TensorImageSet(x_train, {"label": y_train}, classes, f"stl10-{split}"),
             TensorImageSet(x_test, {"label": y_test}, classes, "stl10-test"))
+
+
+# ----------------------------------------------------------------------------- registry entries
+def cifar_datasets(dcfg):
+    """``data.name=cifar10 | cifar100``: torchvision's python version under ``data.root``."""
+    return load_cifar(str(data_root(dcfg)), dcfg.name, download=dcfg.download)
+
+
+def stl10_datasets(dcfg):
+    """``data.name=stl10``: the binary version under ``data.root`` (``data.stl_split``)."""
+    return load_stl10(str(data_root(dcfg)), dcfg.stl_split, download=dcfg.download, image_size=dcfg.image_size)
+
+
+def imagefolder_datasets(dcfg):
+    """``data.name=imagefolder``: ``root/train/<class>/...`` and the test split (``data.test_dir``)."""
+    return load_imagefolder(str(data_root(dcfg)), dcfg.train_dir, dcfg.test_dir, image_size=dcfg.image_size)

@@ -369,3 +369,22 @@ def write_domain_folders(root, data: dict) -> str:
                 im = Image.fromarray(img.permute(1, 2, 0).numpy())
                 atomic_save(os.path.join(folder, f"{i:0{width}d}.png"), lambda tmp: im.save(tmp, format="PNG"))
     return root
+
+
+# ----------------------------------------------------------------------------- registry entries
+def digit_domains_datasets(dcfg):
+    """``data.name=digit_domains``: the embedded unpaired digit domains (train, test)."""
+    opts = dict(n_train=dcfg.n_train, n_test=dcfg.n_test, image_size=dcfg.image_size, seed=dcfg.scene_seed)
+    return DigitDomains("train", **opts), DigitDomains("test", **opts)
+
+
+def folder_datasets(dcfg):
+    """``data.name=unpaired``: the folders ROOT/trainA, trainB (and testA, testB when present)."""
+    from pathlib import Path
+
+    if dcfg.root is None:
+        raise UserError("data.root is not set: unpaired data needs a folder with trainA, trainB, testA, testB (data.root=PATH)")
+    root = str(Path(dcfg.root).expanduser())
+    train = UnpairedFolders(root, "train", image_size=dcfg.image_size, load_size=dcfg.load_size)
+    test = UnpairedFolders(root, "test", image_size=dcfg.image_size) if Path(root, "testA").exists() else None
+    return train, test
