@@ -8,6 +8,7 @@ from pathlib import Path
 
 from .errors import ConfigError, Interrupted, UserError
 
+
 def _parse_kv(items, cls, what: str):
     """Split ``key=value`` items into an instance of the options dataclass ``cls`` (typed and
     range-checked by config.build_dataclass, defaults filled in) and data.* overrides."""

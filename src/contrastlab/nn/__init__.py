@@ -1,9 +1,9 @@
-from .backbones import Encoder, InputNorm, SmallCNN, TorchvisionResNet, build_backbone
+from .backbones import Encoder, InputNorm, SmallCNN, TimmBackbone, TorchvisionResNet, build_backbone
 from .heads import MLPHead
 from .momentum import frozen_copy, momentum_update, set_requires_grad
 from .neighbours import topk_neighbours
 from .pruning import PrunedBranch, magnitude_masks
 from .queue import Queue
 
-__all__ = ["Encoder", "InputNorm", "SmallCNN", "TorchvisionResNet", "build_backbone", "MLPHead", "magnitude_masks",
+__all__ = ["Encoder", "InputNorm", "SmallCNN", "TimmBackbone", "TorchvisionResNet", "build_backbone", "MLPHead", "magnitude_masks",
            "PrunedBranch", "Queue", "frozen_copy", "momentum_update", "set_requires_grad", "topk_neighbours"]
