@@ -276,3 +276,21 @@ def test_long_tail_groups_imagenet():
     assert math.isnan(none_few["few"]) and none_few["many"] == 0.75
     with pytest.raises(ValueError, match="unknown scheme 'bogus'"):
         long_tail_groups(acc, counts, scheme="bogus")
+
+
+def test_feature_bank_is_one_fixed_subset_and_drops_unlabelled_rows():
+    """eval.features.feature_bank: all rows in order, or the same random subset on every call; rows
+    without the label are left out; the features are extract_features' at those rows."""
+    from contrastlab.data import TensorImageSet
+    from contrastlab.eval.features import bank_indices, extract_features, feature_bank
+
+    assert torch.equal(bank_indices(7), torch.arange(7))
+    a, b = bank_indices(50, 20, seed=3), bank_indices(50, 20, seed=3)
+    assert torch.equal(a, b) and len(a) == 20 and len(set(a.tolist())) == 20
+    assert not torch.equal(a, bank_indices(50, 20, seed=4)) and len(bank_indices(5, 20, seed=3)) == 5
+    labels = torch.tensor([0, -1, 1, 2, -1, 0, 1, 1, 2, 0])
+    ds = TensorImageSet(torch.randint(0, 256, (10, 3, 4, 4), dtype=torch.uint8), {"y": labels}, {"y": ["a", "b", "c"]})
+    enc = torch.nn.Sequential(torch.nn.Flatten(), torch.nn.Linear(48, 5))
+    feats, idx = feature_bank(enc, ds, n_max=8, seed=1, label="y")
+    assert (labels[idx] >= 0).all() and set(idx.tolist()) == {i for i in bank_indices(10, 8, 1).tolist() if labels[i] >= 0}
+    torch.testing.assert_close(feats, extract_features(enc, ds, indices=idx))

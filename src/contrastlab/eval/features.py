@@ -1,4 +1,5 @@
-"""Frozen features of an encoder over an image set, in batches."""
+"""Frozen features of an encoder over an image set, in batches, and the feature banks built from them
+(the kNN monitor's, the protocols' and the report's: one function, :func:`feature_bank`)."""
 from __future__ import annotations
 
 import torch
@@ -39,3 +40,21 @@ def extract_features(encoder, dataset, device=None, indices=None, batch_size: in
     if not out:
         return torch.empty(0, getattr(encoder, "out_dim", 0))
     return torch.cat(out)
+
+
+def bank_indices(n: int, n_max: int | None = None, seed: int = 0) -> torch.Tensor:
+    """The rows of an n-image set that form a bank: all of them in order (``n_max`` None), or a
+    fixed random subset of ``min(n, n_max)`` rows drawn with ``seed`` (the same on every call)."""
+    if n_max is None:
+        return torch.arange(n)
+    return torch.randperm(n, generator=torch.Generator().manual_seed(seed))[: min(n, n_max)]
+
+
+def feature_bank(encoder, dataset, n_max: int | None = None, seed: int = 0, label: str | None = None, device=None,
+                 batch_size: int = 512) -> tuple[torch.Tensor, torch.Tensor]:  # fmt: skip
+    """(features, row indices) of a bank of ``dataset``: the rows of :func:`bank_indices`, less
+    those without ``label`` (-1) when a label is given."""
+    idx = bank_indices(len(dataset), n_max, seed)
+    if label is not None:
+        idx = idx[dataset.labels[label][idx] >= 0]
+    return extract_features(encoder, dataset, device=device, indices=idx, batch_size=batch_size), idx

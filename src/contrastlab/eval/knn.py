@@ -200,15 +200,13 @@ def run(checkpoint: str, opts: KnnOptions, data_overrides=()) -> dict:
 def monitor(method, train_set, test_set, cfg, device, run_dir=None, step=None) -> dict:
     """The trainer's periodic check: kNN accuracy of the current encoder, a fixed subset of the
     training set (``trainer.knn_max_train``) as the bank, ``trainer.knn_k`` / ``knn_t``."""
-    from .features import extract_features
+    from .features import feature_bank
 
     label = train_set.default_label
     ytr = train_set.labels[label]
-    n_bank = min(len(train_set), cfg.trainer.knn_max_train)
-    bank_idx = torch.randperm(len(train_set), generator=torch.Generator().manual_seed(12_345))[:n_bank]
-    bank_idx = bank_idx[ytr[bank_idx] >= 0]
-    ftr = extract_features(method.encoder, train_set, device=device, indices=bank_idx)
-    fte = extract_features(method.encoder, test_set, device=device)
+    ftr, bank_idx = feature_bank(method.encoder, train_set, n_max=cfg.trainer.knn_max_train, seed=12_345, label=label,
+                                 device=device)  # fmt: skip
+    fte, _ = feature_bank(method.encoder, test_set, device=device)
     n_classes = len(train_set.classes.get(label, [])) or int(ytr.max()) + 1
     res = knn_eval(ftr, ytr[bank_idx], fte, test_set.labels[label], n_classes, k=cfg.trainer.knn_k,
                    temperature=cfg.trainer.knn_t)  # fmt: skip

@@ -50,7 +50,7 @@ def probe_features(cfg, method, opts):
     test features, train labels, test labels, number of classes)."""
     from ..data import build_datasets
     from ..methods import build_method
-    from .features import extract_features
+    from .features import feature_bank
 
     train, test = build_datasets(cfg.data)
     if test is None:
@@ -69,8 +69,8 @@ def probe_features(cfg, method, opts):
             torch.manual_seed(cfg.seed + 1)
             method = build_method(cfg)
         encoder = method.encoder.to(dev)
-    ftr = extract_features(encoder, train, device=dev, batch_size=opts.batch_size)
-    fte = extract_features(encoder, test, device=dev, batch_size=opts.batch_size)
+    ftr, _ = feature_bank(encoder, train, device=dev, batch_size=opts.batch_size)
+    fte, _ = feature_bank(encoder, test, device=dev, batch_size=opts.batch_size)
     ytr, yte = train.labels[label], test.labels[label]
     n_classes = len(train.classes.get(label, [])) or int(ytr.max()) + 1
     return train, test, label, ftr, fte, ytr, yte, n_classes

@@ -13,7 +13,7 @@ def build_run_report(run_dir: Path, device=None, n_embed: int = 2000) -> Path:
     results the run folder holds (summary.json, eval.json)."""
     from ..errors import UserError
     from ..data import build_datasets
-    from ..eval.features import extract_features
+    from ..eval.features import feature_bank
     from ..eval.run import load_run
     from ..methods.contract import Translates
     from .report import read_metrics_csv, retrieval_from_features, write_report
@@ -29,11 +29,8 @@ def build_run_report(run_dir: Path, device=None, n_embed: int = 2000) -> Path:
     train, test = build_datasets(cfg.data)
     evalset = test if test is not None else train
     label = evalset.default_label
-    g = torch.Generator().manual_seed(0)
-    sub = torch.randperm(len(evalset), generator=g)[:n_embed]
-    fte = extract_features(encoder, evalset, device=device, indices=sub)
-    bank = torch.randperm(len(train), generator=g)[: min(len(train), 20000)]
-    ftr = extract_features(encoder, train, device=device, indices=bank)
+    fte, sub = feature_bank(encoder, evalset, n_max=n_embed, seed=0, device=device)
+    ftr, bank = feature_bank(encoder, train, n_max=20000, seed=1, device=device)
     names = evalset.classes.get(label)
     yte = evalset.labels[label][sub]
     ytr = train.labels[label][bank]
