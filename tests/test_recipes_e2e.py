@@ -97,7 +97,7 @@ def test_no_test_split_is_said_once(folder, tmp_path, capsys):
 def test_data_error_in_a_loader_worker_is_one_line(folder, tmp_path, capsys, monkeypatch):
     """A file that breaks after the start-up check (here: the check is skipped) fails inside a
     loader worker: the user sees the worker's one line naming the file, not two tracebacks."""
-    from contrastlab.data.real import FileImageSet
+    from contrastlab.data.files import FileImageSet
 
     root = _copy(folder, tmp_path)
     for p in (root / "train").rglob("*"):

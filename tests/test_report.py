@@ -178,7 +178,7 @@ def test_embedding_method_validation(tmp_path):
 def test_evaluations_table_has_one_row_per_evaluation(tmp_path):
     """eval.json entries (keyed protocol/label/features) become one row each: protocol, label,
     features, step and the measurements (nested per-direction scores prefixed, lists left out)."""
-    from contrastlab.report.report import evaluation_rows
+    from contrastlab.report import evaluation_rows
 
     evals = {
         "knn/digit/model": {"protocol": "knn", "checkpoint": "r", "step": 200, "label": "digit", "features": "model",

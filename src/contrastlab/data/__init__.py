@@ -17,10 +17,10 @@ __all__ = ["ImageSet", "TensorImageSet", "DigitScenesSpec", "DATASETS", "build_d
 
 DATASETS = {
     "digits": "contrastlab.data.digits:datasets",
-    "cifar10": "contrastlab.data.real:cifar_datasets",
-    "cifar100": "contrastlab.data.real:cifar_datasets",
-    "stl10": "contrastlab.data.real:stl10_datasets",
-    "imagefolder": "contrastlab.data.real:imagefolder_datasets",
+    "cifar10": "contrastlab.data.cifar:cifar_datasets",
+    "cifar100": "contrastlab.data.cifar:cifar_datasets",
+    "stl10": "contrastlab.data.stl10:stl10_datasets",
+    "imagefolder": "contrastlab.data.imagefolder:imagefolder_datasets",
     "digit_domains": "contrastlab.data.unpaired:digit_domains_datasets",
     "unpaired": "contrastlab.data.unpaired:folder_datasets",
 }

@@ -46,7 +46,7 @@ from contrastlab.data.digits import (
     cache_dir,
     cached,
 )
-from contrastlab.data.real import _EXT_TEXT, FileImageSet, _scan_images
+from contrastlab.data.files import EXTENSIONS_TEXT, FileImageSet, scan_images
 from contrastlab.errors import UserError
 
 __all__ = ["UnpairedFolders", "DigitDomains", "digit_domains", "write_domain_folders", "default_load_size"]
@@ -181,9 +181,9 @@ class UnpairedFolders(_Pairs):
         path = os.path.join(self.root, self.split + domain)
         if not os.path.isdir(path):
             raise UserError(f"domain folder {path} is missing; expected {_layout(self.root)}")
-        paths = _scan_images(path)
+        paths = scan_images(path)
         if not paths:
-            raise UserError(f"domain folder {path} has no images (extensions {_EXT_TEXT}); add images to it")
+            raise UserError(f"domain folder {path} has no images (extensions {EXTENSIONS_TEXT}); add images to it")
         return FileImageSet(paths, {}, {}, self.image_size, f"{os.path.basename(self.root)}-{self.split}{domain}")
 
     def paths(self, domain: str) -> list[str]:
@@ -357,7 +357,7 @@ def write_domain_folders(root, data: dict) -> str:
     for split in data:
         for domain in data[split]:
             folder = os.path.join(root, split + domain)
-            if os.path.isdir(folder) and _scan_images(folder):
+            if os.path.isdir(folder) and scan_images(folder):
                 raise UserError(f"{folder} already holds images; choose an empty root or delete the folder")
     for split in data:
         for domain, d in data[split].items():

@@ -9,7 +9,7 @@ import torch
 
 from ..config import Config, UserError
 from ..data.base import TensorImageSet
-from ..data.real import worker_error_line
+from ..data.files import worker_error_line
 
 
 def step_seed(seed: int, rank: int, step: int) -> int:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from ..data.base import TensorImageSet
-from ..data.real import worker_error_line
+from ..data.files import worker_error_line
 from ..errors import UserError
 
 

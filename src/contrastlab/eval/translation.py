@@ -162,7 +162,7 @@ def translate_folder(method, input_dir: str, out_dir: str, direction: str = "Ato
 
     import numpy as np
 
-    from ..data.real import _scan_images, open_rgb
+    from ..data.files import open_rgb, scan_images
 
     if direction == "both":
         raise ConfigError("translate takes one direction: AtoB or BtoA")
@@ -172,7 +172,7 @@ def translate_folder(method, input_dir: str, out_dir: str, direction: str = "Ato
         raise UserError(f"input folder {src} does not exist or is not a folder")
     out = Path(out_dir)
     _check_out_dir(src, out, overwrite)
-    files = _scan_images(str(src))
+    files = scan_images(str(src))
     if not files:
         raise UserError(f"no image files in {src} (looked for .jpg, .png, ... recursively)")
     targets = _output_names([Path(os.path.relpath(p, src)) for p in files])

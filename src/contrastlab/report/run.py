@@ -16,7 +16,7 @@ def build_run_report(run_dir: Path, device=None, n_embed: int = 2000) -> Path:
     from ..eval.features import feature_bank
     from ..eval.run import load_run
     from ..methods.contract import Translates
-    from .report import read_metrics_csv, retrieval_from_features, write_report
+    from . import read_metrics_csv, retrieval_from_features, write_report
 
     run_dir = Path(run_dir)
     if not (run_dir / "last.ckpt").exists():
@@ -68,7 +68,7 @@ def _translation_report(run_dir: Path, cfg, ckpt) -> Path:
     from PIL import Image
 
     from ..files import atomic_save
-    from .report import read_metrics_csv, write_report
+    from . import read_metrics_csv, write_report
 
     img_dir = run_dir / "report"
     img_dir.mkdir(parents=True, exist_ok=True)

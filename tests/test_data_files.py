@@ -11,12 +11,10 @@ from PIL import Image
 
 from contrastlab.config import UserError
 from contrastlab.data.base import TensorImageSet
-from contrastlab.data.real import (
-    FileImageSet,
-    load_cifar,
-    load_imagefolder,
-    load_stl10,
-)
+from contrastlab.data.cifar import load_cifar
+from contrastlab.data.files import FileImageSet
+from contrastlab.data.imagefolder import load_imagefolder
+from contrastlab.data.stl10 import load_stl10
 from contrastlab.data.long_tail import long_tail_subset
 
 
@@ -457,7 +455,7 @@ def _to8(v):
 def test_16bit_grayscale_png_scaled_not_clipped(tmp_path):
     """A 16-bit grayscale PNG (Pillow mode I;16) decodes to round(v * 255 / 65535) in every channel,
     through open_rgb and FileImageSet; convert("RGB") alone clips it to 0..255 (almost all white)."""
-    from contrastlab.data.real import open_rgb
+    from contrastlab.data.files import open_rgb
 
     g = _gradient16()
     path = tmp_path / "g16.png"
@@ -488,7 +486,7 @@ def test_16bit_grayscale_png_scaled_not_clipped(tmp_path):
 def test_16bit_and_float_modes(tmp_path):
     """32-bit integer TIFFs (mode I) holding 16-bit values, float TIFFs (mode F) in [0, 1] and in
     [0, 255], and in memory I;16B (big-endian)."""
-    from contrastlab.data.real import open_rgb
+    from contrastlab.data.files import open_rgb
 
     g = _gradient16()
     want = _to8(g)
@@ -504,7 +502,7 @@ def test_16bit_and_float_modes(tmp_path):
     assert np.asarray(open_rgb(str(tmp_path / "unit.tif")))[..., 0].reshape(-1).tolist() == list(range(256))
     out = np.asarray(open_rgb(str(tmp_path / "f255.tif")))[..., 2].reshape(-1).tolist()
     assert out == [0, 255] + list(range(2, 256))
-    from contrastlab.data.real import to_rgb
+    from contrastlab.data.files import to_rgb
 
     im = Image.fromarray(g.astype(">u2"))
     assert im.mode == "I;16B"
@@ -545,7 +543,7 @@ def _mode_case(kind, path):
 def test_other_modes_give_plain_rgb(tmp_path, kind, suffix):
     import warnings
 
-    from contrastlab.data.real import open_rgb
+    from contrastlab.data.files import open_rgb
 
     path = tmp_path / f"im.{suffix}"
     expected = _mode_case(kind, path)
@@ -571,7 +569,7 @@ class _RaisesInWorker(torch.utils.data.Dataset):
 def test_worker_error_line_from_dataloader_worker(folder_root):
     """A UserError in a DataLoader worker comes back with the worker's traceback in its message;
     worker_error_line recovers the original one line. Other exceptions give None."""
-    from contrastlab.data.real import worker_error_line
+    from contrastlab.data.files import worker_error_line
 
     bad = folder_root / "train" / "dog" / "bad.png"
     bad.write_bytes(b"this is not a png at all" * 10)
