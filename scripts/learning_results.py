@@ -1,6 +1,7 @@
 """The learning results that README.md and docs/ quote, one command per table:
 
-    python scripts/learning_results.py TABLE [--seeds 0 1 2] [--threads 2]
+    python scripts/learning_results.py TABLE [--seeds 0 1 2] [--threads 2] [--rows NAME ...] [--set KEY=VALUE ...]
+    python scripts/learning_results.py TABLE --merge FILE ...
 
 TABLE is one of: presets (SimCLR and MoCo v2 digits presets: kNN, linear probe, and the
 raw-pixel / random-init baselines), dcl (SimCLR vs DCL vs HCL), mochi (MoCo vs MoCHi),
@@ -14,6 +15,14 @@ torch version, thread count, seeds and every per-seed value, and is rewritten af
 a killed script loses at most the run it was in: rerun it and it skips the runs already
 recorded at a commit whose training code (``src/``, ``configs/``) is identical to this one's
 (each run records its own commit; ``--fresh`` redoes them).
+
+``--set KEY=VALUE`` adds a training override to every run of the table (e.g.
+``trainer.accelerator=cuda`` on a GPU machine: the digit presets pin the CPU); it is part of
+each run's recorded command, and each run records the device it trained on. ``--rows`` and
+``--seeds`` pick a part of the table, so parts can run side by side (each with its own
+``--out``); ``--merge`` then joins such files into the table's file (a run recorded in two
+files is refused), keeping each run's own commit and command. Where git cannot run (a copy of
+the working tree on another machine), ``BENCH_COMMIT=<sha>`` names the commit.
 """
 from __future__ import annotations
 
@@ -57,6 +66,9 @@ def _git(*args) -> str:
 
 
 def _commit() -> str:
+    given = os.environ.get("BENCH_COMMIT")
+    if given:
+        return given[:7]
     dirty = _git("status", "--porcelain", "--", *CODE, "scripts")
     return _git("rev-parse", "--short", "HEAD") + ("+dirty" if dirty else "")
 
@@ -66,6 +78,8 @@ CODE = ("src", "configs")
 
 def _same_code(commit: str, head: str) -> bool:
     """Whether ``commit`` trains with the code of ``head`` (no change under src/ or configs/)."""
+    if commit == head and not head.endswith("+dirty"):
+        return True
     if not commit or commit.endswith("+dirty") or head.endswith("+dirty"):
         return commit == head and not head.endswith("+dirty")
     p = subprocess.run(["git", "diff", "--quiet", commit, head.split("+")[0], "--", *CODE], cwd=ROOT)
@@ -108,12 +122,27 @@ def main(argv=None):
     ap.add_argument("--runs-dir", default="runs/results")
     ap.add_argument("--fresh", action="store_true", help="redo runs already recorded for this commit")
     ap.add_argument("--out", default=None, help="results file (default results/learning_TABLE.json)")
+    ap.add_argument("--rows", nargs="*", default=None, help="only these rows of the table (by name)")
+    ap.add_argument("--set", dest="overrides", nargs="*", default=[], metavar="KEY=VALUE",
+                    help="training overrides added to every run (e.g. trainer.accelerator=cuda)")
+    ap.add_argument("--merge", nargs="*", default=None, metavar="FILE",
+                    help="join these part files of the table into --out, running nothing")
     a = ap.parse_args(argv)
     what, rows, evals, default_seeds = TABLES[a.table]
     seeds = a.seeds if a.seeds is not None else default_seeds
     out_path = Path(a.out) if a.out else ROOT / "results" / f"learning_{a.table}.json"
     if not out_path.is_absolute():
         out_path = ROOT / out_path
+    if a.merge is not None:
+        return merge(a.table, [Path(f) for f in a.merge], out_path, argv)
+    names = [r[0] for r in rows]
+    unknown = [r for r in (a.rows or []) if r not in names]
+    if unknown:
+        raise SystemExit(f"unknown row(s) {', '.join(unknown)} of table {a.table}; rows: {', '.join(names)}")
+    bad = [o for o in a.overrides if "=" not in o]
+    if bad:
+        raise SystemExit(f"--set takes KEY=VALUE, got {', '.join(bad)}")
+    rows = [r for r in rows if a.rows is None or r[0] in a.rows]
     commit = _commit()
     old = json.loads(out_path.read_text()) if out_path.exists() else {}
     kept = {} if a.fresh else {
@@ -123,6 +152,7 @@ def main(argv=None):
         "table": a.table, "what": what, "commit": commit,
         "command": "python scripts/learning_results.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "torch": _torch_version(), "threads": a.threads, "seeds": seeds, "machine": platform.machine(),
+        "overrides_all": a.overrides,
         "runs": {k: {"commit": r.get("commit", old.get("commit")), **r} for k, r in kept.items()}, "summary": {},
     }  # fmt: skip
     for name, recipe, overrides in rows:
@@ -132,12 +162,12 @@ def main(argv=None):
                 print(f"{key}: recorded at {res['runs'][key]['commit']} (same training code), skipped", flush=True)
                 continue
             run_dir = ROOT / a.runs_dir / a.table / f"{recipe.replace('/', '-')}-{name.replace(' ', '')}-s{seed}"
-            train = ["train", recipe, *overrides, f"seed={seed}", f"trainer.out_dir={run_dir}", "trainer.progress=false",
-                     f"trainer.threads={a.threads}", "trainer.overwrite=true"]  # fmt: skip
+            train = ["train", recipe, *overrides, *a.overrides, f"seed={seed}", f"trainer.out_dir={run_dir}",
+                     "trainer.progress=false", f"trainer.threads={a.threads}", "trainer.overwrite=true"]  # fmt: skip
             t0 = time.time()
             tr = _cli(train)
             entry = {"commit": commit, "recipe": recipe, "overrides": overrides, "seed": seed, "train_command": "contrastlab " + " ".join(train),
-                     "train_seconds": tr.get("train_seconds"), "steps": tr.get("step"), "evals": {}}  # fmt: skip
+                     "train_seconds": tr.get("train_seconds"), "steps": tr.get("step"), "device": tr.get("device"), "evals": {}}  # fmt: skip
             for protocol, opts in evals:
                 if protocol == "knn" and opts and seed != seeds[0]:
                     continue  # the baselines (pixels, random init) do not depend on the run's seed
@@ -148,7 +178,32 @@ def main(argv=None):
             _write(res, rows, evals, out_path)
             print(f"{key}: {json.dumps(entry['evals'])} ({entry['train_seconds']} s of training)", flush=True)
     _write(res, rows, evals, out_path)
-    print(f"wrote {out_path.relative_to(ROOT)}")
+    print(f"wrote {out_path}")
+
+
+def merge(table: str, files: list[Path], out_path: Path, argv) -> None:
+    """Join part files of ``table`` (written by runs of this script with --rows / --seeds) into
+    ``out_path``; each run keeps its own commit and command. A run in two files is refused."""
+    _, rows, evals, _ = TABLES[table]
+    parts = [json.loads(f.read_text()) for f in files]
+    runs: dict = {}
+    for f, part in zip(files, parts):
+        if part.get("table") != table:
+            raise SystemExit(f"{f} holds table {part.get('table')!r}, not {table!r}")
+        for k, r in part["runs"].items():
+            if k in runs:
+                raise SystemExit(f"run {k} is in two of the files ({f} and another); keep one")
+            runs[k] = {**r, "part_command": part.get("command")}
+    first = parts[0]
+    seeds = sorted({r["seed"] for r in runs.values()})
+    res = {"table": table, "what": first["what"], "commit": sorted({p["commit"] for p in parts}),
+           "command": "python scripts/learning_results.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+           "parts": [{"file": f.name, "command": p.get("command"), "commit": p.get("commit")} for f, p in zip(files, parts)],
+           "torch": sorted({p.get("torch") for p in parts}), "threads": sorted({p.get("threads") for p in parts}),
+           "seeds": seeds, "machine": first.get("machine"), "overrides_all": first.get("overrides_all", []),
+           "runs": dict(sorted(runs.items())), "summary": {}}  # fmt: skip
+    _write(res, rows, evals, out_path)
+    print(f"merged {len(runs)} runs from {len(files)} files into {out_path}")
 
 
 def _write(res, rows, evals, path: Path):

@@ -242,7 +242,8 @@ def _fit(cfg: Config, fabric, run_dir: Path) -> FitResult:
         metrics = monitor(method, train_set, test_set, cfg, device, run_dir, step)
         logger.log(step, metrics)
     logger.close()
-    summary = {"status": status, "step": step, "total_steps": total, "train_seconds": round(train_seconds, 1)}
+    summary = {"status": status, "step": step, "total_steps": total, "train_seconds": round(train_seconds, 1),
+               "device": device_label(device)}
     if stop.requested:
         summary["signal"] = signal.Signals(stop.signum).name
     else:
@@ -252,6 +253,12 @@ def _fit(cfg: Config, fabric, run_dir: Path) -> FitResult:
     return FitResult(run_dir, step, summary, is_main, interrupted=stop.signum)
 
 
+def device_label(device) -> str:
+    """"cpu", or the GPU's name ("cuda: NVIDIA H200") for the run's summary."""
+    device = torch.device(device)
+    if device.type == "cuda":
+        return f"cuda: {torch.cuda.get_device_name(device)}"
+    return device.type
 
 
 def _plain(x):
