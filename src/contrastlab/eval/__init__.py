@@ -49,9 +49,9 @@ def describe(name: str) -> str:
 def monitor_for(method):
     """The periodic check the trainer runs for ``method``: its own ``monitor`` method if it has
     one, else the ``monitor`` of the protocol its ``monitor_protocol`` names (default ``knn``)."""
-    from ..methods.contract import Monitors
+    from ..methods.contract import monitors
 
-    if isinstance(method, Monitors):
+    if monitors(method):
         def own(method, train_set, test_set, cfg, device, run_dir, step):
             return method.monitor(train_set, test_set, run_dir=run_dir, step=step, device=device)
 

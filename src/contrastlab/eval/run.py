@@ -78,9 +78,9 @@ def probe_features(cfg, method, opts):
 
 def require_encoder(cfg, method, checkpoint) -> None:
     """One line for a protocol on frozen features given a run without an encoder."""
-    from ..methods.contract import Encodes
+    from ..methods.contract import encodes
 
-    if not isinstance(method, Encodes):
+    if not encodes(method):
         raise UserError(f"{checkpoint} is a {cfg.method['name']} run (image translation), which has no encoder "
                         f"to probe; use: contrastlab eval translation {checkpoint}")  # fmt: skip
 

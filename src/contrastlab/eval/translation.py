@@ -15,7 +15,7 @@ import torch
 from ..errors import ConfigError, UserError
 from ..fields import option
 from ..files import atomic_save
-from ..methods.contract import Translates
+from ..methods.contract import translates
 from ..nn.generators import to_signed, to_unit, translate
 from .image_metrics import RandomConvFeatures, build_extractor, extract, translation_scores
 
@@ -45,7 +45,7 @@ class TranslateOptions:
 
 
 def _translators(method) -> dict:
-    if not isinstance(method, Translates):
+    if not translates(method):
         raise UserError(f"the checkpoint holds a {type(method).__name__} run, not an image translation method "
                         "(cut, dclgan, simdcl)")  # fmt: skip
     return method.translators()

@@ -20,6 +20,12 @@ Optional parts, each a Protocol of its own:
     :class:`Monitors`: ``monitor(train_set, test_set, run_dir, step, device) -> dict``, the
     method's own periodic check; without it the trainer runs the ``monitor`` of the evaluation
     protocol named by the method's ``monitor_protocol`` (default ``"knn"``).
+
+Check a method with :func:`encodes`, :func:`translates`, :func:`monitors` and
+:func:`optimizes_itself`, not with ``isinstance(method, Encodes)``: from Python 3.12 on, a
+runtime Protocol looks attributes up statically (``inspect.getattr_static``), which does not see
+an ``nn.Module``'s submodules (they live in ``_modules`` and are found by ``__getattr__``), so
+``isinstance(method, Encodes)`` is False for every method there.
 """
 from __future__ import annotations
 
@@ -62,3 +68,18 @@ class Monitors(Protocol):
 def optimizes_itself(method_or_class) -> bool:
     """Whether a method (or its class) makes its own optimisation steps."""
     return bool(getattr(method_or_class, "manual_optimization", False))
+
+
+def encodes(method) -> bool:
+    """Whether a method has an ``encoder`` network to evaluate (:class:`Encodes`)."""
+    return isinstance(getattr(method, "encoder", None), torch.nn.Module)
+
+
+def translates(method) -> bool:
+    """Whether a method translates images (:class:`Translates`)."""
+    return callable(getattr(method, "translators", None))
+
+
+def monitors(method) -> bool:
+    """Whether a method has its own periodic check (:class:`Monitors`)."""
+    return callable(getattr(method, "monitor", None))

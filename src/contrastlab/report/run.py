@@ -15,14 +15,14 @@ def build_run_report(run_dir: Path, device=None, n_embed: int = 2000) -> Path:
     from ..data import build_datasets
     from ..eval.features import feature_bank
     from ..eval.run import load_run
-    from ..methods.contract import Translates
+    from ..methods.contract import translates
     from . import read_metrics_csv, retrieval_from_features, write_report
 
     run_dir = Path(run_dir)
     if not (run_dir / "last.ckpt").exists():
         raise UserError(f"{run_dir} is not a run folder (no last.ckpt); pass the folder given as trainer.out_dir")
     cfg, method, ckpt = load_run(str(run_dir), [])
-    if isinstance(method, Translates):
+    if translates(method):
         return _translation_report(run_dir, cfg, ckpt)
     device = device or torch.device("cpu")
     encoder = method.encoder.to(device)
