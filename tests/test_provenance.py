@@ -4,7 +4,8 @@ the results file that the row names (no training here: this reads files).
 A table row names its file as `results/NAME.json`; every number in the columns after the first
 (the first column describes the case) must match a number of that file, rounded to the digits
 quoted, as a fraction or as a percentage (94.1 matches 0.9412), ignoring a leading ~ or x. A
-row of the tables below that quotes numbers but names no results file fails the test.
+row of the tables below that quotes numbers but names no results file fails the test. In docs/,
+every table row that names a results file is checked the same way.
 """
 import json
 import math
@@ -88,6 +89,26 @@ def test_each_quoted_number_is_in_the_results_file_the_row_names(section, row, c
         values += _numbers(json.loads(path.read_text()))
     missing = [m for c in cells[1:] for m in NUMBER.findall(_strip_refs(c)) if not _matches(m, values)]
     assert not missing, f"numbers not found in {', '.join(refs)}: {missing} (row: {row})"
+
+
+def doc_rows() -> list[tuple[str, str, list[str]]]:
+    """(doc file, row text, cells) of the table rows in docs/*.md that name a results file."""
+    rows = []
+    for path in sorted((ROOT / "docs").glob("*.md")):
+        for line in path.read_text().splitlines():
+            if line.lstrip().startswith("|") and RESULTS_REF.search(line):
+                cells = [c.strip() for c in line.strip().strip("|").split("|")]
+                rows.append((path.name, line, cells))
+    return rows
+
+
+def test_the_docs_name_results_files_in_their_tables():
+    assert len(doc_rows()) >= 10
+
+
+@pytest.mark.parametrize("doc,row,cells", doc_rows(), ids=lambda x: x[:60] if isinstance(x, str) else "")
+def test_each_number_of_a_docs_row_is_in_the_results_file_it_names(doc, row, cells):
+    test_each_quoted_number_is_in_the_results_file_the_row_names(doc, row, cells)
 
 
 def test_every_results_file_records_its_provenance():
