@@ -80,7 +80,7 @@ def _git(*args) -> str | None:
     return out.stdout.rstrip() if out.returncode == 0 else None
 
 
-def provenance(seeds=None) -> dict:
+def provenance(seeds) -> dict:
     """What a results file must record (issue 12): the commit, the source files under src/ and
     benchmarks/ that differ from it (uncommitted: the numbers may not be the commit's), the
     command, the seeds the benchmark uses, the date and the load average when it started.
@@ -98,8 +98,9 @@ def provenance(seeds=None) -> dict:
     }
 
 
-def environment(seeds=None) -> dict:
-    """torch's version, the thread count, the machine and :func:`provenance` (commit, command, seeds)."""
+def environment(seeds) -> dict:
+    """torch's version, the thread count, the machine and :func:`provenance` (commit, command, seeds).
+    ``seeds`` is required: a dict saying which seed each random part of the benchmark uses."""
     return {"torch": torch.__version__, "threads": torch.get_num_threads(), "machine": platform.machine(),
             "processor": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
             **provenance(seeds)}  # fmt: skip

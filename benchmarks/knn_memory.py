@@ -66,7 +66,7 @@ def main(argv=None):
     if a.threads:
         torch.set_num_threads(a.threads)
     g = torch.Generator().manual_seed(0)
-    res = {"benchmark": "knn_memory", **environment()}
+    res = {"benchmark": "knn_memory", **environment(seeds={"bank_and_queries": 0})}
 
     # 1. kNN evaluation, 50k x 10k x 512
     ftr = torch.randn(50_000, 512, generator=g)

@@ -35,7 +35,7 @@ def main(argv=None):
         k[0] += 1
         return pool[(k[0] % 8) * 256 : (k[0] % 8 + 1) * 256]
 
-    res = {"benchmark": "negatives_overhead", "rounds": a.rounds, "reps": a.reps, **environment()}
+    res = {"benchmark": "negatives_overhead", "rounds": a.rounds, "reps": a.reps, **environment(seeds={"config": 0, "weights": 0, "data": "digit_scenes() at its fixed seed", "views": "step k: generator seed k"})}
     groups = {
         "simclr_family": {"simclr": ("simclr", ()), "dcl": ("dcl", ()), "hcl": ("hcl", ()), "sdclr": ("sdclr", ())},
         # the setting: a 4,096-key queue, MoCHi(256, 128, 64) (the presets use 1,024 keys and N = 64)

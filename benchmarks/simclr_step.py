@@ -224,7 +224,7 @@ def main(argv=None):
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
-    res = {"benchmark": "simclr_step", "rounds": a.rounds, "reps": a.reps, **environment()}
+    res = {"benchmark": "simclr_step", "rounds": a.rounds, "reps": a.reps, **environment(seeds={"config": 0, "weights": 0, "data": 0, "views": "step k: generator seed k"})}
     if a.case in ("resnet18", "both"):
         run_resnet18(a, res)
     if a.case in ("digits", "both"):

@@ -34,7 +34,7 @@ def main(argv=None):
     a = ap.parse_args(argv)
     if a.threads:
         torch.set_num_threads(a.threads)
-    res = {"benchmark": "views", "rounds": a.rounds, "reps": a.reps, **environment(), "cases": {}}
+    res = {"benchmark": "views", "rounds": a.rounds, "reps": a.reps, **environment(seeds={"images": 0, "views": 0}), "cases": {}}
     for name, n, size, out, blur in (("cifar_32px", 256, 32, 32, 0.0), ("imagenet_224px", 64, 256, 224, 0.5)):
         cfg = ViewConfig(blur_p=blur)
         x = (torch.rand(n, 3, size, size, generator=torch.Generator().manual_seed(0)) * 255).to(torch.uint8)

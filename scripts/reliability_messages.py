@@ -156,8 +156,10 @@ def main():
     commit = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
     dirty = bool(subprocess.run(["git", "status", "--porcelain", "--", "src"], capture_output=True, text=True,
                                 cwd=ROOT).stdout.strip())  # fmt: skip
+    import torch
+
     out = {"commit": commit + ("+dirty" if dirty else ""), "command": " ".join(["python", *sys.argv]),
-           "threads": 1, "seeds": [0], "cases": cases}  # fmt: skip
+           "torch": torch.__version__, "threads": 1, "seeds": [0], "cases": cases}  # fmt: skip
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(json.dumps(out, indent=1) + "\n")
     shutil.rmtree(tmp, ignore_errors=True)
