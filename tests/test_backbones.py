@@ -543,6 +543,46 @@ def test_timm_options_and_errors():
     assert isinstance(enc.backbone, TimmBackbone) and enc.out_dim == 512
 
 
+def test_timm_kwargs_from_a_recipe_build_a_vit_for_32px_and_train_a_step():
+    """model.timm_kwargs reaches timm.create_model: a ViT built for 32 px images with 8 px patches
+    (its default is 224 px, which a 32 px batch would not fit), from command-line overrides."""
+    from contrastlab.config import load_config
+    from contrastlab.methods import build_method
+
+    cfg = load_config("simclr", ["model.backbone=timm:vit_tiny_patch16_224", "optim.batch_size=4",
+                                 "model.timm_kwargs={img_size: 32, patch_size: 8, depth: 2}"])
+    assert cfg.model.timm_kwargs == {"img_size": 32, "patch_size": 8, "depth": 2}
+    method = build_method(cfg)
+    net = method.encoder.backbone.net
+    assert net.patch_embed.img_size == (32, 32) and net.patch_embed.patch_size == (8, 8) and len(net.blocks) == 2
+    assert method.encoder.forward_features(torch.rand(2, 3, 32, 32)).shape == (2, 192, 4, 4)
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    out = method({"images": images, "index": torch.arange(4), "step": 0, "epoch": 0, "generator": g})
+    out["loss"].backward()
+    assert torch.isfinite(out["loss"]) and net.patch_embed.proj.weight.grad.abs().sum() > 0
+
+
+@pytest.mark.parametrize("overrides,needle", [
+    (["model.timm_kwargs={img_size: 32}"], "model.timm_kwargs applies to timm:NAME backbones"),
+    (["model.backbone=timm:resnet18", "model.timm_kwargs={pretrained: true}"], "other than pretrained"),
+    (["model.backbone=timm:resnet18", "model.timm_kwargs=[1, 2]"], "expected a mapping"),
+    (["model.backbone=timm:resnet18", "model.timm_kwargs={a: {b: 1}}"], "not 'a'"),
+])
+def test_timm_kwargs_errors_at_load(overrides, needle):
+    from contrastlab.config import load_config
+
+    with pytest.raises(ConfigError, match=needle) as e:
+        load_config("simclr", overrides)
+    assert "\n" not in str(e.value)
+
+
+def test_timm_kwargs_a_model_refuses_is_one_line():
+    with pytest.raises(ConfigError, match=r"timm model 'resnet18' refused them") as e:
+        build_backbone("timm:resnet18", timm_kwargs={"no_such_option": 1})
+    assert "\n" not in str(e.value)
+
+
 def test_missing_timm_says_how_to_install(monkeypatch):
     monkeypatch.setitem(sys.modules, "timm", None)  # import timm raises ImportError
     with pytest.raises(UserError, match=r"pip install 'contrastlab\[timm\]'") as e:

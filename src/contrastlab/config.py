@@ -69,9 +69,26 @@ def _backbone_allowed(v) -> str | None:
     return backbone_problem(v)
 
 
+def _timm_kwargs_allowed(v) -> str | None:
+    """Options for timm.create_model: names (str) with YAML values (scalars or lists)."""
+    def plain(x):
+        return x is None or isinstance(x, (bool, int, float, str)) or (
+            isinstance(x, (list, tuple)) and all(plain(y) for y in x))
+
+    if not isinstance(v, dict):
+        return "a mapping of timm.create_model options, e.g. {img_size: 32, patch_size: 4}"
+    bad = [k for k, x in v.items() if not isinstance(k, str) or not plain(x)]
+    if bad:
+        return f"option names with numbers, strings, booleans or lists as values (not {bad[0]!r})"
+    reserved = sorted(set(v) & {"pretrained", "num_classes", "model_name"})
+    return f"options other than {', '.join(reserved)} (set by contrastlab: no head, no download)" if reserved else None
+
+
 @dataclass
 class ModelConfig:
     backbone: str = option("small_cnn", check=_backbone_allowed)  # small_cnn | resnet18|34|50 | timm:NAME
+    # timm:NAME only: options for timm.create_model, e.g. {img_size: 32, patch_size: 4} for a ViT on 32 px
+    timm_kwargs: dict = option(default_factory=dict, check=_timm_kwargs_allowed)
     width: int = option(32, ge=1)  # small_cnn only: channels of the first stage (x1, x2, x4, x4)
     depth: int = option(1, ge=1)  # small_cnn only: conv layers per stage
     cifar_stem: bool = False
@@ -413,6 +430,9 @@ def check_config(cfg: Config) -> None:
         lo, hi = getattr(v, name)
         if lo > hi:
             raise ConfigError(f"views.{name}={[lo, hi]}: must be [min, max] with min <= max")
+    if cfg.model.timm_kwargs and not cfg.model.backbone.startswith("timm:"):
+        raise ConfigError(f"model.timm_kwargs applies to timm:NAME backbones, not to model.backbone="
+                          f"{cfg.model.backbone}; remove it or choose a timm backbone")  # fmt: skip
     if d.load_size is not None and d.load_size < d.image_size:
         raise ConfigError(f"data.load_size={d.load_size}: must be >= data.image_size={d.image_size} "
                           "(the random crop is cut from the resized image)")  # fmt: skip

@@ -92,7 +92,8 @@ def check_negatives_options(m: dict) -> None:
 
 
 def build_encoder(mcfg) -> Encoder:
-    return Encoder(build_backbone(mcfg.backbone, width=mcfg.width, depth=mcfg.depth, cifar_stem=mcfg.cifar_stem), norm=mcfg.norm)
+    return Encoder(build_backbone(mcfg.backbone, width=mcfg.width, depth=mcfg.depth, cifar_stem=mcfg.cifar_stem,
+                                  timm_kwargs=mcfg.timm_kwargs), norm=mcfg.norm)
 
 
 def build_projector(in_dim: int, mcfg) -> MLPHead:

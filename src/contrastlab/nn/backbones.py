@@ -258,7 +258,10 @@ class TimmBackbone(nn.Module):
         if problem:
             raise ConfigError(f"backbone timm:{name}: {problem}")
         self.name = name
-        self.net = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
+        try:
+            self.net = timm.create_model(name, pretrained=False, num_classes=0, **kwargs)
+        except TypeError as e:  # an option the model's class does not take
+            raise ConfigError(f"model.timm_kwargs={kwargs}: timm model {name!r} refused them ({e})") from None
         self.feature_dim = int(self.net.num_features)
         self.out_dim = int(getattr(self.net, "head_hidden_size", None) or self.net.num_features)
         info = getattr(self.net, "feature_info", None)
