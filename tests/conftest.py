@@ -14,6 +14,7 @@ TINY = [
     "model.proj_hidden=32",
     "model.proj_dim=16",
     "optim.batch_size=32",
+    "optim.warmup_steps=0",  # runs of a few steps: a warm-up as long as the run is refused at start
     "trainer.knn_every=0",
     "trainer.progress=false",
     "trainer.accelerator=cpu",

@@ -114,7 +114,7 @@ def test_simclr_ddp_step_equals_one_process_on_the_global_batch(tmp_path):
 
     r = _torchrun("simclr", tmp_path)
     cfg = _script_cfg("simclr")
-    b, t = cfg.optim.batch_size, cfg.method["temperature"]
+    b, t = cfg.optim.batch_size // 2, cfg.method["temperature"]  # per process
     v1, v2 = torch.rand(2, 2 * b, 3, 32, 32, generator=torch.Generator().manual_seed(123), dtype=torch.float64)
     torch.manual_seed(cfg.seed)
     ref = build_method(cfg).double().train()  # the run used precision=64-true
@@ -153,7 +153,7 @@ def test_moco_ddp_queue_order_shuffle_bn_momentum_and_seeds(tmp_path):
 
     r = _torchrun("moco", tmp_path)
     cfg = _script_cfg("moco")
-    b, m = cfg.optim.batch_size, cfg.method["momentum"]
+    b, m = cfg.optim.batch_size // 2, cfg.method["momentum"]  # per process
     torch.manual_seed(cfg.seed)
     ref = build_method(cfg).train()
     prev = {n: p.detach().clone() for n, p in ref.named_parameters()}

@@ -198,6 +198,50 @@ def test_moco_mochi_appends_each_querys_synthetic_negatives(tiny, step, active):
     assert active == (not torch.allclose(loss, info_nce(q, k, queue, t), atol=1e-4))
 
 
+@pytest.mark.parametrize("epochs,step,spe,active", [(1.5, 14, 10, False), (1.5, 15, 10, True), (2, 0, None, False)])
+def test_moco_mochi_warmup_in_epochs(tiny, epochs, step, spe, active):
+    """mochi_warmup_epochs: mixing from step round(epochs x steps per epoch) (the trainer passes
+    steps_per_epoch), or from that epoch when the caller gives only the epoch."""
+    from contrastlab.losses import info_nce
+
+    cfg = load_config("moco", tiny + ["method.queue_size=32", "method.symmetric=false", "method.shuffle_groups=1",
+                                      "method.mochi_n_hard=8", "method.mochi_s=4", "method.mochi_s_prime=2",
+                                      f"method.mochi_warmup_epochs={epochs}"])  # fmt: skip
+    torch.manual_seed(0)
+    m = build_method(cfg)
+    queue = m.queue.keys.clone()
+    v1, v2 = torch.rand(2, 16, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    batch = {"views": [v1, v2], "generator": torch.Generator().manual_seed(7), "step": step, "epoch": 1}
+    if spe is not None:
+        batch["steps_per_epoch"] = spe
+    loss = m(batch)["loss"]
+    q, k = m.projector(m.encoder(v1)), m.projector(m.encoder(v2))
+    plain = info_nce(q, k, queue, cfg.method["temperature"])
+    assert active == (not torch.allclose(loss, plain, atol=1e-4))
+
+
+@pytest.mark.parametrize("symmetric", [True, False])
+def test_moco_enqueues_the_keys_of_both_views_when_symmetric(tiny, symmetric):
+    """Symmetric MoCo enqueues k1 and k2 (2B keys per step, as the official symmetric demo of
+    facebookresearch/moco does); the asymmetric one enqueues k2 (B keys)."""
+    import torch.nn.functional as F
+
+    cfg = load_config("moco", tiny + ["method.queue_size=64", f"method.symmetric={str(symmetric).lower()}",
+                                      "method.bn=none"])  # fmt: skip
+    torch.manual_seed(0)
+    m = build_method(cfg)
+    before = m.queue.keys.clone()
+    v1, v2 = torch.rand(2, 8, 3, 32, 32, generator=torch.Generator().manual_seed(1))
+    m({"views": [v1, v2], "generator": torch.Generator().manual_seed(2), "step": 0})
+    with torch.no_grad():  # step 0: the key branch equals the online one after the momentum update
+        k1, k2 = (F.normalize(m.key_projector(m.key_encoder(v)), dim=1) for v in (v1, v2))
+    n = 16 if symmetric else 8
+    assert int(m.queue.ptr) == n
+    expected = torch.cat([k1, k2]) if symmetric else k2
+    assert torch.allclose(m.queue.keys[:n], expected, atol=1e-5)
+    assert torch.equal(m.queue.keys[n:], before[n:])
+
+
 def test_simclr_mochi_uses_the_batch_as_pool(tiny):
     from contrastlab.losses import mochi_negatives, nt_xent
 

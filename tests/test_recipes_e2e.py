@@ -12,7 +12,7 @@ from contrastlab.cli import main
 
 SMALL = ["model.backbone=small_cnn", "model.width=8", "model.proj_hidden=32", "model.proj_dim=16", "data.image_size=32",
          "optim.batch_size=8", "trainer.max_steps=6", "trainer.knn_every=3", "trainer.knn_k=5", "trainer.ckpt_every=4",
-         "trainer.accelerator=cpu", "trainer.progress=false"]  # fmt: skip
+         "trainer.accelerator=cpu", "trainer.progress=false", "optim.warmup_steps=0", "optim.warmup_epochs=null"]  # fmt: skip
 
 
 @pytest.fixture(scope="module")

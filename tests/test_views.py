@@ -193,3 +193,22 @@ def test_views_return_normalised_boxes_and_flips_on_request():
     assert torch.allclose(pixels, pixels.round(), atol=1e-4)  # whole-pixel boxes, scaled by W and H
     ref = resized_crop(images.float() / 255, pixels.round(), flips, 16)
     torch.testing.assert_close(x, ref)
+
+
+def test_views_size_crops_at_another_side_than_the_images(tiny):
+    """views.size: the views' side (DCL's 32 px crops of 96 px STL-10 images); null is data.image_size.
+    Both back-ends honour it, and the model still sees whole images at data.image_size elsewhere."""
+    from contrastlab.config import load_config
+    from contrastlab.data.views import torchvision_views
+    from contrastlab.methods import build_method
+
+    cfg = load_config("simclr", tiny + ["views.size=16"])
+    m = build_method(cfg)
+    images = torch.randint(0, 256, (4, 3, 32, 32), dtype=torch.uint8)
+    v1, v2 = m.views.pair({"images": images, "generator": torch.Generator().manual_seed(0)})
+    assert v1.shape == v2.shape == (4, 3, 16, 16)
+    assert build_method(load_config("simclr", tiny)).views.out_size == cfg.data.image_size == 32
+    from PIL import Image
+
+    tf = torchvision_views(cfg.views, cfg.views.size)
+    assert tf(Image.new("RGB", (32, 32))).shape == (3, 16, 16)

@@ -105,13 +105,17 @@ class OptimConfig:
     name: Literal["sgd", "adam", "adamw", "lars"] = "sgd"
     lr: float = option(0.3, gt=0)  # base lr for batch_size 256; scaled linearly when scale_lr is true
     scale_lr: bool = True
-    batch_size: int = option(256, ge=1, doc="images per process")  # per process
+    # the global batch (images per step over all processes, the number papers state); each of the
+    # W processes takes batch_size / W (it must divide evenly), so a recipe trains the same on any device count
+    batch_size: int = option(256, ge=1, doc="images per step over all processes")
     weight_decay: float = option(1e-6, ge=0)
     momentum: float = option(0.9, ge=0, lt=1)  # sgd and lars
     betas: tuple[float, float] = option((0.9, 0.999), ge=0, lt=1)  # adam and adamw
     lars_eta: float = option(0.02, gt=0)
     exclude_bias_bn: bool = True  # no weight decay / LARS adaptation for biases and norms
     warmup_steps: int = option(0, ge=0)
+    # the warm-up in epochs of the training set (as papers write it), instead of warmup_steps
+    warmup_epochs: Optional[float] = option(None, ge=0)
     schedule: Literal["cosine", "constant", "linear"] = "cosine"  # linear: constant, then linear decay (CycleGAN)
     min_lr_frac: float = option(0.0, ge=0, le=1)
     # linear schedule: share of the steps at the full rate before the decay
@@ -430,6 +434,9 @@ def check_config(cfg: Config) -> None:
         lo, hi = getattr(v, name)
         if lo > hi:
             raise ConfigError(f"views.{name}={[lo, hi]}: must be [min, max] with min <= max")
+    if cfg.optim.warmup_steps and cfg.optim.warmup_epochs is not None:
+        raise ConfigError(f"optim.warmup_steps={cfg.optim.warmup_steps} and optim.warmup_epochs={cfg.optim.warmup_epochs}: "
+                          "give the warm-up once, in steps or in epochs")  # fmt: skip
     if cfg.model.timm_kwargs and not cfg.model.backbone.startswith("timm:"):
         raise ConfigError(f"model.timm_kwargs applies to timm:NAME backbones, not to model.backbone="
                           f"{cfg.model.backbone}; remove it or choose a timm backbone")  # fmt: skip

@@ -19,7 +19,7 @@ from contrastlab.engine.trainer import _fabric_class, step_seed, train_step
 from contrastlab.methods import build_method
 
 TINY = ["data.n_train=256", "data.n_test=128", "model.width=8", "model.proj_hidden=32", "model.proj_dim=16",
-        "optim.batch_size=8", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp"]  # fmt: skip
+        "optim.batch_size=16", "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp"]  # fmt: skip
 
 
 def main(kind: str, out: str):
@@ -33,11 +33,11 @@ def main(kind: str, out: str):
     rank, world = fabric.global_rank, fabric.world_size
     torch.manual_seed(cfg.seed)  # the same initial weights on every rank
     method = build_method(cfg)
-    opt = build_optimizer(method, cfg.optim, cfg.optim.batch_size * world)
+    opt = build_optimizer(method, cfg.optim, cfg.optim.batch_size)  # the global batch
     sched = build_scheduler(opt, cfg.optim, 100)
     model, opt = fabric.setup(method, opt)
     model.train()
-    b = cfg.optim.batch_size
+    b = cfg.optim.batch_size // world  # this process's share of the global batch
     g = torch.Generator().manual_seed(123)  # the same global batch on every rank
     rec = {"rank": rank, "world": world}
     if kind == "simclr":

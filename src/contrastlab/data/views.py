@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Optional
 
 import torch
 import torch.nn.functional as F
@@ -34,6 +35,9 @@ class ViewConfig:
     declares its range (checked when a config is loaded)."""
 
     crop_scale: tuple[float, float] = option((0.08, 1.0), gt=0, le=1)  # [min, max] share of the image area
+    # the side of each view in pixels; null: data.image_size (a crop of a larger image at a smaller size,
+    # e.g. DCL's 32 px crops of 96 px STL-10 images, with evaluation on the whole 96 px images)
+    size: Optional[int] = option(None, ge=1)
     crop_ratio: tuple[float, float] = option((3 / 4, 4 / 3), gt=0)  # [min, max] aspect ratio of the crop
     flip_p: float = option(0.5, ge=0, le=1)
     jitter_p: float = option(0.8, ge=0, le=1)

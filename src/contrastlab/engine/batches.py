@@ -93,7 +93,7 @@ def _batches_of(train_set, sampler: StepBatches, cfg: Config, device):
     if cfg.views.backend == "torchvision":
         from ..data.views import torchvision_views
 
-        tf = torchvision_views(cfg.views, d.image_size)
+        tf = torchvision_views(cfg.views, cfg.views.size or d.image_size)
         loader = _loader(_TwoViewSet(train_set, tf), sampler, d, pin)
         for v1, v2, idx in loader:
             yield {"views": [v1.to(device, non_blocking=pin), v2.to(device, non_blocking=pin)], "index": idx}

@@ -94,8 +94,30 @@ def lr_factor(step: int, total: int, warmup: int, schedule: str = "cosine", min_
     return min_frac + (1 - min_frac) * 0.5 * (1 + math.cos(math.pi * progress))
 
 
-def build_scheduler(optimizer, ocfg, total_steps: int):
+def build_scheduler(optimizer, ocfg, total_steps: int, warmup_steps: int | None = None):
+    """The learning-rate schedule of ``ocfg`` over ``total_steps``; ``warmup_steps`` (default
+    ``ocfg.warmup_steps``) is the warm-up in steps, e.g. converted from ``ocfg.warmup_epochs``."""
+    warmup = ocfg.warmup_steps if warmup_steps is None else warmup_steps
     return torch.optim.lr_scheduler.LambdaLR(
         optimizer,
-        lambda s: lr_factor(s, total_steps, ocfg.warmup_steps, ocfg.schedule, ocfg.min_lr_frac, ocfg.decay_start_frac),
+        lambda s: lr_factor(s, total_steps, warmup, ocfg.schedule, ocfg.min_lr_frac, ocfg.decay_start_frac),
     )
+
+
+def warmup_steps_of(ocfg, per_epoch: int) -> int:
+    """The warm-up in steps: ``warmup_steps``, or ``warmup_epochs`` x steps per epoch (rounded)."""
+    if ocfg.warmup_epochs is not None:
+        return int(round(ocfg.warmup_epochs * per_epoch))
+    return ocfg.warmup_steps
+
+
+def schedule_problem(ocfg, total: int, warmup: int) -> str | None:
+    """Why a schedule cannot train as written (None when it can): a warm-up not shorter than the
+    run never reaches the peak learning rate, and a decaying schedule then never decays."""
+    if warmup > 0 and warmup >= total:
+        given = (f"optim.warmup_epochs={ocfg.warmup_epochs} ({warmup} steps)" if ocfg.warmup_epochs is not None
+                 else f"optim.warmup_steps={warmup}")  # fmt: skip
+        return (f"{given} is not shorter than the run ({total} steps): the learning rate would never leave its "
+                "warm-up" + ("" if ocfg.schedule == "constant" else f" nor follow its {ocfg.schedule} decay")
+                + "; shorten the warm-up (optim.warmup_epochs writes it in epochs) or lengthen the run")
+    return None

@@ -6,7 +6,7 @@ from __future__ import annotations
 import sys
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import torch
 
@@ -17,7 +17,7 @@ from ..methods import build_method, method_class
 from ..methods.contract import optimizes_itself
 from .batches import StepBatches, batches
 from .manual import OptimizerSet, SchedulerSet
-from .optim import build_optimizer, build_scheduler
+from .optim import build_optimizer, build_scheduler, schedule_problem, warmup_steps_of
 from .rundir import load_resume, resume_source
 
 
@@ -40,11 +40,13 @@ class TrainingSetup:
     per_epoch: int
     global_batch: int
     source: Path | None = None
+    per_process_batch: int = 0  # global_batch / processes
+    warmup: int = 0  # the warm-up in steps
 
     def batches(self):
         """The batches of this process from ``step`` to ``total`` (see :mod:`.batches`)."""
         f = self.fabric
-        sampler = StepBatches(len(self.train_set), self.cfg.optim.batch_size, f.world_size, f.global_rank,
+        sampler = StepBatches(len(self.train_set), self.per_process_batch, f.world_size, f.global_rank,
                               self.cfg.seed, self.step, self.total)  # fmt: skip
         return batches(self.train_set, sampler, self.cfg, f.device)
 
@@ -74,6 +76,35 @@ def make_fabric(cfg: Config):
     )
 
 
+class SchedulePlan(NamedTuple):
+    global_batch: int  # images per step over all processes (optim.batch_size)
+    per_process: int  # images per step of each process
+    per_epoch: int  # steps per epoch
+    total: int  # steps of the run
+    warmup: int  # warm-up steps
+
+
+def plan_schedule(cfg: Config, n_train: int | None, world: int) -> SchedulePlan:
+    """The batch and step plan of ``cfg`` for ``n_train`` training images (None: no data, one step
+    per epoch) on ``world`` processes; one-line UserErrors for a batch that does not split evenly
+    or exceeds the data, and for a warm-up not shorter than the run."""
+    t, o = cfg.trainer, cfg.optim
+    global_batch = o.batch_size
+    if global_batch % world:
+        raise UserError(f"optim.batch_size={global_batch} is the global batch (images per step over all processes) "
+                        f"and must divide evenly among the {world} processes; make it a multiple of {world}")  # fmt: skip
+    if n_train is not None and n_train < global_batch:
+        raise UserError(f"batch larger than the data set: {global_batch} images per step ({world} processes x "
+                        f"{global_batch // world}) but the training set has {n_train}; lower optim.batch_size")  # fmt: skip
+    per_epoch = n_train // global_batch if n_train is not None else 1
+    total = t.max_steps if t.max_steps is not None else t.max_epochs * per_epoch
+    warmup = warmup_steps_of(o, per_epoch)
+    problem = schedule_problem(o, total, warmup)
+    if problem:
+        raise UserError(problem)
+    return SchedulePlan(global_batch, global_batch // world, per_epoch, total, warmup)
+
+
 def build_setup(cfg: Config, fabric, run_dir: Path | None = None, datasets: tuple | None = None) -> TrainingSetup:
     """The set-up of ``cfg`` on a launched ``fabric``; with ``run_dir``, resumed from the run
     folder's checkpoint when it holds one of the same config (see :mod:`.rundir`). Touches no
@@ -81,21 +112,16 @@ def build_setup(cfg: Config, fabric, run_dir: Path | None = None, datasets: tupl
     ``cfg.data`` (the benchmarks share one between contenders), or (None, None) for a set-up
     without data whose caller brings its own batches (a method with one optimiser; no resume)."""
     t, o = cfg.trainer, cfg.optim
-    rank, world, device = fabric.global_rank, fabric.world_size, fabric.device
+    world = fabric.world_size
     is_main = fabric.is_global_zero
     source = resume_source(cfg, run_dir) if run_dir is not None else None
     ckpt = load_resume(cfg, source, run_dir) if source is not None else None
 
     train_set, test_set = datasets if datasets is not None else build_datasets(cfg.data)
-    global_batch = o.batch_size * world
-    if train_set is None:  # no data: the caller brings its own batches (benchmarks)
-        if t.max_steps is None:
-            raise UserError("a set-up without data needs trainer.max_steps")
-    elif len(train_set) < global_batch:
-        raise UserError(
-            f"batch larger than the data set: {global_batch} images per step ({o.batch_size} x {world} processes) "
-            f"but the training set has {len(train_set)}; lower optim.batch_size"
-        )
+    if train_set is None and t.max_steps is None:  # no data: the caller brings its own batches (benchmarks)
+        raise UserError("a set-up without data needs trainer.max_steps")
+    plan = plan_schedule(cfg, len(train_set) if train_set is not None else None, world)
+    global_batch, per_process, per_epoch, total, warmup = plan
     if is_main:
         for ds in (train_set, test_set):
             if ds is not None and hasattr(ds, "check_readable"):
@@ -103,8 +129,8 @@ def build_setup(cfg: Config, fabric, run_dir: Path | None = None, datasets: tupl
         note = getattr(train_set, "note", None)
         if note:
             print(note, file=sys.stderr)
-    per_epoch = len(train_set) // global_batch if train_set is not None else 1
-    total = t.max_steps if t.max_steps is not None else t.max_epochs * per_epoch
+    if is_main and world > 1:
+        print(f"batch: {global_batch} images per step = {world} processes x {per_process}", file=sys.stderr)
 
     torch.manual_seed(cfg.seed)  # the same initial weights on every process
     method = build_method(cfg)
@@ -121,10 +147,10 @@ def build_setup(cfg: Config, fabric, run_dir: Path | None = None, datasets: tupl
         if world > 1:
             raise one_process_only(cfg)
         optimizer = OptimizerSet(method.configure_optimizers(o))
-        scheduler = SchedulerSet({n: build_scheduler(opt, o, total) for n, opt in optimizer.items()})
+        scheduler = SchedulerSet({n: build_scheduler(opt, o, total, warmup) for n, opt in optimizer.items()})
     else:
         optimizer = build_optimizer(method, o, global_batch)
-        scheduler = build_scheduler(optimizer, o, total)
+        scheduler = build_scheduler(optimizer, o, total, warmup)
 
     step = 0
     if ckpt is not None:
@@ -147,7 +173,7 @@ def build_setup(cfg: Config, fabric, run_dir: Path | None = None, datasets: tupl
     else:
         model, optimizer = fabric.setup(model, optimizer)
     return TrainingSetup(cfg, fabric, method, model, optimizer, scheduler, train_set, test_set, step, total, per_epoch,
-                         global_batch, source)  # fmt: skip
+                         global_batch, source, per_process, warmup)  # fmt: skip
 
 
 def compile_networks(method: torch.nn.Module) -> list[str]:

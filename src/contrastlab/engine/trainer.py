@@ -187,6 +187,7 @@ def _fit(cfg: Config, fabric, run_dir: Path) -> FitResult:
                 batch["step"] = step
                 batch["total_steps"] = total
                 batch["epoch"] = step // per_epoch
+                batch["steps_per_epoch"] = per_epoch
                 whole = False
                 out = train_step(model, optimizer, scheduler, fabric, batch, step)
                 step += 1

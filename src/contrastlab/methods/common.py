@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable
+from typing import Callable, Optional
 
 import torch
 import torch.nn as nn
@@ -22,7 +22,8 @@ class AxesConfig:
     """The axes of the instance-contrastive core shared by SimCLR and MoCo (issue 4), all off by
     default: the loss (DCL ``tau_plus`` > 0, HCL ``beta`` > 0), negative mixing (MoCHi: per
     query, ``mochi_s`` mixes of two and ``mochi_s_prime`` mixes with the query of its
-    ``mochi_n_hard`` hardest negatives, from step ``mochi_warmup_steps``; 0 = off) and SDCLR's
+    ``mochi_n_hard`` hardest negatives, from step ``mochi_warmup_steps`` or epoch
+    ``mochi_warmup_epochs``; 0 = off) and SDCLR's
     pruned second branch (global magnitude pruning of the conv weights, renewed every epoch)."""
 
     tau_plus: float = option(0.0, ge=0, lt=1, doc="DCL's class prior")
@@ -31,6 +32,7 @@ class AxesConfig:
     mochi_s: int = option(0, ge=0)
     mochi_s_prime: int = option(0, ge=0)
     mochi_warmup_steps: int = option(0, ge=0)
+    mochi_warmup_epochs: Optional[float] = option(None, ge=0)  # the same in epochs (the papers' unit)
     pruned_branch: bool = False
     prune_fraction: float = option(0.9, ge=0, lt=1)
     prune_random_fraction: float = option(0.0, ge=0, lt=1)
@@ -52,13 +54,23 @@ def setup_axes(method: nn.Module, c: AxesConfig) -> None:
     (:func:`batch_criterion`, :func:`queue_criterion`)."""
     method.mochi = (c.mochi_n_hard, c.mochi_s, c.mochi_s_prime) if c.mochi_n_hard else None
     method.mochi_warmup = c.mochi_warmup_steps
+    method.mochi_warmup_epochs = c.mochi_warmup_epochs
     method.pruned = None
     if c.pruned_branch:
         method.pruned = PrunedBranch(method.encoder, method.projector, c.prune_fraction, c.prune_random_fraction)
 
 
 def mochi_active(method: nn.Module, batch: dict) -> bool:
-    return method.mochi is not None and batch.get("step", 0) >= method.mochi_warmup
+    """Whether mixing is on at this step: from ``mochi_warmup_steps``, or from
+    ``mochi_warmup_epochs`` x the trainer's steps per epoch (without them: from that epoch)."""
+    if method.mochi is None:
+        return False
+    epochs = getattr(method, "mochi_warmup_epochs", None)
+    if epochs is None:
+        return batch.get("step", 0) >= method.mochi_warmup
+    if "steps_per_epoch" in batch:
+        return batch.get("step", 0) >= round(epochs * batch["steps_per_epoch"])
+    return batch.get("epoch", 0) >= epochs
 
 
 def batch_criterion(c) -> Callable[..., torch.Tensor]:
@@ -89,6 +101,9 @@ def check_negatives_options(m: dict) -> None:
     if (s or s2) and not n:
         raise ConfigError(f"method.mochi_s={s} and method.mochi_s_prime={s2} but method.mochi_n_hard=0: "
                           "MoCHi is off; set mochi_n_hard (the hard negatives mixed) or the mixes to 0")  # fmt: skip
+    if m.get("mochi_warmup_steps") and m.get("mochi_warmup_epochs") is not None:
+        raise ConfigError(f"method.mochi_warmup_steps={m['mochi_warmup_steps']} and method.mochi_warmup_epochs="
+                          f"{m['mochi_warmup_epochs']}: give MoCHi's warm-up once, in steps or in epochs")  # fmt: skip
 
 
 def build_encoder(mcfg) -> Encoder:
@@ -103,4 +118,4 @@ def build_projector(in_dim: int, mcfg) -> MLPHead:
 
 def build_views(cfg) -> TwoViews:
     """The standard view generator of a recipe (``views:`` section, at ``data.image_size``)."""
-    return TwoViews(cfg.views, cfg.data.image_size)
+    return TwoViews(cfg.views, cfg.views.size or cfg.data.image_size)

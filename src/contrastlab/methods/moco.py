@@ -2,7 +2,8 @@
 
 Per step: momentum-update the key branch, encode keys of view 2 (with shuffle-BN across
 processes), encode queries of view 1, InfoNCE against the queue, then enqueue the keys of
-all processes. ``symmetric`` adds the swapped pair (view 2 queries, view 1 keys).
+all processes. ``symmetric`` adds the swapped pair (view 2 queries, view 1 keys) and enqueues the
+keys of both views (2B per step, as the symmetric demo of facebookresearch/moco).
 
 Axes of the instance-contrastive core, all off by default and combinable: the debiased / hard
 loss over the queue (DCL, HCL: ``tau_plus``, ``beta``), negative mixing (MoCHi: ``mochi_*``),
@@ -128,5 +129,6 @@ class MoCo(nn.Module):
         else:
             q1 = self.projector(self.encoder(x1))
             loss = self.loss(q1, k2, queue, batch)
-        self.queue.push(k2)
+        # symmetric: both views' keys join the queue (2B per step, as in the official symmetric demo)
+        self.queue.push(torch.cat([k1, k2]) if self.cfg.symmetric and self.pruned is None else k2)
         return {"loss": loss}

@@ -1,0 +1,140 @@
+"""Every recipe's schedule as it would train: the global batch split over 1, 2 and 8 processes,
+a warm-up shorter than the run, a decaying schedule that ends below its peak, and the same steps
+whatever the device count (issue 14, scale semantics). Pure computation: no data is read."""
+import math
+from pathlib import Path
+
+import pytest
+
+from contrastlab.config import ConfigError, load_config
+from contrastlab.engine.optim import lr_factor
+from contrastlab.engine.setup import plan_schedule
+from contrastlab.errors import UserError
+from contrastlab.methods import method_class
+from contrastlab.methods.contract import optimizes_itself
+
+CONFIGS = Path(__file__).resolve().parent.parent / "src" / "contrastlab" / "configs"
+if not CONFIGS.exists():
+    CONFIGS = Path(__file__).resolve().parent.parent / "configs"
+RECIPES = sorted(str(p.relative_to(CONFIGS))[:-5] for p in CONFIGS.glob("*/*.yaml"))
+
+
+def _cifar_lt(n_max: int, classes: int, ratio: float) -> int:
+    """Images of the exponential long-tail profile: class i keeps floor(n_max * ratio^(-i/(C-1)))."""
+    return sum(math.floor(n_max * (1 / ratio) ** (i / (classes - 1))) for i in range(classes))
+
+
+# Training-set sizes of the full-scale data sets (the digit sets read theirs from the recipe).
+SIZES = {
+    "cifar10": 50_000, "cifar100": 50_000,  # torchvision's train splits
+    "stl10": 105_000,  # train (5,000) + unlabeled (100,000)
+}
+FOLDERS = {  # image folders, by recipe: the data set the recipe is written for
+    "simclr/imagefolder": 1_281_167, "moco/imagefolder": 1_281_167,  # ImageNet-1K train
+    "mochi/imagenet100": 126_689,  # ImageNet-100 (CMC's 100 classes) train
+    "sdclr/imagenet100": 12_205,  # ImageNet-100-LT (the recipe's comment; SDCLR's split list)
+}
+PAIRS = {"horse2zebra": 1_334}  # an unpaired epoch is max(|A|, |B|) = max(1,067 horses, 1,334 zebras)
+
+
+def train_size(recipe: str, cfg) -> int:
+    d = cfg.data
+    if d.name in ("digits", "digit_domains"):
+        n = d.n_train
+        if d.long_tail_ratio:
+            n = _cifar_lt(n // 10, 10, d.long_tail_ratio)  # the scenes are balanced over 10 digits
+        return n
+    if d.name == "imagefolder":
+        return FOLDERS[recipe]
+    if d.name == "unpaired":
+        return PAIRS[recipe.split("/")[1]]
+    n = SIZES[d.name]
+    if d.long_tail_ratio:
+        classes = 100 if d.name == "cifar100" else 10
+        n = _cifar_lt(n // classes, classes, d.long_tail_ratio)
+    return n
+
+
+def test_the_sizes_cover_every_recipe():
+    assert len(RECIPES) >= 25
+    for r in RECIPES:
+        train_size(r, load_config(r))  # a KeyError names a recipe without a known training-set size
+
+
+@pytest.mark.parametrize("recipe", RECIPES)
+def test_each_recipe_trains_its_schedule_on_1_2_and_8_processes(recipe):
+    cfg = load_config(recipe)
+    n = train_size(recipe, cfg)
+    worlds = (1,) if optimizes_itself(method_class(cfg.method["name"])) else (1, 2, 8)
+    plans = {w: plan_schedule(cfg, n, w) for w in worlds if cfg.optim.batch_size % w == 0}
+    assert 1 in plans
+    for w, p in plans.items():
+        assert p.global_batch == cfg.optim.batch_size and p.per_process * w == p.global_batch, (recipe, w)
+        assert (p.per_epoch, p.total, p.warmup) == plans[1][2:], (recipe, w)  # steps do not move with processes
+    p = plans[1]
+    assert p.total >= 1 and p.warmup < p.total, recipe
+    o = cfg.optim
+    last = lr_factor(p.total - 1, p.total, p.warmup, o.schedule, o.min_lr_frac, o.decay_start_frac)
+    peak = max(lr_factor(s, p.total, p.warmup, o.schedule, o.min_lr_frac, o.decay_start_frac)
+               for s in {0, p.warmup, max(0, p.warmup - 1), p.total // 2})  # fmt: skip
+    assert peak == pytest.approx(1.0), recipe
+    if o.schedule != "constant":
+        assert last < 0.05, (recipe, last)  # decayed by the end
+    if o.warmup_epochs is not None:
+        assert p.warmup == round(o.warmup_epochs * p.per_epoch), recipe
+
+
+@pytest.mark.parametrize("recipe,epochs", [("simclr/cifar10", 10), ("sdclr/cifar10", 10), ("simclr/imagefolder", 10),
+                                           ("sdclr/imagenet100", 10)])  # fmt: skip
+def test_the_papers_warm_ups_are_written_in_epochs(recipe, epochs):
+    cfg = load_config(recipe)
+    assert cfg.optim.warmup_epochs == epochs and cfg.optim.warmup_steps == 0
+    p = plan_schedule(cfg, train_size(recipe, cfg), 1)
+    assert p.warmup == epochs * p.per_epoch
+
+
+def test_a_warm_up_as_long_as_the_run_is_refused_in_one_line():
+    # what sdclr/imagenet100 did before: 50,000 warm-up steps of a 23,500-step run
+    cfg = load_config("sdclr/imagenet100", ["optim.warmup_epochs=null", "optim.warmup_steps=50000"])
+    with pytest.raises(UserError, match=r"optim.warmup_steps=50000 is not shorter than the run \(23500 steps\).*"
+                                        r"never leave its warm-up nor follow its cosine decay") as e:  # fmt: skip
+        plan_schedule(cfg, 12_205, 1)
+    assert "\n" not in str(e.value)
+    cfg = load_config("simclr", ["optim.warmup_steps=0", "optim.warmup_epochs=2000"])
+    with pytest.raises(UserError, match=r"optim.warmup_epochs=2000.0 \(\d+ steps\) is not shorter"):
+        plan_schedule(cfg, cfg.data.n_train, 1)
+
+
+def test_a_global_batch_that_does_not_split_is_refused():
+    cfg = load_config("simclr", ["optim.batch_size=100"])
+    assert plan_schedule(cfg, 4000, 4).per_process == 25
+    with pytest.raises(UserError, match=r"optim.batch_size=100 is the global batch .* among the 8 processes"):
+        plan_schedule(cfg, 4000, 8)
+    with pytest.raises(UserError, match="batch larger than the data set: 100 images per step"):
+        plan_schedule(cfg, 99, 1)
+
+
+def test_warm_up_given_twice_is_refused_at_load():
+    with pytest.raises(ConfigError, match="give the warm-up once"):
+        load_config("simclr", ["optim.warmup_steps=5", "optim.warmup_epochs=1"])
+    with pytest.raises(ConfigError, match="give MoCHi's warm-up once"):
+        load_config("mochi", ["method.mochi_warmup_steps=5", "method.mochi_warmup_epochs=1"])
+
+
+def test_warmup_epochs_reach_the_scheduler(tiny):
+    """Through the real set-up: a warm-up of 1.5 epochs is round(1.5 x steps per epoch) steps of
+    linear warm-up in the optimiser's learning rate."""
+    from contrastlab.engine.setup import build_setup, make_fabric
+
+    cfg = load_config("simclr", tiny + ["trainer.devices=1", "optim.warmup_steps=0", "optim.warmup_epochs=1.5",
+                                        "optim.batch_size=32", "trainer.max_steps=null", "trainer.max_epochs=4"])  # fmt: skip
+    s = build_setup(cfg, make_fabric(cfg))
+    assert s.warmup == round(1.5 * s.per_epoch) and s.per_process_batch == 32
+    peak = s.optimizer.param_groups[0]["initial_lr"]
+    lrs = []
+    for _ in range(s.warmup + 1):
+        lrs.append(s.optimizer.param_groups[0]["lr"])
+        s.optimizer.step()  # no gradients: changes nothing, keeps the scheduler's order check quiet
+        s.scheduler.step()
+    assert lrs[: s.warmup] == pytest.approx([peak * (k + 1) / s.warmup for k in range(s.warmup)])
+    assert lrs[s.warmup] == pytest.approx(peak, rel=1e-3)
