@@ -544,4 +544,6 @@ def test_cli_eval_translation_names_the_extractor_and_warns_unless_fid_inception
     assert out.returncode == 0, out.stderr
     r = json.loads(out.stdout.strip().splitlines()[-1])
     assert r["extractor"] == "fid_inception_v3" and r["comparable_with_papers"] is True
-    assert "not comparable" not in out.stderr and r["AtoB"]["fid"] >= 0 and r["AtoB"]["kid_mean"] == r["AtoB"]["kid_mean"]
+    assert "not comparable" not in out.stderr
+    scores = r["AtoB"]
+    assert scores["fid"] >= 0 and np.isfinite([scores["fid"], scores["kid_mean"], scores["fid_untranslated"]]).all()
