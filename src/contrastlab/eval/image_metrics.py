@@ -12,10 +12,14 @@ Both metrics compare the feature distribution of real target-domain images with 
 
 Feature extractors map float images in [0, 1], (B, 3, H, W), to (B, D) features:
 
+- :class:`FIDInceptionFeatures`: the FID Inception, the TF-Inception (2015-12-05 graph) that the FID
+  papers, pytorch-fid, torch-fidelity and torchmetrics use, 2048-d pool features, through torch-fidelity
+  from a local weights file only (nothing is downloaded). The only extractor whose numbers are comparable
+  with published FIDs (e.g. the 43.2 of DCLGAN on Horse->Zebra).
 - :class:`InceptionFeatures`: torchvision's ImageNet Inception-v3 (2048-d pool features), loaded from a
-  local weights file only (nothing is downloaded). These weights are close to, but not identical with,
-  the TF-Inception weights that papers' FIDs use, so its numbers are *not* directly comparable with
-  published FIDs (e.g. the 43.2 of DCLGAN on Horse->Zebra); compare methods with each other instead.
+  local weights file only. These weights are close to, but not identical with, the TF-Inception weights
+  (and torchvision's blocks differ from the TF graph's), so its numbers are *not* comparable with
+  published FIDs; compare methods with each other instead.
 - :class:`RandomConvFeatures`: the fallback when no Inception weights exist, a fixed-seed random conv net.
   Its values are only comparable with values from the same extractor, width and seed, never with
   published FIDs.
@@ -33,7 +37,12 @@ from ..errors import ConfigError, UserError
 from ..nn.backbones import IMAGENET_MEAN, IMAGENET_STD
 
 INCEPTION_GLOB = "inception_v3_google-*.pth"
-EXTRACTORS = ("auto", "inception", "random")
+EXTRACTORS = ("auto", "fid_inception", "inception", "random")
+# The FID Inception weights: torch-fidelity's file (what torch-fidelity and torchmetrics download into the
+# torch hub cache), and pytorch-fid's file of the same TF graph with the same keys (accepted as well).
+FID_WEIGHTS_FILES = ("weights-inception-2015-12-05-6726825d.pth", "pt_inception-2015-12-05-6726825d.pth")
+FID_WEIGHTS_URL = "https://github.com/toshas/torch-fidelity/releases/download/v0.2.0/" + FID_WEIGHTS_FILES[0]
+FID_INCEPTION = "fid_inception_v3"  # the extractor's name in reports; the only one comparable with papers
 
 
 # ----------------------------------------------------------------------------------------------- math
@@ -163,12 +172,37 @@ class _FrozenExtractor(nn.Module):
         return super().train(False)
 
 
+def _hub_checkpoints() -> Path:
+    return Path(torch.hub.get_dir()) / "checkpoints"
+
+
 def find_inception_weights() -> Path | None:
     """The torchvision Inception-v3 ImageNet weights file (``inception_v3_google-*.pth``) in torch's hub
     cache, ``$TORCH_HOME/hub/checkpoints`` (default ``~/.cache/torch/hub/checkpoints``), or None."""
-    folder = Path(torch.hub.get_dir()) / "checkpoints"
+    folder = _hub_checkpoints()
     found = sorted(folder.glob(INCEPTION_GLOB)) if folder.is_dir() else []
     return found[0] if found else None
+
+
+def find_fid_inception_weights() -> Path | None:
+    """The FID Inception weights file in torch's hub cache (``$TORCH_HOME/hub/checkpoints``): torch-fidelity's
+    ``weights-inception-2015-12-05-6726825d.pth``, else pytorch-fid's ``pt_inception-2015-12-05-6726825d.pth``;
+    None when neither is there."""
+    for name in FID_WEIGHTS_FILES:
+        if (_hub_checkpoints() / name).is_file():
+            return _hub_checkpoints() / name
+    return None
+
+
+def _read_state(path: Path, what: str, how_to_get: str) -> dict:
+    """A weights file read as tensors only (``weights_only=True``: no code in a pickle runs), on the CPU."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as e:  # noqa: BLE001 - any unreadable file gets the same one-line message
+        raise UserError(f"cannot read {what} weights {path} ({type(e).__name__}); {how_to_get}") from None
+    if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor) for v in state.values()):
+        raise UserError(f"{path} is not a state dict (a mapping of names to tensors); {how_to_get}")
+    return state
 
 
 _HOW_TO_GET = (
@@ -198,10 +232,7 @@ class InceptionFeatures(_FrozenExtractor):
         path = Path(weights_path).expanduser()
         if not path.is_file():
             raise UserError(f"Inception weights file {path} not found; {_HOW_TO_GET}")
-        try:
-            state = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # noqa: BLE001 - any unreadable file gets the same one-line message
-            raise UserError(f"cannot read Inception weights {path} ({type(e).__name__}); {_HOW_TO_GET}") from None
+        state = _read_state(path, "Inception", _HOW_TO_GET)
         net = torchvision.models.inception_v3(weights=None, aux_logits=True, init_weights=False, transform_input=True)
         try:
             net.load_state_dict(state)
@@ -221,6 +252,105 @@ class InceptionFeatures(_FrozenExtractor):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = (_resize(x.to(self.mean.dtype), 299) - self.mean) / self.std
         return self.net(x)
+
+
+_HOW_TO_GET_FID = (
+    f"get {FID_WEIGHTS_FILES[0]} (the FID Inception, TF graph 2015-12-05) from {FID_WEIGHTS_URL} and put it in "
+    "$TORCH_HOME/hub/checkpoints (default ~/.cache/torch/hub/checkpoints) or pass weights=PATH; nothing is "
+    "downloaded here (docs/translation.md, Metrics)"
+)
+_FIDELITY_MISSING = (
+    "the FID Inception extractor needs the torch-fidelity package: pip install 'contrastlab[fid]' "
+    "(torch-fidelity>=0.4.0), or use extractor=inception / random (not comparable with published FIDs)"
+)
+
+
+def fid_inception_layout() -> dict[str, tuple[int, ...]]:
+    """Names and shapes of the tensors in the FID Inception weights file: the TF graph's Inception-v3 in
+    torchvision's module names (the layout pytorch-fid defined and torch-fidelity kept), without the
+    auxiliary classifier, with the 1008-class ``fc``. BatchNorm's ``num_batches_tracked`` counters are not
+    listed: the official file has none, and they do not change eval-mode outputs. Built on the meta device
+    (shapes only, no memory, no weights)."""
+    import torchvision
+
+    with torch.device("meta"):
+        net = torchvision.models.inception_v3(weights=None, num_classes=1008, aux_logits=False, init_weights=False)
+    return {k: tuple(v.shape) for k, v in net.state_dict().items() if not k.endswith(".num_batches_tracked")}
+
+
+def check_fid_inception_state(state: dict, path) -> None:
+    """One-line UserError unless ``state`` has exactly the FID Inception's tensors
+    (:func:`fid_inception_layout`; ``num_batches_tracked`` counters of its BatchNorms may be present or
+    absent): names the first missing key, unexpected key or wrong shape."""
+    layout = fid_inception_layout()
+    optional = {k.rsplit(".", 1)[0] + ".num_batches_tracked" for k in layout if k.endswith(".running_mean")}
+    missing = [k for k in layout if k not in state]
+    unexpected = [k for k in state if k not in layout and k not in optional]
+    wrong = [k for k in layout if k in state and tuple(state[k].shape) != layout[k]]
+    more = lambda items: f" (and {len(items) - 1} more)" if len(items) > 1 else ""  # noqa: E731
+    if missing:
+        problem = f"missing key {missing[0]}{more(missing)}"
+    elif unexpected:
+        problem = f"unexpected key {unexpected[0]}{more(unexpected)}"
+    elif wrong:
+        k = wrong[0]
+        problem = f"{k} has shape {tuple(state[k].shape)}, expected {layout[k]}{more(wrong)}"
+    else:
+        return
+    raise UserError(f"{path} is not the FID Inception weights file: {problem}; {_HOW_TO_GET_FID}")
+
+
+def _fidelity_inception():
+    try:
+        from torch_fidelity.feature_extractor_inceptionv3 import FeatureExtractorInceptionV3
+    except ImportError:
+        raise UserError(_FIDELITY_MISSING) from None
+    return FeatureExtractorInceptionV3
+
+
+class FIDInceptionFeatures(_FrozenExtractor):
+    """2048-d pool features of the FID Inception: the TF-Inception graph (2015-12-05) of the FID papers, as
+    ported by pytorch-fid and kept by torch-fidelity (``FeatureExtractorInceptionV3``; torchmetrics' FID uses
+    the same), loaded from a local weights file (``weights-inception-2015-12-05-6726825d.pth`` or pytorch-fid's
+    ``pt_inception-2015-12-05-6726825d.pth``; never downloaded here).
+
+    Why torch-fidelity: it installs beside torch without touching it (pure Python; numpy, pillow, torch,
+    torchvision, tqdm), takes a local weights path, and matches the TF reference (its TF1-style bilinear
+    resize, the TF blocks: average pools without the padding, a max pool in the last block, the 1008-class
+    fc), which is what makes the numbers comparable with published FIDs.
+
+    Preprocessing: images in [0, 1] are rounded to 8 bits, ``round(255 x)`` (as saving the translations as
+    PNGs, the papers' protocol, does), then torch-fidelity resizes them to 299 x 299 with TF1's bilinear
+    resize (source coordinate ``i * in / out``, no half-pixel offset) and maps them to ``(x - 128) / 128``.
+
+    The file is read once with ``weights_only=True`` and its keys and shapes are checked
+    (:func:`check_fid_inception_state`: a missing, unexpected or misshapen tensor is a one-line UserError
+    naming it) before torch-fidelity loads it (strictly) from the same path.
+    """
+
+    out_dim = 2048
+
+    def __init__(self, weights_path):
+        super().__init__()
+        path = Path(weights_path).expanduser()
+        if not path.is_file():
+            raise UserError(f"FID Inception weights file {path} not found; {_HOW_TO_GET_FID}")
+        check_fid_inception_state(_read_state(path, "FID Inception", _HOW_TO_GET_FID), path)
+        extractor_class = _fidelity_inception()
+        try:  # the file passed the tensors-only load above, so torch-fidelity's full unpickling runs no code
+            net = extractor_class("inception-v3-compat", ["2048"], feature_extractor_weights_path=str(path))
+        except Exception as e:  # noqa: BLE001 - one line whatever torch-fidelity raises
+            first = str(e).splitlines()[0] if str(e) else type(e).__name__
+            raise UserError(f"torch-fidelity could not load {path} ({first}); {_HOW_TO_GET_FID}") from None
+        self.net = net.requires_grad_(False)
+        self.path = path
+        self.eval()
+
+    @torch.no_grad()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.clamp(0, 1).mul(255).round().to(torch.uint8)  # torch-fidelity takes 8-bit images
+        (features,) = self.net(x)
+        return features
 
 
 class RandomConvFeatures(_FrozenExtractor):
@@ -264,26 +394,69 @@ class RandomConvFeatures(_FrozenExtractor):
         return torch.cat(pooled, dim=1)
 
 
+def _is_fid_inception_file(path: Path) -> bool:
+    """Whether a weights file holds the FID Inception (its 1008-class ``fc``) rather than torchvision's
+    Inception-v3 (1000 classes): how ``auto`` with an explicit ``weights_path`` picks the extractor."""
+    state = _read_state(path, "Inception", f"{_HOW_TO_GET}; or for the FID Inception, {_HOW_TO_GET_FID}")
+    fc = state.get("fc.weight")
+    return fc is not None and tuple(fc.shape) == fid_inception_layout()["fc.weight"]
+
+
 def build_extractor(name: str = "auto", weights_path=None) -> tuple[nn.Module, str]:
     """A feature extractor and its short name for reports.
 
-    'inception': :class:`InceptionFeatures` from ``weights_path`` or :func:`find_inception_weights`
-    (UserError if neither exists); 'random': :class:`RandomConvFeatures` (seed 0, width 64);
-    'auto': inception if ``weights_path`` is given or a weights file is found, else random.
+    'fid_inception': :class:`FIDInceptionFeatures` (short name ``fid_inception_v3``, the only one comparable
+    with published FIDs) from ``weights_path`` or :func:`find_fid_inception_weights`; 'inception':
+    torchvision's :class:`InceptionFeatures` from ``weights_path`` or :func:`find_inception_weights` (either:
+    UserError if no file); 'random': :class:`RandomConvFeatures` (seed 0, width 64).
+    'auto': with ``weights_path``, the FID Inception if the file holds it (a 1008-class fc), else
+    torchvision's; without, the FID Inception if its file is in the hub cache, else torchvision's Inception if
+    its file is, else random. Whether the numbers are comparable with papers: :func:`comparable_with_papers`.
     """
     name = str(name).lower()
     if name not in EXTRACTORS:
         raise ConfigError(f"unknown feature extractor {name!r}; expected one of {', '.join(EXTRACTORS)}")
     if name == "random" and weights_path is not None:
-        raise ConfigError("weights_path is only used by the 'inception' extractor; drop it or use extractor=inception")
-    path = weights_path if weights_path is not None else (find_inception_weights() if name != "random" else None)
-    if name == "inception" and path is None:
-        hub = Path(torch.hub.get_dir()) / "checkpoints"
-        raise UserError(f"no Inception weights ({INCEPTION_GLOB}) in {hub} and no weights_path given; {_HOW_TO_GET}")
-    if path is not None:
+        raise ConfigError("weights_path is only used by the Inception extractors; drop it or use "
+                          "extractor=fid_inception / inception")  # fmt: skip
+    if name == "auto" and weights_path is not None:
+        path = Path(weights_path).expanduser()
+        if not path.is_file():
+            raise UserError(f"weights file {path} not found; {_HOW_TO_GET_FID}")
+        name = "fid_inception" if _is_fid_inception_file(path) else "inception"
+    elif name == "auto":
+        name = ("fid_inception" if find_fid_inception_weights() is not None else
+                "inception" if find_inception_weights() is not None else "random")  # fmt: skip
+    if name == "fid_inception":
+        path = weights_path if weights_path is not None else find_fid_inception_weights()
+        if path is None:
+            files = " or ".join(FID_WEIGHTS_FILES)
+            raise UserError(f"no FID Inception weights ({files}) in {_hub_checkpoints()} and no weights "
+                            f"given; {_HOW_TO_GET_FID}")  # fmt: skip
+        return FIDInceptionFeatures(path), FID_INCEPTION
+    if name == "inception":
+        path = weights_path if weights_path is not None else find_inception_weights()
+        if path is None:
+            raise UserError(f"no Inception weights ({INCEPTION_GLOB}) in {_hub_checkpoints()} and no weights_path "
+                            f"given; {_HOW_TO_GET}")  # fmt: skip
         return InceptionFeatures(path), "inception_v3_torchvision"
     extractor = RandomConvFeatures()
     return extractor, f"random_conv_seed{extractor.seed}_w{extractor.width}"
+
+
+def comparable_with_papers(extractor_name: str) -> bool:
+    """Whether FID / KID on this extractor (a short name from :func:`build_extractor`) can be compared with
+    published numbers: only on the FID Inception."""
+    return extractor_name == FID_INCEPTION
+
+
+def not_comparable_warning(extractor_name: str) -> str | None:
+    """The one-line warning for numbers on an extractor other than the FID Inception (None for it)."""
+    if comparable_with_papers(extractor_name):
+        return None
+    return (f"FID / KID on extractor {extractor_name} are not comparable with published FIDs (those use the FID "
+            f"Inception: extractor=fid_inception, with {FID_WEIGHTS_FILES[0]} in {_hub_checkpoints()} or "
+            "weights=PATH; see docs/translation.md, Metrics)")  # fmt: skip
 
 
 # ------------------------------------------------------------------------------------------- extraction

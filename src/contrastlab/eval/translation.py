@@ -6,6 +6,7 @@ generator)."""
 from __future__ import annotations
 
 import os
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
@@ -17,7 +18,14 @@ from ..fields import option
 from ..files import atomic_save
 from ..methods.contract import translates
 from ..nn.generators import to_signed, to_unit, translate
-from .image_metrics import RandomConvFeatures, build_extractor, extract, translation_scores
+from .image_metrics import (
+    RandomConvFeatures,
+    build_extractor,
+    comparable_with_papers,
+    extract,
+    not_comparable_warning,
+    translation_scores,
+)
 
 DIRECTIONS = {"AtoB": ("A", "B"), "BtoA": ("B", "A")}
 
@@ -26,8 +34,10 @@ DIRECTIONS = {"AtoB": ("A", "B"), "BtoA": ("B", "A")}
 class TranslationOptions:
     """The options of ``contrastlab eval translation RUN [key=value ...]`` (each with its range)."""
 
-    extractor: Literal["auto", "inception", "random"] = "auto"  # image_metrics.EXTRACTORS
-    weights: str = ""  # the inception extractor's weights file ("": look in the torch hub cache)
+    # image_metrics.EXTRACTORS: fid_inception (the FID papers' TF-Inception, comparable with them), inception
+    # (torchvision's), random; auto: the first of these whose weights file exists (random needs none)
+    extractor: Literal["auto", "fid_inception", "inception", "random"] = "auto"
+    weights: str = ""  # an Inception extractor's weights file ("": look in $TORCH_HOME/hub/checkpoints)
     direction: Literal["AtoB", "BtoA", "both"] = "both"
     device: str = "auto"
     batch_size: int = option(64, ge=1)
@@ -112,14 +122,21 @@ def evaluate_translation(method, test_set, extractor: str = "auto", weights: str
                          device="cpu", batch_size: int = 64, max_images: int = 0, train_set=None) -> dict:  # fmt: skip
     """FID and KID of translated test images against the real test images of the output domain,
     and of the untranslated inputs against the same images (the baseline a translation must beat);
-    with labelled domains (``train_set`` given and labelled), the content scores too."""
+    with labelled domains (``train_set`` given and labelled), the content scores too.
+
+    The result names the extractor (``extractor``) and says whether its numbers are
+    ``comparable_with_papers`` (only on the FID Inception); on any other extractor a warning line
+    saying so goes to stderr."""
 
     nets = _directions(method, direction)
     if test_set is None:
         raise UserError("the run's data has no test split (testA / testB) to evaluate on")
     feat_net, feat_name = build_extractor(extractor, weights or None)
     feat_net = feat_net.to(device)
-    result = {"extractor": feat_name}
+    result = {"extractor": feat_name, "comparable_with_papers": comparable_with_papers(feat_name)}
+    warning = not_comparable_warning(feat_name)
+    if warning:
+        print(f"contrastlab: warning: {warning}", file=sys.stderr)
     for name, net in nets.items():
         src, dst = DIRECTIONS[name]
         x_src, x_dst = test_set.domain_images(src, max_images), test_set.domain_images(dst, max_images)
