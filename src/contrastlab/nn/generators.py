@@ -54,7 +54,10 @@ class ResnetGenerator(nn.Module):
     downsampling's InstanceNorm output, residual blocks 2 and 6. With antialias (32 modules,
     the official networks) they are: the padded input (3, H+6, W+6); the first stride-1 conv
     (2 ngf, H, W); the second stride-1 conv (4 ngf, H/2, W/2); residual blocks 0 and 4
-    (4 ngf, H/4, W/4) -- DCLGAN's 4, 8, 12, 16.
+    (4 ngf, H/4, W/4) -- DCLGAN's 4, 8, 12, 16. (The official networks use in-place ReLUs:
+    without anti-aliasing their layer 8, an InstanceNorm output, is overwritten by the ReLU after
+    it, so there it is ReLU(IN); here it stays the IN output. With anti-aliasing none of the
+    official layers is affected.)
 
     ``init_type`` / ``init_gain``: :func:`~contrastlab.nn.init.init_weights` at construction.
     """
