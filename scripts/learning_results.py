@@ -6,7 +6,8 @@
 TABLE is one of: presets (SimCLR and MoCo v2 digits presets: kNN, linear probe, and the
 raw-pixel / random-init baselines), dcl (SimCLR vs DCL vs HCL), mochi (MoCo vs MoCHi),
 sdclr (SimCLR vs SDCLR on the long-tailed scenes), translation (CUT, DCLGAN, SimDCL: FID / KID
-and digit accuracy of the translations).
+and digit accuracy of the translations), dclgan_official (DCLGAN's digits preset vs the official
+DCLGAN's choices at the same steps).
 
 Each run is a real ``contrastlab train`` of a shipped recipe (with the overrides the table names),
 then ``contrastlab eval ...`` on it, in subprocesses; the numbers are read from the JSON lines
@@ -58,6 +59,12 @@ TABLES = {
                     "and digit accuracy of the translations",
                     [("CUT", "cut", []), ("DCLGAN", "dclgan", []), ("SimDCL", "simdcl", [])],
                     [("translation", ["extractor=random"])], [0]),
+    "dclgan_official": ("DCLGAN on the digit domains, the digits preset (library choices) vs the official DCLGAN's choices "
+                        "(dclgan/digits_official) at the same 300 steps: FID / KID (random-feature extractor) and digit "
+                        "accuracy of the translations",
+                        [("DCLGAN preset", "dclgan", ["trainer.max_steps=300"]),
+                         ("DCLGAN official", "dclgan/digits_official", ["trainer.max_steps=300"])],
+                        [("translation", ["extractor=random"])], [0]),
 }  # fmt: skip
 
 

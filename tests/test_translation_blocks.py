@@ -83,17 +83,21 @@ def test_gan_loss_modes_against_hand_formulas():
         ("lsgan", True, False): mean([(x - 1) ** 2 for x in v]),
         ("hinge", True, True): mean([max(0.0, 1 - x) for x in v]),
         ("hinge", False, True): mean([max(0.0, 1 + x) for x in v]),
-        ("hinge", True, False): -mean(v),
+        # the official GANLoss('hinge') for G: -mean(min(D(G) - 1, 0)) (JunlinHan/DCLGAN models/networks.py)
+        ("hinge", True, False): mean([max(0.0, 1 - x) for x in v]),
         ("nonsaturating", True, True): mean([sp(-x) for x in v]),
         ("nonsaturating", False, True): mean([sp(x) for x in v]),
         ("nonsaturating", True, False): mean([sp(-x) for x in v]),
+        ("vanilla", True, True): mean([sp(-x) for x in v]),  # BCE with logits, target 1
+        ("vanilla", False, True): mean([sp(x) for x in v]),  # target 0
+        ("vanilla", True, False): mean([sp(-x) for x in v]),
     }
     for (mode, real, for_d), value in expected.items():
         assert gan_loss(pred, real, mode, for_d).item() == pytest.approx(value, abs=1e-6), (mode, real, for_d)
 
 
 def test_gan_loss_errors():
-    with pytest.raises(ValueError, match="lsgan, hinge, nonsaturating"):
+    with pytest.raises(ValueError, match="lsgan, hinge, nonsaturating, vanilla"):
         gan_loss(torch.zeros(1, 1, 2, 2), True, "wgan", True)
     with pytest.raises(ValueError, match="target_real=True"):
         gan_loss(torch.zeros(1, 1, 2, 2), False, "hinge", False)

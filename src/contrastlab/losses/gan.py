@@ -5,12 +5,13 @@ import torch
 import torch.nn.functional as F
 
 
-GAN_MODES = ("lsgan", "hinge", "nonsaturating")
+GAN_MODES = ("lsgan", "hinge", "nonsaturating", "vanilla")
 
 
 def gan_loss(pred: torch.Tensor, target_real: bool, mode: str, for_discriminator: bool) -> torch.Tensor:
     """Adversarial loss of one discriminator output ``pred`` (a PatchGAN map, any shape), averaged
-    over all its elements.
+    over all its elements, with the formulas of ``GANLoss`` in models/networks.py of
+    taesungp/contrastive-unpaired-translation and JunlinHan/DCLGAN.
 
     Discriminator (``for_discriminator=True``), for D(real) with ``target_real=True`` and D(fake)
     with ``target_real=False``; its full loss is the sum of the two terms (CycleGAN / CUT /
@@ -19,20 +20,21 @@ def gan_loss(pred: torch.Tensor, target_real: bool, mode: str, for_discriminator
         lsgan:          (D(real) - 1)^2          D(fake)^2               (Mao et al., 2017)
         hinge:          relu(1 - D(real))        relu(1 + D(fake))       (Lim & Ye, 2017)
         nonsaturating:  softplus(-D(real))       softplus(D(fake))       (Goodfellow et al., 2014)
+        vanilla:        the same as nonsaturating (the official 'vanilla' is BCE with logits)
 
     Generator (``for_discriminator=False``, ``pred`` = D(G(x)), ``target_real`` must be True):
+    the official code calls the same loss with the "real" target for the generator, so
 
-        lsgan: (D(fake) - 1)^2    hinge: -D(fake)    nonsaturating: softplus(-D(fake))
+        lsgan: (D(fake) - 1)^2    hinge: relu(1 - D(fake))    nonsaturating / vanilla: softplus(-D(fake))
+
+    (DCLGAN's hinge generator loss is -mean(min(D(G(x)) - 1, 0)) = mean(relu(1 - D(G(x)))), not
+    the -mean(D(G(x))) of Lim & Ye and SAGAN: it stops pushing a patch once D scores it >= 1.)
     """
     if mode not in GAN_MODES:
         raise ValueError(f"unknown GAN loss mode {mode!r}; expected one of {', '.join(GAN_MODES)}")
     pred = pred.float()
-    if not for_discriminator:
-        if not target_real:
-            raise ValueError("the generator's GAN loss pushes D(fake) towards real: call it with target_real=True")
-        if mode == "hinge":
-            return -pred.mean()
-        target_real = True  # lsgan and nonsaturating: the generator uses the discriminator's real term
+    if not for_discriminator and not target_real:
+        raise ValueError("the generator's GAN loss pushes D(fake) towards real: call it with target_real=True")
     if mode == "lsgan":
         return ((pred - 1.0) ** 2).mean() if target_real else (pred**2).mean()
     if mode == "hinge":

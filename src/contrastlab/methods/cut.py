@@ -42,14 +42,20 @@ class CUT(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         self.cfg = m = self.Config(**cfg.method)
-        self.G = ResnetGenerator(3, 3, m.ngf, m.n_blocks, m.n_down)
-        self.D = PatchDiscriminator(3, m.ndf, m.n_layers_d)
+        init = {"init_type": m.init_type, "init_gain": m.init_gain}
+        self.G = ResnetGenerator(3, 3, m.ngf, m.n_blocks, m.n_down, antialias=m.antialias, antialias_up=m.antialias_up,
+                                 **init)  # fmt: skip
+        self.D = PatchDiscriminator(3, m.ndf, m.n_layers_d, antialias=m.antialias, **init)
         self.layers = list(m.nce_layers)
-        self.F = PatchSampleHeads(self.G.feature_channels(self.layers), m.head_dim)
+        self.F = PatchSampleHeads(self.G.feature_channels(self.layers), m.head_dim, **init)
         self.pool = ImagePool(m.pool_size)
 
     def configure_optimizers(self, ocfg) -> dict:
-        return {"D": adam(self.D.parameters(), ocfg), "G": adam([*self.G.parameters(), *self.F.parameters()], ocfg)}
+        """D: Adam(D); G: Adam over G and the heads F (the official CUT gives F its own Adam with
+        G's lr and betas, models/cut_model.py: the same updates; ``method.head_lr`` splits them)."""
+        m = self.cfg
+        return {"D": adam(self.D.parameters(), ocfg),
+                "G": adam(self.G.parameters(), ocfg, self.F.parameters(), m.head_lr, m.head_betas)}  # fmt: skip
 
     def nce(self, src, tgt, generator=None):
         m = self.cfg

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from .blur import BlurDownsample
 from .init import init_weights
 
 
@@ -12,23 +13,36 @@ class PatchDiscriminator(nn.Module):
     """PatchGAN discriminator (Isola et al., CVPR 2017), 70x70 receptive field for n_layers=3:
     conv4x4/2 (ndf) + LeakyReLU(0.2); n_layers-1 conv4x4/2 + IN + LeakyReLU, channels doubling
     up to 8*ndf; conv4x4/1 + IN + LeakyReLU; conv4x4/1 to one channel. Returns a (B, 1, h, w)
-    map of real/fake scores, h = H // 2^n_layers - 2 (30x30 for 256 px, 2x2 for 32 px)."""
+    map of real/fake scores, h = H // 2^n_layers - 2 (30x30 for 256 px, 2x2 for 32 px).
 
-    def __init__(self, in_ch: int = 3, ndf: int = 64, n_layers: int = 3):
+    ``antialias`` (CUT's and DCLGAN's default: ``NLayerDiscriminator`` with ``--no_antialias``
+    off, models/networks.py): each stride-2 conv becomes a stride-1 conv followed (after its
+    norm and LeakyReLU) by a :class:`~contrastlab.nn.blur.BlurDownsample`; for H divisible by
+    2^n_layers the output map has the same size. ``init_type`` / ``init_gain``: see
+    :func:`~contrastlab.nn.init.init_weights`."""
+
+    def __init__(self, in_ch: int = 3, ndf: int = 64, n_layers: int = 3, antialias: bool = False,
+                 init_type: str = "normal", init_gain: float = 0.02):  # fmt: skip
         super().__init__()
         if n_layers < 1 or ndf < 1:
             raise ValueError(f"PatchDiscriminator needs n_layers >= 1 and ndf >= 1, got n_layers={n_layers}, ndf={ndf}")
         self.n_layers = n_layers
-        layers = [nn.Conv2d(in_ch, ndf, 4, stride=2, padding=1), nn.LeakyReLU(0.2)]
+        self.antialias = bool(antialias)
+        stride = 1 if antialias else 2
+        layers = [nn.Conv2d(in_ch, ndf, 4, stride=stride, padding=1), nn.LeakyReLU(0.2)]
+        if antialias:
+            layers.append(BlurDownsample(ndf))
         mult = 1
         for n in range(1, n_layers + 1):
             prev, mult = mult, min(2**n, 8)
-            stride = 2 if n < n_layers else 1
-            layers += [nn.Conv2d(ndf * prev, ndf * mult, 4, stride=stride, padding=1),
+            down = n < n_layers
+            layers += [nn.Conv2d(ndf * prev, ndf * mult, 4, stride=2 if down and not antialias else 1, padding=1),
                        nn.InstanceNorm2d(ndf * mult), nn.LeakyReLU(0.2)]  # fmt: skip
+            if down and antialias:
+                layers.append(BlurDownsample(ndf * mult))
         layers.append(nn.Conv2d(ndf * mult, 1, 4, stride=1, padding=1))
         self.model = nn.Sequential(*layers)
-        init_weights(self)
+        init_weights(self, init_gain, init_type)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         smallest = 3 * 2**self.n_layers

@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn as nn
 
+from .blur import BlurDownsample, BlurUpsample
 from .init import init_weights
 
 
@@ -23,53 +24,101 @@ class ResnetBlock(nn.Module):
 
 
 class ResnetGenerator(nn.Module):
-    """ResNet generator of CycleGAN / CUT: c7s1-ngf, n_down stride-2 convs, n_blocks residual
-    blocks, n_down stride-2 transposed convs, c7s1-out_ch, tanh. Instance norm without affine
+    """ResNet generator of CycleGAN / CUT / DCLGAN: c7s1-ngf, n_down downsamplings, n_blocks
+    residual blocks, n_down upsamplings, c7s1-out_ch, tanh. Instance norm without affine
     parameters, ReLU (never in place, so features returned by ``encode`` stay intact).
     Inputs and outputs in [-1, 1]; H and W must be divisible by 2**n_down.
 
+    Downsampling i (to ngf*2^(i+1) channels): a stride-2 conv3x3, IN, ReLU; or, with
+    ``antialias`` (CUT's and DCLGAN's default, ``--no_antialias`` off), a stride-1 conv3x3, IN,
+    ReLU and a :class:`~contrastlab.nn.blur.BlurDownsample` (3x3 binomial blur, reflect padding,
+    stride 2). Upsampling: ConvTranspose2d(3, stride 2), IN, ReLU; or, with ``antialias_up``
+    (their default, ``--no_antialias_up`` off), a :class:`~contrastlab.nn.blur.BlurUpsample`
+    (4x4 binomial filter), a stride-1 conv3x3, IN, ReLU (``ResnetGenerator`` in
+    models/networks.py of taesungp/contrastive-unpaired-translation and JunlinHan/DCLGAN).
+
     All layers sit in one flat ``nn.Sequential`` ``self.model``; ``encode(x, layers)`` returns
-    the output of module ``self.model[i]`` for each listed i (as CUT's ``nce_layers``). With
-    D = n_down and N = n_blocks the indices are:
+    the output of module ``self.model[i]`` for each listed i (as CUT's ``nce_layers``, which
+    count the same modules). With D = n_down, N = n_blocks, d = 3 per downsampling (4 with
+    antialias) and u = 3 per upsampling (4 with antialias_up), the indices are:
 
         0              ReflectionPad2d(3): the padded input image (in_ch, H+6, W+6)
         1, 2, 3        conv7x7 (ngf), InstanceNorm, ReLU
-        4+3i, 5+3i, 6+3i  downsampling i = 0..D-1: stride-2 conv3x3 (ngf*2^(i+1)), IN, ReLU
-        4+3D+j         residual block j = 0..N-1 (ngf*2^D channels, H/2^D)
-        4+3D+N+3i ..   upsampling i = 0..D-1: ConvTranspose2d, IN, ReLU
+        4+d*i ..       downsampling i = 0..D-1: conv3x3 (ngf*2^(i+1)), IN, ReLU [, BlurDownsample]
+        4+d*D+j        residual block j = 0..N-1 (ngf*2^D channels, H/2^D)
+        4+d*D+N+u*i .. upsampling i = 0..D-1: [BlurUpsample,] conv (ngf*2^(D-i-1)), IN, ReLU
         last 3         ReflectionPad2d(3), conv7x7 (out_ch), Tanh
 
-    For the defaults (D=2, N=9; 28 modules) CUT's layers 0, 4, 8, 12, 16 are: the padded
-    input, the first stride-2 conv's output (before its norm), the second downsampling's
-    InstanceNorm output, residual blocks 2 and 6. (CUT's default anti-aliased generator has
-    four modules per downsampling, so there the same indices name slightly different features.)
+    For D=2, N=9 without anti-aliasing (28 modules) CUT's layers 0, 4, 8, 12, 16 are: the
+    padded input, the first stride-2 conv's output (before its norm), the second
+    downsampling's InstanceNorm output, residual blocks 2 and 6. With antialias (32 modules,
+    the official networks) they are: the padded input (3, H+6, W+6); the first stride-1 conv
+    (2 ngf, H, W); the second stride-1 conv (4 ngf, H/2, W/2); residual blocks 0 and 4
+    (4 ngf, H/4, W/4) -- DCLGAN's 4, 8, 12, 16. (The official networks use in-place ReLUs:
+    without anti-aliasing their layer 8, an InstanceNorm output, is overwritten by the ReLU after
+    it, so there it is ReLU(IN); here it stays the IN output. With anti-aliasing none of the
+    official layers is affected.)
+
+    ``init_type`` / ``init_gain``: :func:`~contrastlab.nn.init.init_weights` at construction.
     """
 
-    def __init__(self, in_ch: int = 3, out_ch: int = 3, ngf: int = 64, n_blocks: int = 9, n_down: int = 2):
+    def __init__(self, in_ch: int = 3, out_ch: int = 3, ngf: int = 64, n_blocks: int = 9, n_down: int = 2,
+                 antialias: bool = False, antialias_up: bool = False, init_type: str = "normal",
+                 init_gain: float = 0.02):  # fmt: skip
         super().__init__()
         if min(in_ch, out_ch, ngf) < 1 or n_blocks < 0 or n_down < 0:
             got = f"in_ch={in_ch}, out_ch={out_ch}, ngf={ngf}, n_blocks={n_blocks}, n_down={n_down}"
             raise ValueError(f"ResnetGenerator needs positive channels and n_blocks, n_down >= 0, got {got}")
         self.n_down = n_down
+        self.antialias, self.antialias_up = bool(antialias), bool(antialias_up)
         layers = [nn.ReflectionPad2d(3), nn.Conv2d(in_ch, ngf, 7), nn.InstanceNorm2d(ngf), nn.ReLU()]
         channels = [in_ch, ngf, ngf, ngf]
         ch = ngf
         for _ in range(n_down):
-            layers += [nn.Conv2d(ch, 2 * ch, 3, stride=2, padding=1), nn.InstanceNorm2d(2 * ch), nn.ReLU()]
+            if antialias:
+                layers += [nn.Conv2d(ch, 2 * ch, 3, padding=1), nn.InstanceNorm2d(2 * ch), nn.ReLU(),
+                           BlurDownsample(2 * ch)]  # fmt: skip
+            else:
+                layers += [nn.Conv2d(ch, 2 * ch, 3, stride=2, padding=1), nn.InstanceNorm2d(2 * ch), nn.ReLU()]
             ch *= 2
-            channels += [ch] * 3
+            channels += [ch] * (4 if antialias else 3)
         layers += [ResnetBlock(ch) for _ in range(n_blocks)]
         channels += [ch] * n_blocks
         for _ in range(n_down):
-            layers += [nn.ConvTranspose2d(ch, ch // 2, 3, stride=2, padding=1, output_padding=1),
-                       nn.InstanceNorm2d(ch // 2), nn.ReLU()]  # fmt: skip
+            if antialias_up:
+                layers += [BlurUpsample(ch), nn.Conv2d(ch, ch // 2, 3, padding=1), nn.InstanceNorm2d(ch // 2), nn.ReLU()]
+                channels += [ch] + [ch // 2] * 3
+            else:
+                layers += [nn.ConvTranspose2d(ch, ch // 2, 3, stride=2, padding=1, output_padding=1),
+                           nn.InstanceNorm2d(ch // 2), nn.ReLU()]  # fmt: skip
+                channels += [ch // 2] * 3
             ch //= 2
-            channels += [ch] * 3
         layers += [nn.ReflectionPad2d(3), nn.Conv2d(ch, out_ch, 7), nn.Tanh()]
         channels += [ch, out_ch, out_ch]
         self.model = nn.Sequential(*layers)
         self._channels = channels
-        init_weights(self)
+        init_weights(self, init_gain, init_type)
+
+    @staticmethod
+    def layout(n_down: int, n_blocks: int, antialias: bool = False, antialias_up: bool = False) -> tuple[int, int]:
+        """(number of modules of ``self.model``, index of the last residual block) of the
+        generator these options build, without building it."""
+        d, u = (4 if antialias else 3), (4 if antialias_up else 3)
+        return 4 + d * n_down + n_blocks + u * n_down + 3, 3 + d * n_down + n_blocks
+
+    @staticmethod
+    def spatial_sizes(size: int, n_down: int, n_blocks: int, antialias: bool = False, antialias_up: bool = False) -> list[int]:
+        """The side of the output of each module of ``self.model`` for a ``size`` x ``size``
+        input (a stride-2 conv and a blur downsampling both take s to ceil(s / 2))."""
+        out, s = [size + 6, size, size, size], size
+        for _ in range(n_down):
+            out += [s] * 3 + [-(-s // 2)] if antialias else [-(-s // 2)] * 3
+            s = -(-s // 2)
+        out += [s] * n_blocks
+        for _ in range(n_down):
+            s *= 2
+            out += [s] * (4 if antialias_up else 3)
+        return out + [s + 6, s, s]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         f = 2**self.n_down

@@ -20,9 +20,11 @@ class PatchSampleHeads(nn.Module):
     or P >= H*W takes all H*W positions in raster order. With ``patch_ids`` (the list a
     previous call returned) it takes exactly those positions, so that queries and keys come
     from the same locations. Returns (list of (B, P, dim) embeddings, list of (P,) id tensors).
+    ``init_type`` / ``init_gain``: see :func:`~contrastlab.nn.init.init_weights`.
     """
 
-    def __init__(self, in_channels: list[int], dim: int = 256, use_mlp: bool = True):
+    def __init__(self, in_channels: list[int], dim: int = 256, use_mlp: bool = True, init_type: str = "normal",
+                 init_gain: float = 0.02):  # fmt: skip
         super().__init__()
         self.in_channels = [int(c) for c in in_channels]
         self.use_mlp = use_mlp
@@ -32,7 +34,7 @@ class PatchSampleHeads(nn.Module):
         else:
             self.mlps = nn.ModuleList(nn.Identity() for _ in self.in_channels)
         self.out_dims = [dim if use_mlp else c for c in self.in_channels]
-        init_weights(self)
+        init_weights(self, init_gain, init_type)
 
     @staticmethod
     def _draw_ids(n: int, num_patches: int, generator: torch.Generator | None, device) -> torch.Tensor:
@@ -64,3 +66,35 @@ class PatchSampleHeads(nn.Module):
             out.append(F.normalize(mlp(flat[:, ids, :]), dim=2))
             ids_out.append(ids)
         return out, ids_out
+
+
+class PatchStackHead(nn.Module):
+    """SimDCL's mapping network (``MappingF`` in models/networks.py of JunlinHan/DCLGAN): it reads
+    the patch embeddings of one image at all its L PatchNCE layers (each (P, d): P patches of a
+    d-dim head output) stacked as one L-channel "image" of P rows and d columns, and maps them
+    to one L2-normalised ``dim`` vector:
+
+        conv3x3 (L -> dim, stride 2, no padding), ReLU, global average pool,
+        Linear(dim, dim), ReLU, Linear(dim, dim),  x / (|x|_2 + 1e-7)
+
+    ``forward(embeddings)``: a list of L tensors (B, P, d) (every layer the same P and d) ->
+    (B, dim). The official code stacks the embeddings of its one image (batch 1); here each image
+    of a batch is its own stack. ``init_type`` / ``init_gain``: see :func:`init_weights`."""
+
+    def __init__(self, n_layers: int, dim: int = 64, init_type: str = "normal", init_gain: float = 0.02):
+        super().__init__()
+        self.n_layers, self.dim = int(n_layers), int(dim)
+        self.conv = nn.Conv2d(self.n_layers, self.dim, 3, stride=2)
+        self.mlp = nn.Sequential(nn.Linear(self.dim, self.dim), nn.ReLU(), nn.Linear(self.dim, self.dim))
+        init_weights(self, init_gain, init_type)
+
+    def forward(self, embeddings: list[torch.Tensor]) -> torch.Tensor:
+        if len(embeddings) != self.n_layers:
+            raise ValueError(f"PatchStackHead was built for {self.n_layers} layers, got {len(embeddings)} embeddings")
+        shapes = {tuple(e.shape) for e in embeddings}
+        if len(shapes) != 1 or len(next(iter(shapes))) != 3 or min(next(iter(shapes))[1:]) < 3:
+            raise ValueError(f"PatchStackHead needs (B, P, d) embeddings of one shape with P, d >= 3, "
+                             f"got {sorted(shapes)}")  # fmt: skip
+        x = torch.stack(embeddings, dim=1)  # (B, L, P, d)
+        x = self.mlp(F.relu(self.conv(x)).mean(dim=(2, 3)))
+        return x / (x.norm(dim=1, keepdim=True) + 1e-7)
