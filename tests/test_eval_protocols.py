@@ -167,6 +167,35 @@ def test_crops_differ_between_epochs_and_are_seeded():
     assert torch.equal(r["weight"], r2["weight"]) and torch.equal(r["bias"], r2["bias"])
     other, _ = probe(1)
     assert not torch.allclose(other[0].sum(0), e1, atol=1e-3)
+    # one image eight times: the batch order cannot matter, so epoch 2's batch differs from
+    # epoch 1's only if the crops are drawn anew (one generator stream, not reseeded per epoch)
+    ds = TensorImageSet(_images(1, size=12).expand(8, -1, -1, -1).contiguous(), {"y": labels})
+    seen, _ = probe(0)
+    assert not torch.allclose(seen[0], seen[1], atol=1e-3)
+
+
+def test_image_files_give_the_probe_of_the_same_images_in_memory(tmp_path):
+    """The file path (a DataLoader over decoded files) trains the same layer as the tensor path."""
+    from PIL import Image
+
+    from contrastlab.data.files import FileImageSet
+
+    images, labels = _images(6, size=8, seed=4), torch.tensor([0, 1, 0, 1, 0, 1])
+    paths = []
+    for i, im in enumerate(images):
+        paths.append(str(tmp_path / f"{i}.png"))
+        Image.fromarray(im.permute(1, 2, 0).numpy()).save(paths[-1])
+    files = FileImageSet(paths, {"y": labels}, {"y": ["a", "b"]}, image_size=8)
+    tensors = TensorImageSet(torch.stack([files[i][0] for i in range(6)]), {"y": labels})
+    assert torch.equal(tensors.images, images)  # PNG is lossless, 8 px stays 8 px
+    p = ls.resolve(ls.LinearSgdOptions(preset="dcl", epochs=2, batch_size=4))
+    out = []
+    for ds in (files, tensors):
+        torch.manual_seed(0)
+        enc = _Tiny()
+        r = ls.train_linear_on_crops(enc, ds, torch.arange(6), labels, 2, p, seed=3, device="cpu")
+        out.append((r["weight"], ls.view_features(enc, ds, torch.arange(6), 0.75, device="cpu")))
+    assert torch.equal(out[0][0], out[1][0]) and torch.equal(out[0][1], out[1][1])
 
 
 def test_pad_crop_flip_is_a_padded_crop_and_mirror():
@@ -354,6 +383,16 @@ def test_label_fraction_in_both_probes(run_dir, capsys):
     r, _ = _last_json(capsys)
     counts = [int((y == c).sum()) for c in range(10)]
     assert r["n_probe"] == sum(_quotas_loop(counts, 1, 20)) and r["variant"] == "fraction0.05"
+    # the probe is the one trained on exactly those rows (L-BFGS is deterministic)
+    from contrastlab.eval.linear import linear_probe
+    from contrastlab.eval.run import probe_features
+
+    _, method, _ = load_run(str(run_dir), [])
+    opts = type("O", (), {"label": None, "features": "model", "device": "cpu", "batch_size": 512})()
+    _, _, _, ftr, fte, ytr, yte, n = probe_features(cfg, method, opts)
+    sub = fraction_subset(ytr, 0.05, seed=2, n_classes=10)
+    direct = linear_probe(ftr[sub], ytr[sub], fte, yte, n, epochs=5, device="cpu")
+    assert (r["top1"], r["train_top1"]) == (direct["top1"], direct["train_top1"])
     assert main(["eval", "linear_sgd", str(run_dir), "preset=sdclr_fewshot", "epochs=2", "label_fraction=0.05",
                  "lr=0.3", "val_every=1"]) == 0  # fmt: skip
     r, _ = _last_json(capsys)
