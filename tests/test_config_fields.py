@@ -19,11 +19,12 @@ from contrastlab.cli import main
 from contrastlab.config import Config, ConfigError, build_dataclass, load_config, resume_differences, to_dict
 from contrastlab.eval.knn import KnnOptions
 from contrastlab.eval.linear import LinearOptions
+from contrastlab.eval.linear_sgd import LinearSgdOptions
 from contrastlab.eval.translation import TranslateOptions, TranslationOptions
 from contrastlab.methods import REGISTRY, method_config_class
 
-EVAL_OPTIONS = {"eval knn": KnnOptions, "eval linear": LinearOptions, "eval translation": TranslationOptions,
-                "translate": TranslateOptions}  # fmt: skip
+EVAL_OPTIONS = {"eval knn": KnnOptions, "eval linear": LinearOptions, "eval linear_sgd": LinearSgdOptions,
+                "eval translation": TranslationOptions, "translate": TranslateOptions}  # fmt: skip
 
 
 def _leaves():

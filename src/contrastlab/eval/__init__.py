@@ -24,6 +24,7 @@ from ..errors import ConfigError
 PROTOCOLS = {
     "knn": "contrastlab.eval.knn",
     "linear": "contrastlab.eval.linear",
+    "linear_sgd": "contrastlab.eval.linear_sgd",
     "translation": "contrastlab.eval.translation",
 }
 
@@ -72,6 +73,10 @@ _LAZY = {  # the functions of the protocols, importable from here (imported on f
     "LinearClassifier": "contrastlab.eval.linear",
     "per_class_accuracy": "contrastlab.eval.linear",
     "long_tail_groups": "contrastlab.eval.linear",
+    "fraction_subset": "contrastlab.eval.labels",
+    "holdout_split": "contrastlab.eval.labels",
+    "read_class_counts": "contrastlab.eval.labels",
+    "train_linear_on_crops": "contrastlab.eval.linear_sgd",
 }
 
 
@@ -94,4 +99,8 @@ __all__ = [
     "LinearClassifier",
     "per_class_accuracy",
     "long_tail_groups",
+    "fraction_subset",
+    "holdout_split",
+    "read_class_counts",
+    "train_linear_on_crops",
 ]

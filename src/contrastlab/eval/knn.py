@@ -1,10 +1,17 @@
-"""kNN: weighted k-nearest-neighbour classification on frozen features.
+"""kNN: weighted k-nearest-neighbour classification on frozen features (InstDisc's: k=200 temperature=train).
 
 The classifier is the one of Wu et al. 2018 ("Unsupervised Feature Learning via
 Non-Parametric Instance Discrimination"), also used by DINO and most SSL papers:
 features are L2-normalised, each test point looks up its ``k`` most cosine-similar
 training points, and each neighbour votes for its own class with weight
 ``exp(sim / temperature)``.  The predicted class is the argmax of the summed votes.
+
+InstDisc's protocol (zhirongw/lemniscate.pytorch: ``main.py`` and ``cifar.py`` call
+``kNN(..., 200, args.nce_t)``, and ``test.py``'s ``kNN`` weighs the ``K`` nearest by
+``yd.div_(sigma).exp_()``: k = 200, the weight ``exp(sim / t)`` with t the training
+temperature), which the MoCo-style kNN monitors reuse, is
+``contrastlab eval knn RUN k=200 temperature=train``: ``temperature=train`` reads the run's
+own ``method.temperature``.
 
 Memory: nothing of size ``N_test x N_train`` is ever built.  Test rows are processed
 ``chunk_size`` at a time and, when ``chunk_size x N_train`` would exceed
@@ -16,7 +23,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Literal, Optional
+from typing import Literal, Optional, Union
 
 import torch
 from torch import Tensor
@@ -27,13 +34,21 @@ from ..nn.neighbours import inverse_norms, topk_neighbours
 __all__ = ["KnnOptions", "Options", "run", "monitor", "knn_predict", "knn_eval", "knn_accuracy"]
 
 
+def _temperature_check(value) -> Optional[str]:
+    """A number (its bound is checked apart) or the word ``train``."""
+    if isinstance(value, str) and value != "train":
+        return "a number > 0 or 'train' (the run's method.temperature)"
+    return None
+
+
 @dataclass
 class KnnOptions:
     """The options of ``contrastlab eval knn RUN [key=value ...]`` (each with its range)."""
 
     label: Optional[str] = None  # the data set's label to classify (default: its default label)
     k: int = option(20, ge=1, doc="neighbours per test image")
-    temperature: float = option(0.1, gt=0)
+    # a number, or "train": the run's training temperature (method.temperature; InstDisc's protocol)
+    temperature: Union[float, str] = option(0.1, gt=0, check=_temperature_check)
     features: Literal["model", "random", "pixels"] = "model"  # random / pixels: baselines
     device: str = "auto"
     batch_size: int = option(512, ge=1)  # images per feature-extraction batch
@@ -184,17 +199,33 @@ Options = KnnOptions
 
 def run(checkpoint: str, opts: KnnOptions, data_overrides=()) -> dict:
     """``contrastlab eval knn RUN``: top-1 / top-5 of the weighted kNN classifier, the training
-    split as the bank, on the model's features or a baseline's (``features=random | pixels``)."""
+    split as the bank, on the model's features or a baseline's (``features=random | pixels``).
+    ``k=200 temperature=train``: InstDisc's protocol (the run's training temperature)."""
     from .run import load_run, probe_features, require_encoder
 
     cfg, method, ckpt = load_run(checkpoint, list(data_overrides))
     require_encoder(cfg, method, checkpoint)
+    temperature, source = train_temperature(cfg, opts.temperature)
     _, _, label, ftr, fte, ytr, yte, n_classes = probe_features(cfg, method, opts)
     keep = ytr >= 0
-    r = knn_eval(ftr[keep], ytr[keep], fte, yte, n_classes, k=opts.k, temperature=opts.temperature)
+    r = knn_eval(ftr[keep], ytr[keep], fte, yte, n_classes, k=opts.k, temperature=temperature)
     return {"protocol": "knn", "checkpoint": str(checkpoint), "step": int(ckpt["step"]), "label": label,
             "features": opts.features, "n_train": len(ftr), "n_test": len(fte),
-            "k": opts.k, "temperature": opts.temperature, **r}  # r's k: the k used, if clamped  # fmt: skip
+            "k": opts.k, "temperature": temperature, **source, **r}  # r's k: the k used, if clamped  # fmt: skip
+
+
+def train_temperature(cfg, temperature) -> tuple[float, dict]:
+    """(the temperature to use, what to add to the result): a number as given; ``"train"``: the
+    run's ``method.temperature`` (one line when its method has none)."""
+    from ..errors import UserError
+
+    if temperature != "train":
+        return float(temperature), {}
+    t = cfg.method.get("temperature")
+    if not isinstance(t, (int, float)) or isinstance(t, bool) or not t > 0:
+        raise UserError(f"temperature=train: the run's method {cfg.method.get('name')!r} has no training temperature "
+                        "(method.temperature); give a number, e.g. temperature=0.1")  # fmt: skip
+    return float(t), {"temperature_from": "method.temperature"}
 
 
 def monitor(method, train_set, test_set, cfg, device, run_dir=None, step=None) -> dict:

@@ -1,4 +1,4 @@
-"""Linear: a linear probe on frozen features, and long-tail summaries of per-class accuracy.
+"""Linear: an L-BFGS probe on frozen features, long-tail groups (class_counts=train|FILE), few-shot (label_fraction).
 
 Default optimiser: full-batch L-BFGS (strong-Wolfe line search) on the
 cross-entropy plus ``weight_decay / 2 * ||W||^2``.  The problem is convex, so this
@@ -21,7 +21,8 @@ from torch import Tensor
 
 from ..fields import option
 
-__all__ = ["LinearOptions", "Options", "run", "LinearClassifier", "linear_probe", "per_class_accuracy", "long_tail_groups"]
+__all__ = ["LinearOptions", "Options", "run", "LinearClassifier", "linear_probe", "per_class_accuracy", "long_tail_groups",
+           "group_counts", "groups_result", "probe_config", "run_train_labels"]
 
 
 @dataclass
@@ -36,6 +37,11 @@ class LinearOptions:
     batch_size: int = option(512, ge=1)  # images per feature-extraction batch
     groups: Literal["thirds", "imagenet"] = "thirds"  # long-tail groups (see long_tail_groups)
     probe_data: Literal["balanced", "pretrain"] = "balanced"  # long-tailed runs: the set the probe is trained on
+    # few-shot: the probe trains on a class-stratified, seeded fraction of the training labels
+    label_fraction: float = option(1.0, gt=0, le=1, doc="the share of the training labels the probe uses")
+    subset_seed: int = option(0, ge=0)  # draws the label_fraction subset
+    # long-tail groups by per-class training counts: "train" (the run's training set) or a list file
+    class_counts: Optional[str] = None  # default: groups only for a long-tailed run, by its pre-training counts
 
 # Rows per chunk are chosen so that a logits block holds at most this many values.
 _MAX_LOGIT_ELEMS = 1 << 24
@@ -251,8 +257,15 @@ def long_tail_groups(per_class_acc, train_counts, scheme: str = "thirds") -> dic
 
     Returns:
         ``{"many", "medium", "few"}`` mean accuracies (NaN for an empty group),
-        ``"mean"`` and ``"std"`` (population std, ddof=0) over all classes, and
+        ``"mean"`` and ``"std"`` (population std, ddof=0) over all classes,
+        ``"group_std"``: the population std of the three group means (NaN when a group is
+        empty), the balancedness SDCLR reports beside the per-class std, and
         ``"n_many"``, ``"n_medium"``, ``"n_few"`` (number of classes per group).
+
+    SDCLR's ``exp_analyse.py`` (VITA-Group/SDCLR): ``np.std(classWiseAcc)`` and
+    ``np.std([majorAcc, moderateAcc, minorAcc])``, both ddof=0; its thirds take
+    ``argsort(counts)`` and give the extra classes to the many-shot group, which is this
+    split when the number of classes is a multiple of 3 or one more (10, 100, 1000 classes).
     """
     acc = np.asarray([float(a) for a in per_class_acc], dtype=np.float64)
     counts = np.asarray(train_counts.tolist() if isinstance(train_counts, Tensor) else train_counts, dtype=np.float64)
@@ -276,12 +289,14 @@ def long_tail_groups(per_class_acc, train_counts, scheme: str = "thirds") -> dic
         return float(vals.mean()) if vals.size else math.nan
 
     valid = acc[~np.isnan(acc)]
+    means = [mean(many), mean(medium), mean(few)]
     return {
-        "many": mean(many),
-        "medium": mean(medium),
-        "few": mean(few),
+        "many": means[0],
+        "medium": means[1],
+        "few": means[2],
         "mean": float(valid.mean()) if valid.size else math.nan,
         "std": float(valid.std()) if valid.size else math.nan,
+        "group_std": math.nan if any(math.isnan(m) for m in means) else float(np.std(means)),
         "n_many": int(len(many)),
         "n_medium": int(len(medium)),
         "n_few": int(len(few)),
@@ -291,34 +306,88 @@ def long_tail_groups(per_class_acc, train_counts, scheme: str = "thirds") -> dic
 Options = LinearOptions
 
 
+def run_train_labels(cfg, label: str | None):
+    """Labels ``label`` (default: the set's default label) of the run's own training set: the
+    pre-training set, long-tailed when the run's ``data.long_tail_ratio`` is set."""
+    from ..data import build_datasets
+    from ..errors import UserError
+
+    train, _ = build_datasets(cfg.data)
+    label = label or train.default_label
+    if label not in train.labels:
+        raise UserError(f"label={label!r} is not a label of {cfg.data.name}; available: {', '.join(train.labels)}")
+    return train.labels[label]
+
+
+def group_counts(spec: str | None, train_labels, long_tailed: bool, n_classes: int):
+    """(per-class counts, where from) that the long-tail groups use, or (None, None) for none:
+    ``spec`` a list file (:func:`contrastlab.eval.labels.read_class_counts`), ``"train"`` the
+    counts of the run's training set ``train_labels``, None: those counts for a long-tailed run
+    only."""
+    from .labels import class_counts, read_class_counts
+
+    if spec not in (None, "train"):
+        return read_class_counts(spec, n_classes), spec
+    if spec == "train" or long_tailed:
+        return class_counts(train_labels, n_classes), "train"
+    return None, None
+
+
+def probe_config(cfg, opts):
+    """(cfg whose data the probe reads, the run's training labels or None, long-tailed?): a
+    long-tailed run is probed on the balanced set unless ``probe_data=pretrain``; the training
+    labels are read when groups need them (a long-tailed run, ``class_counts=train``)."""
+    import dataclasses
+
+    long_tailed = cfg.data.long_tail_ratio is not None
+    train_labels = None
+    if long_tailed or opts.class_counts == "train":
+        train_labels = run_train_labels(cfg, opts.label)
+    if long_tailed and opts.probe_data == "balanced":
+        cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, long_tail_ratio=None))
+    return cfg, train_labels, long_tailed
+
+
+def groups_result(opts, train_labels, long_tailed: bool, n_classes: int, per_class_acc) -> dict:
+    """The long-tail part of a linear protocol's result (empty when no groups apply)."""
+    out = {}
+    if long_tailed:
+        out["probe_data"] = opts.probe_data
+        out["pretrain_class_counts"] = [int((train_labels == c).sum()) for c in range(n_classes)]
+    counts, source = group_counts(opts.class_counts, train_labels, long_tailed, n_classes)
+    if counts is not None:
+        out.update({"class_counts": counts, "class_counts_from": source})
+        out.update(long_tail_groups(per_class_acc, counts, scheme=opts.groups))
+    return out
+
+
 def run(checkpoint: str, opts: LinearOptions, data_overrides=()) -> dict:
     """``contrastlab eval linear RUN``: a linear classifier trained on the frozen features of the
     training split, its top-1 / top-5 and per-class accuracy on the test split. A run
     pre-trained on a long-tailed set (SDCLR's protocol) also gets groups by its pre-training
     class counts, with the probe trained on the balanced set (``probe_data=balanced``) or on the
-    long-tailed one (``pretrain``)."""
-    import dataclasses
-
-    from ..data import build_datasets
+    long-tailed one (``pretrain``); ``class_counts=train`` (the run's training set) or
+    ``class_counts=FILE`` (one count per class) gives groups for any labelled data set.
+    ``label_fraction=0.01 subset_seed=0``: the probe trains on a class-stratified 1% of the
+    training labels, at least one per class (SDCLR's few-shot setting, with L-BFGS in place of
+    its SGD schedule: ``eval linear_sgd preset=sdclr_fewshot`` has that)."""
+    from .labels import fraction_subset
     from .run import device, load_run, probe_features, require_encoder
 
     cfg, method, ckpt = load_run(checkpoint, list(data_overrides))
     require_encoder(cfg, method, checkpoint)
-    lt_counts = None
-    if cfg.data.long_tail_ratio is not None:
-        lt_train, _ = build_datasets(cfg.data)
-        lt_counts = lt_train.labels[opts.label or lt_train.default_label]
-        if opts.probe_data == "balanced":
-            cfg = dataclasses.replace(cfg, data=dataclasses.replace(cfg.data, long_tail_ratio=None))
+    cfg, train_labels, long_tailed = probe_config(cfg, opts)
     _, _, label, ftr, fte, ytr, yte, n_classes = probe_features(cfg, method, opts)
     result = {"protocol": "linear", "checkpoint": str(checkpoint), "step": int(ckpt["step"]), "label": label,
               "features": opts.features, "n_train": len(ftr), "n_test": len(fte)}  # fmt: skip
+    if opts.label_fraction < 1:
+        rows = fraction_subset(ytr, opts.label_fraction, opts.subset_seed, n_classes)
+        ftr, ytr = ftr[rows], ytr[rows]
+        result.update({"variant": f"fraction{opts.label_fraction:g}", "label_fraction": opts.label_fraction,
+                       "subset_seed": opts.subset_seed, "n_probe": len(rows)})  # fmt: skip
     r = linear_probe(ftr, ytr, fte, yte, n_classes, epochs=opts.epochs, weight_decay=opts.weight_decay,
                      device=device(opts.device))  # fmt: skip
     result.update({k: r[k] for k in ("top1", "top5", "train_top1") if k in r})
-    if lt_counts is not None:
-        counts = [int((lt_counts == c).sum()) for c in range(n_classes)]
-        result.update({"probe_data": opts.probe_data, "pretrain_class_counts": counts})
-        result.update(long_tail_groups(r["per_class_acc"], counts, scheme=opts.groups))
+    result.update(groups_result(opts, train_labels, long_tailed, n_classes, r["per_class_acc"]))
     result["per_class_acc"] = [round(float(a), 4) for a in r["per_class_acc"]]
     return result

@@ -43,14 +43,11 @@ def device(name: str) -> torch.device:
     return torch.device(name)
 
 
-def probe_features(cfg, method, opts):
-    """Features of train and test for a protocol on frozen features: the model's, a random-init
-    model's of the same architecture, or raw pixels (the baselines). ``opts`` has ``label``,
-    ``features``, ``device`` and ``batch_size``. Returns (train, test, label, train features,
-    test features, train labels, test labels, number of classes)."""
+def probe_sets(cfg, opts):
+    """The data a protocol probes: (train, test, label, number of classes) of the run's data set,
+    with one-line errors for a set without a test split, an unknown label or features kind.
+    ``opts`` has ``label`` and ``features``."""
     from ..data import build_datasets
-    from ..methods import build_method
-    from .features import feature_bank
 
     train, test = build_datasets(cfg.data)
     if test is None:
@@ -60,19 +57,40 @@ def probe_features(cfg, method, opts):
         raise UserError(f"label={label!r} is not a label of {cfg.data.name}; available: {', '.join(train.labels)}")
     if opts.features not in FEATURE_KINDS:
         raise ConfigError(f"features must be one of {', '.join(FEATURE_KINDS)}, got {opts.features!r}")
-    dev = device(opts.device)
-    if opts.features == "pixels":
+    ytr = train.labels[label]
+    n_classes = len(train.classes.get(label, [])) or int(ytr.max()) + 1
+    return train, test, label, n_classes
+
+
+def probe_encoder(cfg, method, features: str, dev):
+    """The network whose features are probed, on ``dev``: the run's encoder (``model``), a
+    random-init encoder of the same architecture (``random``, seeded with ``cfg.seed + 1``) or
+    the flattened pixels (``pixels``); it has ``out_dim``."""
+    from ..methods import build_method
+
+    if features == "pixels":
         encoder = torch.nn.Flatten()
         encoder.out_dim = 3 * cfg.data.image_size**2
-    else:
-        if opts.features == "random":
-            torch.manual_seed(cfg.seed + 1)
-            method = build_method(cfg)
-        encoder = method.encoder.to(dev)
+        return encoder
+    if features == "random":
+        torch.manual_seed(cfg.seed + 1)
+        method = build_method(cfg)
+    return method.encoder.to(dev)
+
+
+def probe_features(cfg, method, opts):
+    """Features of train and test for a protocol on frozen features: the model's, a random-init
+    model's of the same architecture, or raw pixels (the baselines). ``opts`` has ``label``,
+    ``features``, ``device`` and ``batch_size``. Returns (train, test, label, train features,
+    test features, train labels, test labels, number of classes)."""
+    from .features import feature_bank
+
+    train, test, label, n_classes = probe_sets(cfg, opts)
+    dev = device(opts.device)
+    encoder = probe_encoder(cfg, method, opts.features, dev)
     ftr, _ = feature_bank(encoder, train, device=dev, batch_size=opts.batch_size)
     fte, _ = feature_bank(encoder, test, device=dev, batch_size=opts.batch_size)
     ytr, yte = train.labels[label], test.labels[label]
-    n_classes = len(train.classes.get(label, [])) or int(ytr.max()) + 1
     return train, test, label, ftr, fte, ytr, yte, n_classes
 
 
@@ -86,7 +104,8 @@ def require_encoder(cfg, method, checkpoint) -> None:
 
 
 def write_eval(checkpoint, protocol: str, result: dict) -> None:
-    """Keep a result next to the run (``eval.json``, one entry per protocol / label / features).
+    """Keep a result next to the run (``eval.json``, one entry per protocol / label / features,
+    and per ``variant`` when the result names one).
     A write error is a warning: the result is still printed."""
     from ..files import atomic_write
 
@@ -97,7 +116,10 @@ def write_eval(checkpoint, protocol: str, result: dict) -> None:
         data = json.loads(path.read_text()) if path.exists() else {}
     except (json.JSONDecodeError, OSError):
         data = {}
-    data[f"{protocol}/{result.get('label', '')}/{result.get('features', '')}"] = result
+    key = f"{protocol}/{result.get('label', '')}/{result.get('features', '')}"
+    if result.get("variant"):  # e.g. a preset or a label fraction: kept beside the default result
+        key += f"/{result['variant']}"
+    data[key] = result
     try:
         atomic_write(path, json.dumps(data, indent=2), kept="the previous eval.json is kept")
     except UserError as e:
