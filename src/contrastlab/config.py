@@ -96,7 +96,10 @@ class ModelConfig:
     proj_hidden: int = option(512, ge=1)
     proj_dim: int = option(128, ge=1)
     proj_layers: int = option(2, ge=1)
-    proj_bn: bool = True
+    proj_bn: bool = True  # BatchNorm after each hidden linear layer of the projector
+    # an affine BatchNorm after the projector's last linear layer too (which then has no bias): SDCLR's
+    # official head (models/resnet_prune_multibn.py proj_head: 512-512-512-128, BN after every linear layer)
+    proj_bn_last: bool = False
     sync_bn: bool = False  # convert BatchNorm to SyncBatchNorm when several processes run
 
 
