@@ -40,7 +40,7 @@ PAIRS = {"horse2zebra": 1_334}  # an unpaired epoch is max(|A|, |B|) = max(1,067
 def train_size(recipe: str, cfg) -> int:
     d = cfg.data
     if d.name in ("digits", "digit_domains"):
-        n = d.n_train
+        n = d.n_train - (d.val_per_class or 0) * 10
         if d.long_tail_ratio:
             n = _cifar_lt(n // 10, 10, d.long_tail_ratio)  # the scenes are balanced over 10 digits
         return n
@@ -49,10 +49,19 @@ def train_size(recipe: str, cfg) -> int:
     if d.name == "unpaired":
         return PAIRS[recipe.split("/")[1]]
     n = SIZES[d.name]
+    classes = 100 if d.name == "cifar100" else 10
+    if d.val_per_class:  # a balanced hold-out (SDCLR's 45k/5k split of CIFAR's train set)
+        n -= d.val_per_class * classes
     if d.long_tail_ratio:
-        classes = 100 if d.name == "cifar100" else 10
         n = _cifar_lt(n // classes, classes, d.long_tail_ratio)
     return n
+
+
+def test_the_sdclr_cifar_recipes_train_on_the_official_long_tailed_sizes():
+    """The official subsets (VITA-Group/SDCLR split/*_D_i.npy) hold 11,165 (CIFAR-10) and 9,754
+    (CIFAR-100) images: the profile from 4,500 / 450 per class, what the 45k/5k split leaves."""
+    assert train_size("sdclr/cifar10", load_config("sdclr/cifar10")) == 11_165
+    assert train_size("sdclr/cifar100", load_config("sdclr/cifar100")) == 9_754
 
 
 def test_the_sizes_cover_every_recipe():
