@@ -5,9 +5,18 @@
 
 TABLE is one of: presets (SimCLR and MoCo v2 digits presets: kNN, linear probe, and the
 raw-pixel / random-init baselines), dcl (SimCLR vs DCL vs HCL), mochi (MoCo vs MoCHi),
-sdclr (SimCLR vs SDCLR on the long-tailed scenes), translation (CUT, DCLGAN, SimDCL: FID / KID
-and digit accuracy of the translations), dclgan_official (DCLGAN's digits preset vs the official
+sdclr (SimCLR vs SDCLR on the long-tailed scenes), sdclr_official (the same with SDCLR's official
+projection heads and pruning, 3 seeds), sdclr_cifar10 / sdclr_cifar100 (SimCLR vs SDCLR on the five
+fixed long-tailed subsets, averaged: GPU scale), translation (CUT, DCLGAN, SimDCL: FID / KID and
+digit accuracy of the translations), dclgan_official (DCLGAN's digits preset vs the official
 DCLGAN's choices at the same steps).
+
+In an override, ``{seed}`` stands for the run's seed: the sdclr_cifar tables train subset k with
+seed k (``data.long_tail_split={seed}``, seeds 1..5), so their summary is the five-subset average;
+with the official index files instead (a checkout of VITA-Group/SDCLR's split/ folder as SPLIT):
+``--set data.val_per_class=null data.val_file=SPLIT/cifar10/valIdxList.npy data.train_file=SPLIT/
+cifar10/trainIdxList.npy data.long_tail_split=null data.long_tail_file=SPLIT/cifar10_imbSub_with_subsets/
+split{seed}_D_i.npy`` (docs/negatives.md).
 
 Each run is a real ``contrastlab train`` of a shipped recipe (with the overrides the table names),
 then ``contrastlab eval ...`` on it, in subprocesses; the numbers are read from the JSON lines
@@ -39,6 +48,9 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 OFF_MOCHI = ["method.mochi_n_hard=0", "method.mochi_s=0", "method.mochi_s_prime=0"]
+# SDCLR's official projection head on the digits preset's SmallCNN (64 features): hidden = the features, BN after
+# every linear layer, the output included (models/resnet_prune_multibn.py proj_head; models/utils.py for SimCLR)
+SDCLR_HEAD = ["model.proj_layers=3", "model.proj_hidden=64", "model.proj_dim=128", "model.proj_bn_last=true"]
 
 # name -> (what it measures, [(row name, recipe, overrides)], evals, default seeds)
 TABLES = {
@@ -55,6 +67,27 @@ TABLES = {
               "set with groups by pre-training counts, and kNN on the long-tailed bank",
               [("SimCLR", "sdclr", ["method.pruned_branch=false"]), ("SDCLR", "sdclr", [])],
               [("linear", []), ("knn", [])], [0]),
+    "sdclr_official": ("SimCLR vs SDCLR on the long-tailed scenes (ratio 100) with SDCLR's official heads (BN after every "
+                       "linear layer, hidden = the encoder's 64 features: SimCLR 64-64-128, SDCLR 64-64-64-128) and its "
+                       "pruning (random part as a share of the total, none here) at 70% (the preset, the official "
+                       "script's default) and 90% (the official CIFAR command): linear probe on the balanced set with "
+                       "groups by pre-training counts, and kNN",
+                       [("SimCLR", "sdclr", ["method.pruned_branch=false", *SDCLR_HEAD, "model.proj_layers=2"]),
+                        ("SDCLR", "sdclr", [*SDCLR_HEAD, "method.prune_random_mode=total"]),
+                        ("SDCLR p90", "sdclr", [*SDCLR_HEAD, "method.prune_random_mode=total", "method.prune_fraction=0.9"])],
+                       [("linear", []), ("knn", [])], [0, 1, 2]),
+    "sdclr_cifar10": ("SimCLR vs SDCLR on CIFAR-10-LT as the official code, each on the five fixed long-tailed subsets "
+                      "(subset k trained with seed k): linear probe on the balanced 45k with groups by pre-training counts",
+                      [("SimCLR", "sdclr/cifar10", ["method.pruned_branch=false", "model.proj_layers=2",
+                                                    "data.long_tail_split={seed}"]),
+                       ("SDCLR", "sdclr/cifar10", ["data.long_tail_split={seed}"])],
+                      [("linear", [])], [1, 2, 3, 4, 5]),
+    "sdclr_cifar100": ("SimCLR vs SDCLR on CIFAR-100-LT as the official code, each on the five fixed long-tailed subsets "
+                       "(subset k trained with seed k): linear probe on the balanced 45k with groups by pre-training counts",
+                       [("SimCLR", "sdclr/cifar100", ["method.pruned_branch=false", "model.proj_layers=2",
+                                                      "data.long_tail_split={seed}"]),
+                        ("SDCLR", "sdclr/cifar100", ["data.long_tail_split={seed}"])],
+                       [("linear", [])], [1, 2, 3, 4, 5]),
     "translation": ("CUT, DCLGAN, SimDCL on the digit domains at equal compute: FID / KID (random-feature extractor) "
                     "and digit accuracy of the translations",
                     [("CUT", "cut", []), ("DCLGAN", "dclgan", []), ("SimDCL", "simdcl", [])],
@@ -91,6 +124,11 @@ def _same_code(commit: str, head: str) -> bool:
         return commit == head and not head.endswith("+dirty")
     p = subprocess.run(["git", "diff", "--quiet", commit, head.split("+")[0], "--", *CODE], cwd=ROOT)
     return p.returncode == 0
+
+
+def with_seed(overrides: list[str], seed: int) -> list[str]:
+    """The overrides with ``{seed}`` replaced by the run's seed (e.g. the long-tailed subset k)."""
+    return [o.replace("{seed}", str(seed)) for o in overrides]
 
 
 def _cli(args: list[str]) -> dict:
@@ -169,11 +207,13 @@ def main(argv=None):
                 print(f"{key}: recorded at {res['runs'][key]['commit']} (same training code), skipped", flush=True)
                 continue
             run_dir = ROOT / a.runs_dir / a.table / f"{recipe.replace('/', '-')}-{name.replace(' ', '')}-s{seed}"
-            train = ["train", recipe, *overrides, *a.overrides, f"seed={seed}", f"trainer.out_dir={run_dir}",
-                     "trainer.progress=false", f"trainer.threads={a.threads}", "trainer.overwrite=true"]  # fmt: skip
+            train = ["train", recipe, *with_seed([*overrides, *a.overrides], seed), f"seed={seed}",
+                     f"trainer.out_dir={run_dir}", "trainer.progress=false", f"trainer.threads={a.threads}",
+                     "trainer.overwrite=true"]  # fmt: skip
             t0 = time.time()
             tr = _cli(train)
-            entry = {"commit": commit, "recipe": recipe, "overrides": overrides, "seed": seed, "train_command": "contrastlab " + " ".join(train),
+            entry = {"commit": commit, "recipe": recipe, "overrides": with_seed(overrides, seed), "seed": seed,
+                     "train_command": "contrastlab " + " ".join(train),
                      "train_seconds": tr.get("train_seconds"), "steps": tr.get("step"), "device": tr.get("device"), "evals": {}}  # fmt: skip
             for protocol, opts in evals:
                 if protocol == "knn" and opts and seed != seeds[0]:

@@ -120,3 +120,27 @@ def test_long_tail_linear_eval_probes_the_balanced_set(tmp_path, capsys):
     assert main(["eval", "linear", str(out), "epochs=5", "probe_data=pretrain"]) == 0
     r2 = _last_json(capsys)
     assert r2["n_train"] == sum(counts) and r2["pretrain_class_counts"] == counts
+
+
+def test_a_fixed_long_tailed_split_with_a_hold_out_trains_and_probes(tmp_path, capsys):
+    """SDCLR's subsets on the digit scenes: a hold-out of 5 images per digit, the long-tailed
+    subset 3 of the rest (ratio 10), the official head and pruning; the linear probe learns on the
+    balanced set without the hold-out, the groups come from the subset's counts."""
+    import torch
+    from conftest import TINY
+
+    from contrastlab.config import load_config
+    from contrastlab.data import build_splits
+
+    out = tmp_path / "lt"
+    opts = ["data.long_tail_ratio=10", "data.val_per_class=5", "data.long_tail_split=3", "method.prune_fraction=0.5",
+            "method.prune_random_fraction=0.1", "method.prune_random_mode=total", "model.proj_layers=3",
+            "model.proj_bn_last=true"]  # fmt: skip
+    assert main(["train", "sdclr", *TINY, *opts, "trainer.max_steps=3", f"trainer.out_dir={out}"]) == 0
+    capsys.readouterr()
+    assert main(["eval", "linear", str(out), "epochs=5"]) == 0
+    r = _last_json(capsys)
+    splits = build_splits(load_config("sdclr", [*TINY, *opts]).data)
+    counts = torch.bincount(splits.train.labels["digit"], minlength=10).tolist()
+    assert r["pretrain_class_counts"] == counts and len(splits.val) == 50
+    assert r["n_train"] == 256 - 50 and (r["n_many"], r["n_medium"], r["n_few"]) == (4, 3, 3)

@@ -1,6 +1,7 @@
 """Real data readers, on tiny fixtures written in the exact on-disk formats."""
 from __future__ import annotations
 
+import math
 import os
 import pickle
 
@@ -633,3 +634,164 @@ def test_build_datasets_long_tail_refuses_unlabelled_images(stl_root):
                           image_size=96, long_tail_ratio=10.0)  # fmt: skip
     with pytest.raises(UserError, match="without a 'label' label.*stl_split=train"):
         build_datasets(cfg)
+
+
+# ----------------------------------------------------------------------------- fixed subsets (SDCLR's splits)
+@pytest.fixture
+def cifar10_lt_root(tmp_path):
+    """CIFAR-10 in its on-disk layout with 100 training images, 10 per class: row j of
+    data_batch_k has label (j + 2k) % 10. Returns (root, rows (100, 3072), labels (100,))."""
+    folder = tmp_path / "cifar-10-batches-py"
+    folder.mkdir()
+    rows, labels = [], []
+    for k in range(1, 6):
+        r = _cifar_rows(20, 10 + k)
+        lab = [(j + 2 * k) % 10 for j in range(20)]
+        _dump({b"data": r, b"labels": lab}, folder / f"data_batch_{k}")
+        rows.append(r)
+        labels += lab
+    _dump({b"data": _cifar_rows(2, 99), b"labels": [9, 0]}, folder / "test_batch")
+    _dump({b"label_names": [f"c{i}".encode() for i in range(10)]}, folder / "batches.meta")
+    return tmp_path, np.concatenate(rows), np.array(labels)
+
+
+def _cifar_cfg(root, *overrides):
+    from contrastlab.config import load_config
+
+    return load_config("sdclr/cifar10", [f"data.root={root}", *overrides]).data
+
+
+def _rows_of(ds):
+    return [bytes(x) for x in ds.images.reshape(len(ds), -1).numpy()]
+
+
+def _hash_first(ids, key, k):
+    """The first k of ``ids`` in the order of blake2b(f"{key}:{id}"), written out."""
+    import hashlib
+
+    return sorted(ids, key=lambda i: hashlib.blake2b(f"{key}:{i}".encode(), digest_size=8).digest())[:k]
+
+
+def test_index_files_npy_and_text(tmp_path):
+    from contrastlab.data import read_index_file
+
+    np.save(tmp_path / "a.npy", np.array([7, 3, 11, 0], dtype=np.int64))  # SDCLR's split/*.npy: int64, any order
+    np.save(tmp_path / "b.npy", np.array([7, 3, 11, 0], dtype=np.int32))
+    (tmp_path / "c.txt").write_text("7, 3\n11\n\n  0\n")
+    for name in ("a.npy", "b.npy", "c.txt"):
+        got = read_index_file(str(tmp_path / name), "data.val_file", 12)
+        assert got.dtype == torch.long and got.tolist() == [0, 3, 7, 11], name
+    np.save(tmp_path / "float.npy", np.array([1.0, 2.0]))
+    np.save(tmp_path / "2d.npy", np.zeros((2, 2), dtype=np.int64))
+    (tmp_path / "dup.txt").write_text("1 2 2")
+    (tmp_path / "word.txt").write_text("1 two 3")
+    (tmp_path / "empty.txt").write_text("\n")
+    (tmp_path / "neg.txt").write_text("-1 4")
+    cases = {"a.npy": "index 11 is outside 0..9 of the training split (10 images)",
+             "float.npy": "holds a float64 array of shape (2,); expected a 1-D array of integer indices",
+             "2d.npy": "holds a int64 array of shape (2, 2)", "dup.txt": "lists index 2 2 times",
+             "word.txt": "'two' is not an integer index", "empty.txt": "lists no index",
+             "neg.txt": "index -1 is outside 0..9", "missing.npy": "no such file"}  # fmt: skip
+    for name, msg in cases.items():
+        with pytest.raises(UserError) as e:
+            read_index_file(str(tmp_path / name), "data.train_file", 10)
+        assert str(e.value).startswith(f"data.train_file={tmp_path / name}: ") and msg in str(e.value), str(e.value)
+        assert "\n" not in str(e.value)
+
+
+def test_official_style_index_files_choose_the_cifar_images(cifar10_lt_root, tmp_path):
+    """train_file / val_file / long_tail_file as the official split/*.npy: the sets hold exactly the
+    listed training images (pixels and labels, compared row by row with the batches)."""
+    from contrastlab.data import build_datasets, build_splits
+
+    root, rows, labels = cifar10_lt_root
+    rng = np.random.default_rng(0)
+    val = [int(i) for c in range(10) for i in np.flatnonzero(labels == c)[:2]]  # 2 per class: 20
+    train = [i for i in range(100) if i not in val]  # the 80 others
+    counts = [8, 6, 5, 4, 3, 2, 2, 1, 1, 1]  # floor(8 * (1/8) ** (c / 9)): ratio 8
+    lt = [int(i) for c in range(10) for i in [j for j in train if labels[j] == c][: counts[c]]]
+    np.save(tmp_path / "valIdxList.npy", rng.permutation(val).astype(np.int64))
+    np.save(tmp_path / "trainIdxList.npy", rng.permutation(train).astype(np.int64))
+    (tmp_path / "split1_D_i.txt").write_text("\n".join(map(str, rng.permutation(lt))))
+    files = ["data.val_per_class=null", f"data.val_file={tmp_path / 'valIdxList.npy'}",
+             f"data.train_file={tmp_path / 'trainIdxList.npy'}", "data.long_tail_split=null"]  # fmt: skip
+    s = build_splits(_cifar_cfg(root, *files, "data.long_tail_ratio=8",
+                                f"data.long_tail_file={tmp_path / 'split1_D_i.txt'}"))  # fmt: skip
+    want = [bytes(rows[i]) for i in sorted(lt)]
+    assert _rows_of(s.train) == want and s.train.labels["label"].tolist() == [int(labels[i]) for i in sorted(lt)]
+    assert _rows_of(s.val) == [bytes(rows[i]) for i in sorted(val)] and s.val.default_label == "label"
+    assert torch.bincount(s.train.labels["label"]).tolist() == counts
+    # the balanced set (what eval linear probes after clearing long_tail_ratio): the training file
+    import dataclasses
+
+    balanced, _ = build_datasets(dataclasses.replace(_cifar_cfg(root, *files), long_tail_ratio=None))
+    assert _rows_of(balanced) == [bytes(rows[i]) for i in sorted(train)]
+    without_train_file = [files[0], files[1], files[3], "data.long_tail_ratio=null"]  # all images but the hold-out
+    assert _rows_of(build_datasets(_cifar_cfg(root, *without_train_file))[0]) == [bytes(rows[i]) for i in sorted(train)]
+    # a long-tailed file whose smallest class does not end the declared profile
+    with pytest.raises(UserError) as e:
+        build_splits(_cifar_cfg(root, *files, "data.long_tail_ratio=2", f"data.long_tail_file={tmp_path / 'split1_D_i.txt'}"))
+    assert "holds 8 to 1 images per class, but the profile of data.long_tail_ratio=2 ends at 4" in str(e.value)
+    # a hold-out that is trained on is refused, by either file
+    (tmp_path / "bad_lt.txt").write_text(" ".join(map(str, lt + val[:1])))
+    (tmp_path / "bad_train.txt").write_text(" ".join(map(str, train + val[:3])))
+    with pytest.raises(UserError, match="shares 1 images with the validation hold-out"):
+        build_splits(_cifar_cfg(root, *files, "data.long_tail_ratio=8", f"data.long_tail_file={tmp_path / 'bad_lt.txt'}"))
+    with pytest.raises(UserError, match="share 3 images; a held-out image must not be trained on"):
+        build_splits(_cifar_cfg(root, *files[:2], f"data.train_file={tmp_path / 'bad_train.txt'}", "data.long_tail_split=null"))
+
+
+def test_generated_hold_out_and_long_tailed_splits(cifar10_lt_root):
+    """val_per_class holds out each class's first images in the seeded order; long_tail_split=k
+    draws the profile from the rest, fixed by k (the same draw twice, another for another k)."""
+    from contrastlab.data import build_splits
+
+    root, rows, labels = cifar10_lt_root
+    s = build_splits(_cifar_cfg(root, "data.val_per_class=3", "data.long_tail_ratio=4", "data.long_tail_split=2"))
+    val = sorted(i for c in range(10) for i in _hash_first([j for j in range(100) if labels[j] == c], "val/0", 3))
+    assert _rows_of(s.val) == [bytes(rows[i]) for i in val]
+    left = [i for i in range(100) if i not in val]  # 7 per class
+    counts = [math.floor(7 * 0.25 ** (c / 9)) for c in range(10)]  # 7, 6, 5, 4, 3, 3, 2, 2, 1, 1
+    lt = sorted(i for c in range(10) for i in _hash_first([j for j in left if labels[j] == c], "long_tail/2", counts[c]))
+    assert _rows_of(s.train) == [bytes(rows[i]) for i in lt]
+    assert torch.bincount(s.train.labels["label"]).tolist() == counts
+    again = build_splits(_cifar_cfg(root, "data.val_per_class=3", "data.long_tail_ratio=4", "data.long_tail_split=2"))
+    other = build_splits(_cifar_cfg(root, "data.val_per_class=3", "data.long_tail_ratio=4", "data.long_tail_split=3"))
+    assert _rows_of(again.train) == _rows_of(s.train) and _rows_of(other.train) != _rows_of(s.train)
+    assert _rows_of(other.val) == _rows_of(s.val)  # the hold-out does not move with the split
+    moved = build_splits(_cifar_cfg(root, "data.val_per_class=3", "data.val_seed=1", "data.long_tail_ratio=4"))
+    assert _rows_of(moved.val) != _rows_of(s.val)
+    # without a split: each class's first images of those left, as before
+    first = build_splits(_cifar_cfg(root, "data.val_per_class=3", "data.long_tail_ratio=4", "data.long_tail_split=null"))
+    kept = sorted(i for c in range(10) for i in [j for j in left if labels[j] == c][: counts[c]])
+    assert _rows_of(first.train) == [bytes(rows[i]) for i in kept]
+    with pytest.raises(UserError, match=r"data.val_per_class=10 holds out every image of a class with 10 images"):
+        build_splits(_cifar_cfg(root, "data.val_per_class=10"))
+
+
+def test_no_subset_option_leaves_the_training_split_as_it_was(cifar10_lt_root):
+    from contrastlab.data import build_splits
+
+    root, rows, labels = cifar10_lt_root
+    s = build_splits(_cifar_cfg(root, "data.val_per_class=null", "data.long_tail_split=null", "data.long_tail_ratio=null"))
+    assert s.val is None and _rows_of(s.train) == [bytes(r) for r in rows]
+    lt = build_splits(_cifar_cfg(root, "data.val_per_class=null", "data.long_tail_split=null"))  # ratio 100
+    assert torch.equal(lt.train.images, long_tail_subset(s.train, 100).images)
+
+
+def test_subset_options_given_twice_or_without_a_ratio_are_refused_at_load():
+    from contrastlab.config import ConfigError, load_config
+
+    cases = [(["data.long_tail_ratio=null"], "data.long_tail_split=1 chooses the long-tailed subset, but "
+                                             "data.long_tail_ratio=null; set the ratio"),
+             (["data.long_tail_file=x.npy"], "data.long_tail_split=1 and data.long_tail_file='x.npy': give the "
+                                             "long-tailed subset once"),
+             (["data.val_file=v.npy"], "data.val_per_class=500 and data.val_file='v.npy': give the validation hold-out once"),
+             (["data.val_per_class=0"], "data.val_per_class=0: must be >= 1"),
+             (["data.long_tail_split=0"], "data.long_tail_split=0: must be >= 1")]  # fmt: skip
+    for overrides, msg in cases:
+        with pytest.raises(ConfigError) as e:
+            load_config("sdclr/cifar10", overrides)
+        assert msg in str(e.value) and "\n" not in str(e.value), str(e.value)
+    with pytest.raises(ConfigError, match="subsets of the training split apply to labelled data sets"):
+        load_config("cut", ["data.val_per_class=5"])

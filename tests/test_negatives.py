@@ -406,6 +406,79 @@ def test_fraction_zero_keeps_everything_and_ties_are_kept():
     assert mask_sparsity(magnitude_masks(model, 0.5)) == 0.0  # all tied at the threshold: |w| >= threshold
 
 
+def _ranked_conv():
+    """One conv of 20 weights whose magnitudes are 1..20 (mixed signs), in a scrambled order."""
+    conv = nn.Conv2d(1, 2, (2, 5), bias=False)
+    mags = torch.tensor([7, 3, 15, 1, 20, 12, 9, 5, 18, 2, 11, 16, 4, 8, 19, 6, 14, 10, 13, 17], dtype=torch.float)
+    signs = torch.tensor([1, -1] * 10, dtype=torch.float)
+    with torch.no_grad():
+        conv.weight.copy_((mags * signs).view(2, 1, 2, 5))
+    return nn.Sequential(conv)
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_random_part_as_a_share_of_the_total_matches_a_hand_count(seed):
+    """The official SDCLR semantics (prune/prune_simCLR.py: prune_percent - random_prune_percent by
+    magnitude, random_prune_percent at random; p is the total): 20 weights, p = 0.5, r = 0.2 prune
+    ceil(0.3 * 20) = 6 by magnitude (|w| = 1..6) and ceil(0.2 * 20) = 4 of the 14 others at random,
+    10 in all; the library's default prunes 10 by magnitude, then ceil(0.2 * 10) = 2 of the rest."""
+    model = _ranked_conv()
+    g = torch.Generator().manual_seed(seed)
+    total = magnitude_masks(model, 0.5, 0.2, generator=g, random_of="total")["0.weight"].flatten()
+    mags = model[0].weight.detach().abs().flatten()
+    pruned_small = pruned_large = 0
+    for m, w in zip(total.tolist(), mags.tolist()):
+        if w <= 6:
+            assert m == 0.0, f"|w| = {w} is among the 6 smallest: pruned by magnitude"
+            pruned_small += 1
+        elif m == 0.0:
+            pruned_large += 1
+    assert (pruned_small, pruned_large) == (6, 4)
+    survivors = magnitude_masks(model, 0.5, 0.2, generator=torch.Generator().manual_seed(seed))["0.weight"].flatten()
+    by_magnitude = [w for m, w in zip(survivors.tolist(), mags.tolist()) if m == 0.0 and w <= 10]
+    assert len(by_magnitude) == 10 and int((survivors == 0).sum()) == 12
+    assert (survivors.view_as(model[0].weight) == magnitude_masks(model, 0.5, 0.2, generator=torch.Generator()
+            .manual_seed(seed), random_of="survivors")["0.weight"]).all()  # the default is "survivors"  # fmt: skip
+
+
+@pytest.mark.parametrize("p,r", [(0.5, 0.2), (0.9, 0.1), (0.3, 0.3), (0.7, 0.0)])
+def test_total_mode_prunes_the_total_share_of_all_conv_weights(p, r):
+    model = small_model()
+    n = 288
+    masks = magnitude_masks(model, p, r, generator=torch.Generator().manual_seed(0), random_of="total")
+    pruned = sum(int((m == 0).sum()) for m in masks.values())
+    by_magnitude = math.ceil((Fraction(str(p)) - Fraction(str(r))) * n)  # sort(|w|)[k] with k = ceil((p - r) N)
+    assert pruned == by_magnitude + math.ceil(Fraction(str(r)) * n)
+    flat = sorted(torch.cat([w.flatten() for w in conv_abs(model)]).tolist())
+    for w, m in zip(conv_abs(model), masks.values()):  # every weight below the magnitude threshold is pruned
+        assert (m[w < flat[by_magnitude]] == 0).all()
+
+
+def test_total_mode_refuses_a_random_part_above_the_total():
+    with pytest.raises(ValueError, match=r"random_fraction=0.4 is a share of the total prune_fraction=0.3"):
+        magnitude_masks(small_model(), 0.3, 0.4, random_of="total")
+    with pytest.raises(ValueError, match="random_of must be 'survivors' or 'total'"):
+        magnitude_masks(small_model(), 0.3, 0.1, random_of="all")
+
+
+def test_prune_random_mode_reaches_the_branch_and_is_checked_at_load(tiny):
+    from contrastlab.config import ConfigError, load_config
+    from contrastlab.methods import build_method
+
+    cfg = load_config("sdclr", [*tiny, "method.prune_random_fraction=0.2", "method.prune_random_mode=total"])
+    method = build_method(cfg)
+    method.pruned.refresh(method.encoder, 0)
+    masks = method.pruned.encoder_twin.masks()
+    n = sum(m.numel() for m in masks.values())
+    pruned = sum(int((m == 0).sum()) for m in masks.values())
+    assert pruned == expected_pruned(0.5, n) + expected_pruned(0.2, n)  # 0.7 - 0.2 by magnitude, 0.2 at random
+    assert load_config("sdclr").method["prune_random_mode"] == "survivors"  # today's meaning by default
+    with pytest.raises(ConfigError) as e:
+        load_config("sdclr", ["method.prune_random_fraction=0.8", "method.prune_random_mode=total"])
+    assert "method.prune_random_fraction=0.8 exceeds method.prune_fraction=0.7" in str(e.value)
+    assert "\n" not in str(e.value)
+
+
 @pytest.mark.parametrize("kwargs", [dict(prune_fraction=1.0), dict(prune_fraction=-0.1), dict(prune_fraction=1.5),
                                     dict(prune_fraction=0.5, random_fraction=1.0),
                                     dict(prune_fraction=0.5, random_fraction=-0.2)])
@@ -606,3 +679,82 @@ def test_pruned_twin_gradients_reach_the_shared_weights_through_the_mask():
     net.zero_grad()
     net(x).pow(2).sum().backward()
     assert not torch.allclose(g_both, w.grad)
+
+
+# --- SDCLR's official projection head (models/resnet_prune_multibn.py proj_head) ------------------
+
+
+def _official_head_config(tiny, *extra):
+    from contrastlab.config import load_config
+
+    return load_config("sdclr", [*tiny, "model.proj_layers=3", "model.proj_hidden=24", "model.proj_dim=12",
+                                 "model.proj_bn_last=true", *extra])  # fmt: skip
+
+
+def test_official_head_has_batchnorm_after_every_linear_layer(tiny):
+    """fc1 -> bn1 -> ReLU -> fc2 -> bn2 -> ReLU -> fc3 -> bn3 (affine), no ReLU at the end; the
+    output of a plain re-computation from the head's own weights, layer by layer."""
+    from contrastlab.methods import build_method
+
+    head = build_method(_official_head_config(tiny)).projector.train()
+    kinds = [type(m).__name__ for m in head.net]
+    assert kinds == ["Linear", "BatchNorm1d", "ReLU", "Linear", "BatchNorm1d", "ReLU", "Linear", "BatchNorm1d"]
+    linears = [m for m in head.net if isinstance(m, nn.Linear)]
+    norms = [m for m in head.net if isinstance(m, nn.BatchNorm1d)]
+    assert [(m.in_features, m.out_features) for m in linears][1:] == [(24, 24), (24, 12)]
+    assert all(m.bias is None for m in linears) and all(b.affine for b in norms)
+    with torch.no_grad():
+        for b in norms:
+            b.weight.uniform_(0.5, 1.5)
+            b.bias.uniform_(-0.5, 0.5)
+    x = torch.randn(16, linears[0].in_features)
+    h = x
+    for i, (lin, bn) in enumerate(zip(linears, norms)):  # plain batch statistics, biased variance
+        h = h @ lin.weight.T
+        mean, var = h.mean(0), ((h - h.mean(0)) ** 2).mean(0)
+        h = (h - mean) / torch.sqrt(var + bn.eps) * bn.weight + bn.bias
+        if i < 2:
+            h = h.clamp_min(0)
+    assert torch.allclose(head(x), h, atol=1e-5)
+    assert (head(x) < 0).any()  # no ReLU after the last BatchNorm
+
+
+def test_the_default_head_is_unchanged(tiny):
+    from contrastlab.config import load_config
+    from contrastlab.methods import build_method
+
+    head = build_method(load_config("sdclr", tiny)).projector
+    kinds = [type(m).__name__ for m in head.net]
+    assert kinds == ["Linear", "BatchNorm1d", "ReLU", "Linear"] and head.net[-1].bias is not None
+
+
+def test_pruned_branch_has_its_own_copy_of_the_last_batchnorm(tiny):
+    """Dual BN covers the new output BatchNorm: the pruned branch normalises with its own layer
+    (parameters and running statistics), and leaves the dense head's statistics untouched."""
+    from contrastlab.methods import build_method
+
+    method = build_method(_official_head_config(tiny)).train()
+    twin = method.pruned.projector_twin
+    dense_norms = [m for m in method.projector.modules() if isinstance(m, nn.BatchNorm1d)]
+    assert len(twin.norms) == len(dense_norms) == 3
+    assert twin._bn_names[-1] == "net.7" and twin.norms[-1] is not dense_norms[-1]
+    with torch.no_grad():
+        twin.norms[-1].weight.fill_(3.0)
+        twin.norms[-1].bias.fill_(-2.0)
+    x = torch.rand(8, 3, 32, 32)
+    before = [b.running_mean.clone() for b in dense_norms]
+    z = method.pruned(method.encoder, method.projector, x, epoch=0)
+    assert torch.allclose(z.mean(0), torch.full((12,), -2.0), atol=1e-4)  # the twin's bias, not the dense 0
+    assert torch.allclose(z.std(0, unbiased=False), torch.full((12,), 3.0), atol=1e-2)
+    assert all(torch.equal(a, b.running_mean) for a, b in zip(before, dense_norms))
+    assert not torch.equal(twin.norms[-1].running_mean, torch.zeros(12))
+    z.sum().backward()
+    assert twin.norms[-1].weight.grad is not None and dense_norms[-1].weight.grad is None
+
+
+def test_proj_bn_last_needs_two_images_per_batch():
+    from contrastlab.config import ConfigError, load_config
+
+    with pytest.raises(ConfigError, match=r"optim.batch_size=1: the projector's BatchNorm \(model.proj_bn_last=true\)"):
+        load_config("moco", ["optim.batch_size=1", "model.proj_bn=false", "model.proj_bn_last=true"])
+    assert load_config("moco", ["optim.batch_size=1", "model.proj_bn=false"]).model.proj_bn_last is False

@@ -40,7 +40,7 @@ PAIRS = {"horse2zebra": 1_334}  # an unpaired epoch is max(|A|, |B|) = max(1,067
 def train_size(recipe: str, cfg) -> int:
     d = cfg.data
     if d.name in ("digits", "digit_domains"):
-        n = d.n_train
+        n = d.n_train - (d.val_per_class or 0) * 10
         if d.long_tail_ratio:
             n = _cifar_lt(n // 10, 10, d.long_tail_ratio)  # the scenes are balanced over 10 digits
         return n
@@ -49,10 +49,19 @@ def train_size(recipe: str, cfg) -> int:
     if d.name == "unpaired":
         return PAIRS[recipe.split("/")[1]]
     n = SIZES[d.name]
+    classes = 100 if d.name == "cifar100" else 10
+    if d.val_per_class:  # a balanced hold-out (SDCLR's 45k/5k split of CIFAR's train set)
+        n -= d.val_per_class * classes
     if d.long_tail_ratio:
-        classes = 100 if d.name == "cifar100" else 10
         n = _cifar_lt(n // classes, classes, d.long_tail_ratio)
     return n
+
+
+def test_the_sdclr_cifar_recipes_train_on_the_official_long_tailed_sizes():
+    """The official subsets (VITA-Group/SDCLR split/*_D_i.npy) hold 11,165 (CIFAR-10) and 9,754
+    (CIFAR-100) images: the profile from 4,500 / 450 per class, what the 45k/5k split leaves."""
+    assert train_size("sdclr/cifar10", load_config("sdclr/cifar10")) == 11_165
+    assert train_size("sdclr/cifar100", load_config("sdclr/cifar100")) == 9_754
 
 
 def test_the_sizes_cover_every_recipe():
@@ -138,3 +147,33 @@ def test_warmup_epochs_reach_the_scheduler(tiny):
         s.scheduler.step()
     assert lrs[: s.warmup] == pytest.approx([peak * (k + 1) / s.warmup for k in range(s.warmup)])
     assert lrs[s.warmup] == pytest.approx(peak, rel=1e-3)
+
+
+def _learning_tables():
+    import importlib.util
+
+    path = Path(__file__).resolve().parent.parent / "scripts" / "learning_results.py"
+    spec = importlib.util.spec_from_file_location("learning_results", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.mark.parametrize("table", ["sdclr_official", "sdclr_cifar10", "sdclr_cifar100"])
+def test_the_sdclr_tables_load_for_each_seed(table):
+    """scripts/learning_results.py: each run of the SDCLR tables is a valid config; in the CIFAR
+    tables run k trains the long-tailed subset k on the official sizes, SimCLR with the official
+    two-layer head (BN after both layers) and SDCLR with the three-layer one."""
+    mod = _learning_tables()
+    _, rows, _, seeds = mod.TABLES[table]
+    for name, recipe, overrides in rows:
+        for seed in seeds:
+            cfg = load_config(recipe, mod.with_seed(overrides, seed))
+            m = cfg.model
+            assert m.proj_bn_last and m.proj_layers == (3 if cfg.method["pruned_branch"] else 2), (name, seed)
+            if table != "sdclr_official":
+                assert cfg.data.long_tail_split == seed and seeds == [1, 2, 3, 4, 5]
+                assert train_size(recipe, cfg) == (11_165 if recipe.endswith("cifar10") else 9_754)
+            else:
+                assert m.proj_hidden == 64 and seeds == [0, 1, 2]
+    assert mod.with_seed(["a={seed}", "b=split{seed}_D_i.npy", "c=1"], 4) == ["a=4", "b=split4_D_i.npy", "c=1"]

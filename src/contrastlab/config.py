@@ -33,6 +33,20 @@ class DataConfig:
     image_size: int = option(32, ge=1)  # side of the images the loader yields (and of the views)
     label: str = "digit"  # label used by the kNN monitor and evaluation (digits: digit|color|rotation)
     long_tail_ratio: Optional[float] = option(None, ge=1)  # exponential long-tail profile, e.g. 100
+    # Fixed subsets of the training split (SDCLR's protocol: a 45k/5k train / validation split of CIFAR's
+    # train set, five fixed long-tailed subsets of the 45k). An index file lists indices into the data
+    # set's train split: .npy (numpy, as SDCLR's split/*.npy) or text (integers separated by spaces,
+    # commas or new lines). See contrastlab.data.splits.
+    # the long-tailed subset k (>= 1; SDCLR's five: 1..5): each class's kept images drawn at random, fixed
+    # by k; null: each class's first images. Needs long_tail_ratio.
+    long_tail_split: Optional[int] = option(None, ge=1)
+    long_tail_file: Optional[str] = None  # the long-tailed subset as an index file (SDCLR's split1_D_i.npy); needs long_tail_ratio
+    # a validation hold-out of val_per_class images of each class, drawn at random fixed by val_seed, or listed
+    # in val_file (SDCLR's valIdxList.npy); never trained on. The long-tailed profile draws from the rest.
+    val_per_class: Optional[int] = option(None, ge=1)
+    val_seed: int = option(0, unbounded="any integer seed")
+    val_file: Optional[str] = None
+    train_file: Optional[str] = None  # the training images as an index file (SDCLR's trainIdxList.npy); null: all but the hold-out
     num_workers: int = option(0, ge=0, resume_safe=True)
     pin_memory: bool = option(True, resume_safe=True)
     persistent_workers: bool = option(True, resume_safe=True)
@@ -96,7 +110,10 @@ class ModelConfig:
     proj_hidden: int = option(512, ge=1)
     proj_dim: int = option(128, ge=1)
     proj_layers: int = option(2, ge=1)
-    proj_bn: bool = True
+    proj_bn: bool = True  # BatchNorm after each hidden linear layer of the projector
+    # an affine BatchNorm after the projector's last linear layer too (which then has no bias): SDCLR's
+    # official head (models/resnet_prune_multibn.py proj_head: 512-512-512-128, BN after every linear layer)
+    proj_bn_last: bool = False
     sync_bn: bool = False  # convert BatchNorm to SyncBatchNorm when several processes run
 
 
@@ -440,6 +457,7 @@ def check_config(cfg: Config) -> None:
     if cfg.model.timm_kwargs and not cfg.model.backbone.startswith("timm:"):
         raise ConfigError(f"model.timm_kwargs applies to timm:NAME backbones, not to model.backbone="
                           f"{cfg.model.backbone}; remove it or choose a timm backbone")  # fmt: skip
+    _check_data_splits(d)
     if d.load_size is not None and d.load_size < d.image_size:
         raise ConfigError(f"data.load_size={d.load_size}: must be >= data.image_size={d.image_size} "
                           "(the random crop is cut from the resized image)")  # fmt: skip
@@ -448,6 +466,28 @@ def check_config(cfg: Config) -> None:
     mcls = method_config_class(cfg.method["name"])
     if hasattr(mcls, "check"):
         mcls.check(cfg)
+
+
+def _check_data_splits(d: DataConfig) -> None:
+    """The fixed subsets of the training split: each given once, the long-tailed ones with a ratio,
+    and only for labelled data sets (the files' contents are checked when the data is read)."""
+    from .data import DOMAIN_SETS
+
+    given = [k for k in ("long_tail_split", "long_tail_file", "val_per_class", "val_file", "train_file")
+             if getattr(d, k) is not None]
+    if given and d.name in DOMAIN_SETS:
+        raise ConfigError(f"data.{given[0]}={getattr(d, given[0])!r}: subsets of the training split apply to labelled "
+                          f"data sets, not to the unpaired domains of data.name={d.name}")  # fmt: skip
+    if d.long_tail_split is not None and d.long_tail_file is not None:
+        raise ConfigError(f"data.long_tail_split={d.long_tail_split} and data.long_tail_file={d.long_tail_file!r}: "
+                          "give the long-tailed subset once, drawn here or read from a file")  # fmt: skip
+    for key in ("long_tail_split", "long_tail_file"):
+        if getattr(d, key) is not None and d.long_tail_ratio is None:
+            raise ConfigError(f"data.{key}={getattr(d, key)!r} chooses the long-tailed subset, but data.long_tail_ratio="
+                              f"null; set the ratio (e.g. 100) or data.{key}=null")  # fmt: skip
+    if d.val_per_class is not None and d.val_file is not None:
+        raise ConfigError(f"data.val_per_class={d.val_per_class} and data.val_file={d.val_file!r}: give the "
+                          "validation hold-out once, drawn here or read from a file")  # fmt: skip
 
 
 def resume_differences(old: dict | Config, new: Config) -> list[str]:

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from functools import partial
-from typing import Callable, Optional
+from typing import Callable, Literal, Optional
 
 import torch
 import torch.nn as nn
@@ -24,7 +24,9 @@ class AxesConfig:
     query, ``mochi_s`` mixes of two and ``mochi_s_prime`` mixes with the query of its
     ``mochi_n_hard`` hardest negatives, from step ``mochi_warmup_steps`` or epoch
     ``mochi_warmup_epochs``; 0 = off) and SDCLR's
-    pruned second branch (global magnitude pruning of the conv weights, renewed every epoch)."""
+    pruned second branch (global magnitude pruning of the conv weights, renewed every epoch, with an
+    optional random part: ``prune_random_fraction`` of the survivors, or of the total with
+    ``prune_random_mode=total`` as the official code)."""
 
     tau_plus: float = option(0.0, ge=0, lt=1, doc="DCL's class prior")
     beta: float = option(0.0, ge=0)
@@ -36,15 +38,20 @@ class AxesConfig:
     pruned_branch: bool = False
     prune_fraction: float = option(0.9, ge=0, lt=1)
     prune_random_fraction: float = option(0.0, ge=0, lt=1)
+    # what prune_random_fraction is a share of: "survivors" prunes prune_fraction by magnitude, then that
+    # share of the weights left; "total" (the official SDCLR code) prunes prune_fraction in all, its
+    # prune_random_fraction at random and the rest by magnitude (see contrastlab.nn.magnitude_masks)
+    prune_random_mode: Literal["survivors", "total"] = "survivors"
 
     @classmethod
     def check(cls, cfg) -> None:
         """Checks across options (each option's range is declared with it): the axes', and the
         projector's BatchNorm, which needs two images per batch to train."""
         check_negatives_options(cfg.method)
-        if cfg.model.proj_bn and cfg.optim.batch_size < 2:
-            raise ConfigError(f"optim.batch_size={cfg.optim.batch_size}: the projector's BatchNorm (model.proj_bn=true) "
-                              "needs at least 2 images per batch; raise batch_size or set model.proj_bn=false")  # fmt: skip
+        for key in ("proj_bn", "proj_bn_last"):
+            if getattr(cfg.model, key) and cfg.optim.batch_size < 2:
+                raise ConfigError(f"optim.batch_size={cfg.optim.batch_size}: the projector's BatchNorm (model.{key}=true) "
+                                  f"needs at least 2 images per batch; raise batch_size or set model.{key}=false")  # fmt: skip
 
 
 def setup_axes(method: nn.Module, c: AxesConfig) -> None:
@@ -57,7 +64,8 @@ def setup_axes(method: nn.Module, c: AxesConfig) -> None:
     method.mochi_warmup_epochs = c.mochi_warmup_epochs
     method.pruned = None
     if c.pruned_branch:
-        method.pruned = PrunedBranch(method.encoder, method.projector, c.prune_fraction, c.prune_random_fraction)
+        method.pruned = PrunedBranch(method.encoder, method.projector, c.prune_fraction, c.prune_random_fraction,
+                                     random_of=c.prune_random_mode)
 
 
 def mochi_active(method: nn.Module, batch: dict) -> bool:
@@ -101,6 +109,10 @@ def check_negatives_options(m: dict) -> None:
     if (s or s2) and not n:
         raise ConfigError(f"method.mochi_s={s} and method.mochi_s_prime={s2} but method.mochi_n_hard=0: "
                           "MoCHi is off; set mochi_n_hard (the hard negatives mixed) or the mixes to 0")  # fmt: skip
+    if m.get("prune_random_mode") == "total" and m.get("prune_random_fraction", 0) > m.get("prune_fraction", 0):
+        raise ConfigError(f"method.prune_random_fraction={m['prune_random_fraction']} exceeds method.prune_fraction="
+                          f"{m['prune_fraction']}: with method.prune_random_mode=total the random part is a share of "
+                          "the total pruned; lower it or use prune_random_mode=survivors")  # fmt: skip
     if m.get("mochi_warmup_steps") and m.get("mochi_warmup_epochs") is not None:
         raise ConfigError(f"method.mochi_warmup_steps={m['mochi_warmup_steps']} and method.mochi_warmup_epochs="
                           f"{m['mochi_warmup_epochs']}: give MoCHi's warm-up once, in steps or in epochs")  # fmt: skip
@@ -112,8 +124,11 @@ def build_encoder(mcfg) -> Encoder:
 
 
 def build_projector(in_dim: int, mcfg) -> MLPHead:
+    """The projection head of ``model.proj_*``: ``proj_layers`` linear layers (in -> proj_hidden ...
+    -> proj_dim), BatchNorm after each hidden one (``proj_bn``) and, with ``proj_bn_last``, an
+    affine BatchNorm after the last one too, which then has no bias (SDCLR's official head)."""
     dims = [in_dim] + [mcfg.proj_hidden] * (mcfg.proj_layers - 1) + [mcfg.proj_dim]
-    return MLPHead(dims, batch_norm=mcfg.proj_bn)
+    return MLPHead(dims, batch_norm=mcfg.proj_bn, last_bn=mcfg.proj_bn_last, last_bn_affine=mcfg.proj_bn_last)
 
 
 def build_views(cfg) -> TwoViews:

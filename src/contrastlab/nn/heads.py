@@ -6,9 +6,13 @@ import torch.nn as nn
 
 class MLPHead(nn.Module):
     """Linear -> [BN] -> ReLU ... -> Linear. ``dims`` = (in, hidden..., out); ``last_bn`` adds a
-    BatchNorm without affine parameters after the last layer (as in SimCLR v2 / MoCo v3)."""
+    BatchNorm after the last layer, which then has no bias: without affine parameters by default
+    (as in SimCLR v2 / MoCo v3), with them when ``last_bn_affine`` (SDCLR's official head,
+    512-512-512-128 with BN after every linear layer). The hidden layers have no bias before a
+    BN (it would be cancelled by it) unless ``bias_before_bn``."""
 
-    def __init__(self, dims, batch_norm: bool = True, last_bn: bool = False, bias_before_bn: bool = False):
+    def __init__(self, dims, batch_norm: bool = True, last_bn: bool = False, bias_before_bn: bool = False,
+                 last_bn_affine: bool = False):
         super().__init__()
         if len(dims) < 2:
             raise ValueError(f"an MLP head needs at least (in, out) dims, got {dims}")
@@ -20,7 +24,7 @@ class MLPHead(nn.Module):
             layers.append(nn.ReLU(inplace=True))
         layers.append(nn.Linear(dims[-2], dims[-1], bias=not last_bn))
         if last_bn:
-            layers.append(nn.BatchNorm1d(dims[-1], affine=False))
+            layers.append(nn.BatchNorm1d(dims[-1], affine=last_bn_affine))
         self.net = nn.Sequential(*layers)
         self.out_dim = dims[-1]
 

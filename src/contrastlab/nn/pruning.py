@@ -22,6 +22,7 @@ def magnitude_masks(
     prune_fraction: float,
     random_fraction: float = 0.0,
     generator: torch.Generator | None = None,
+    random_of: str = "survivors",
 ) -> dict[str, torch.Tensor]:
     """SDCLR's pruning masks: global magnitude pruning over the weights of every ``nn.Conv2d``.
 
@@ -31,9 +32,16 @@ def magnitude_masks(
         threshold = sort(|w|)[k],   mask = |w| >= threshold
 
     (k = 0 keeps everything; k = N prunes everything). Ties at the threshold are kept, so
-    slightly fewer than k weights may be pruned. If ``random_fraction`` r > 0, a further
-    ceil(r * M) of the M weights still kept are pruned, chosen uniformly at random without
-    replacement (from ``generator`` if given), so about p + r (1 - p) of all are pruned.
+    slightly fewer than k weights may be pruned. A random part r = ``random_fraction`` > 0 is
+    chosen uniformly at random without replacement (from ``generator`` if given) among the
+    weights the magnitude part keeps; ``random_of`` says what r is a share of:
+
+    - ``"survivors"``: magnitude pruning at p as above, then ceil(r * M) of the M weights still
+      kept, so about p + r (1 - p) of all are pruned;
+    - ``"total"`` (the official SDCLR code, prune/mask.py and prune/prune_simCLR.py): p is the
+      total, r <= p: ceil((p - r) * N) by magnitude, then ceil(r * N) of the survivors at
+      random, so about p of all are pruned. (The official code draws each weight with
+      probability ceil(r N) / (N - ceil((p - r) N)), that count in expectation; here it is exact.)
 
     Returns {name in ``model.named_parameters()``: 0/1 mask of the weight's shape and dtype},
     on the weight's device.
@@ -42,6 +50,11 @@ def magnitude_masks(
         raise ValueError(f"prune_fraction must be in [0, 1), got {prune_fraction}")
     if not 0.0 <= random_fraction < 1.0:
         raise ValueError(f"random_fraction must be in [0, 1), got {random_fraction}")
+    if random_of not in ("survivors", "total"):
+        raise ValueError(f"random_of must be 'survivors' or 'total', got {random_of!r}")
+    if random_of == "total" and random_fraction > prune_fraction:
+        raise ValueError(f"random_fraction={random_fraction} is a share of the total prune_fraction={prune_fraction} "
+                         "(random_of='total'), so it cannot exceed it")
     names = {id(p): name for name, p in model.named_parameters()}
     weights = {}
     for module in model.modules():
@@ -52,7 +65,8 @@ def magnitude_masks(
     device = next(iter(weights.values())).device
     flat = torch.cat([w.detach().abs().flatten().to(device) for w in weights.values()])
     total = flat.numel()
-    k = _ceil_count(prune_fraction, total)
+    magnitude_share = prune_fraction - random_fraction if random_of == "total" else prune_fraction
+    k = _ceil_count(magnitude_share, total)
     if k == 0:
         keep = torch.ones(total, dtype=torch.bool, device=device)
     elif k >= total:
@@ -62,7 +76,7 @@ def magnitude_masks(
         keep = flat >= threshold
     if random_fraction > 0:
         kept = keep.nonzero().flatten()
-        drop = _ceil_count(random_fraction, kept.numel())
+        drop = min(kept.numel(), _ceil_count(random_fraction, total if random_of == "total" else kept.numel()))
         gen_device = generator.device if generator is not None else device
         order = torch.randperm(kept.numel(), generator=generator, device=gen_device).to(device)
         keep[kept[order[:drop]]] = False
@@ -124,9 +138,10 @@ class PrunedBranch(nn.Module):
     the start of every epoch, and BatchNorm layers of its own in both encoder and projector.
     The masks and the epoch they belong to are buffers, so a resumed run continues exactly."""
 
-    def __init__(self, encoder: nn.Module, projector: nn.Module, prune_fraction: float, random_fraction: float = 0.0):
+    def __init__(self, encoder: nn.Module, projector: nn.Module, prune_fraction: float, random_fraction: float = 0.0,
+                 random_of: str = "survivors"):
         super().__init__()
-        self.prune_fraction, self.random_fraction = prune_fraction, random_fraction
+        self.prune_fraction, self.random_fraction, self.random_of = prune_fraction, random_fraction, random_of
         self.encoder_twin = PrunedTwin(encoder)
         self.projector_twin = PrunedTwin(projector)  # linear layers are never pruned: own BN only
         self.register_buffer("mask_epoch", torch.tensor(-1, dtype=torch.long))
@@ -139,7 +154,7 @@ class PrunedBranch(nn.Module):
             return
         dev = next(encoder.parameters()).device
         g = torch.Generator(device=dev).manual_seed(1_000_003 + epoch)
-        masks = magnitude_masks(encoder, self.prune_fraction, self.random_fraction, generator=g)
+        masks = magnitude_masks(encoder, self.prune_fraction, self.random_fraction, generator=g, random_of=self.random_of)
         dead = [name for name, mk in masks.items() if not mk.any()]
         if dead:
             # a fully pruned layer without a skip connection makes the branch output constant
