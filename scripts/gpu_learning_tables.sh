@@ -35,6 +35,7 @@ for table in ${TABLES:-dcl mochi sdclr translation}; do
     mochi) rows=("MoCo v2" MoCHi); seeds=(0 1 2) ;;
     sdclr) rows=(SimCLR SDCLR); seeds=(0) ;;
     translation) rows=(CUT DCLGAN SimDCL); seeds=(0) ;;
+    sdclr_official) rows=(SimCLR SDCLR "SDCLR p90"); seeds=(0 1 2) ;;
     *) echo "unknown table $table"; exit 2 ;;
   esac
   for r in "${rows[@]}"; do

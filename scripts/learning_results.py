@@ -148,7 +148,7 @@ def _scalar_metrics(protocol: str, r: dict) -> dict:
                     if isinstance(v, (int, float)):
                         out[f"{d}.{k}"] = v
         return out
-    names = {"top1": "top1", "top5": "top5", "many": "many", "medium": "medium", "few": "few", "std": "per_class_std"}
+    names = {"top1": "top1", "top5": "top5", "many": "many", "medium": "medium", "few": "few", "std": "per_class_std", "group_std": "group_std"}
     return {names[k]: v for k, v in r.items() if k in names and isinstance(v, (int, float))}
 
 
