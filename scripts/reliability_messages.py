@@ -19,10 +19,11 @@ from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ["data.n_train=256", "data.n_test=128", "model.width=8", "model.proj_hidden=32", "model.proj_dim=16",
-        "optim.batch_size=32", "trainer.progress=false", "trainer.accelerator=cpu", "trainer.threads=1"]  # fmt: skip
+        "optim.batch_size=32", "optim.warmup_steps=0", "trainer.progress=false", "trainer.accelerator=cpu",
+        "trainer.threads=1"]  # fmt: skip
 SMALL_FOLDER = ["model.backbone=small_cnn", "model.width=8", "model.proj_hidden=32", "model.proj_dim=16",
                 "data.image_size=32", "optim.batch_size=8", "trainer.max_steps=4", "trainer.knn_k=5",
-                "trainer.accelerator=cpu", "trainer.progress=false", "data.num_workers=0"]  # fmt: skip
+                "trainer.accelerator=cpu", "trainer.progress=false", "data.num_workers=0", "optim.warmup_epochs=null"]  # fmt: skip
 
 
 def cli(*args, wait=True):

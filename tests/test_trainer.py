@@ -112,7 +112,7 @@ def test_unreadable_image_is_named_before_training(tmp_path, tiny):
         "simclr/imagefolder",
         [f"data.root={tmp_path / 'imgs'}", "data.image_size=32", "data.num_workers=0", "optim.batch_size=2",
          "model.backbone=small_cnn", "model.width=8", "trainer.max_steps=1", "trainer.accelerator=cpu",
-         "trainer.precision=32-true", f"trainer.out_dir={tmp_path / 'run'}"],
+         "trainer.precision=32-true", "optim.warmup_epochs=null", f"trainer.out_dir={tmp_path / 'run'}"],
     )  # fmt: skip
     with pytest.raises(UserError, match="broken.png"):
         fit(cfg)
@@ -128,7 +128,8 @@ def test_per_image_torchvision_views_train_on_folder_and_tensors(tmp_path, tiny)
         for i in range(8):
             Image.new("RGB", (40 + i, 30), (i * 30, 90, 10)).save(d / f"{i}.png")
     common = ["views.backend=torchvision", "trainer.max_steps=2", "trainer.accelerator=cpu", "trainer.progress=false",
-              "model.backbone=small_cnn", "model.width=8", "trainer.precision=32-true", "data.num_workers=0"]  # fmt: skip
+              "model.backbone=small_cnn", "model.width=8", "trainer.precision=32-true", "data.num_workers=0",
+              "optim.warmup_epochs=null"]  # fmt: skip
     res = fit(load_config("simclr/imagefolder", common + [f"data.root={tmp_path / 'imgs'}", "data.image_size=32",
                                                          "optim.batch_size=4", f"trainer.out_dir={tmp_path / 'f'}"]))  # fmt: skip
     assert res.step == 2

@@ -19,7 +19,7 @@ from contrastlab.engine.trainer import fit
 from contrastlab.methods.simclr import SimCLR
 
 TINY = ["data.n_train=256", "data.n_test=64", "model.width=8", "model.proj_hidden=32", "model.proj_dim=16",
-        "optim.batch_size=8", "trainer.max_steps=2", "trainer.knn_every=0", "trainer.progress=false",
+        "optim.batch_size=8", "optim.warmup_steps=0", "trainer.max_steps=2", "trainer.knn_every=0", "trainer.progress=false",
         "trainer.accelerator=cpu", "trainer.devices=2", "trainer.strategy=ddp"]  # fmt: skip
 
 
