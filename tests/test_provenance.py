@@ -112,8 +112,8 @@ def test_each_number_of_a_docs_row_is_in_the_results_file_it_names(doc, row, cel
 
 
 # Kept from before results files carried provenance, and described as such where the README names them
-# (the two last are to be regenerated: `make bench`, `python scripts/reliability_messages.py`; issue 12).
-LEGACY = ("gpu_check_h100.json", "bench_simclr_step_resnet18_r15.json", "reliability_messages.json")
+# (the last is to be regenerated: `python scripts/reliability_messages.py`; issue 12).
+LEGACY = ("gpu_check_h100.json", "reliability_messages.json")
 
 
 def test_every_results_file_records_its_provenance():
