@@ -359,6 +359,42 @@ def test_build_datasets_imagefolder_long_tail_keeps_default_label(folder_root):
     assert train.note.startswith("no val/ or test/ folder under")
 
 
+def test_imagefolder_in_memory_holds_the_decoded_files(folder_root):
+    """data.in_memory=true: both splits decoded once into uint8 tensors equal, image by image, to
+    what the files give on demand, with the same labels, classes, default label, folder and note."""
+    from contrastlab.data import TensorImageSet, build_datasets
+
+    on_disk = build_datasets(_imagefolder_cfg(folder_root, in_memory=False))
+    in_mem = build_datasets(_imagefolder_cfg(folder_root, in_memory=True))
+    for a, b in zip(on_disk, in_mem):
+        assert isinstance(b, TensorImageSet) and not isinstance(a, TensorImageSet)
+        assert len(a) == len(b) and b.images.dtype == torch.uint8 and b.images.shape[1:] == (3, 16, 16)
+        for i in range(len(a)):
+            assert torch.equal(a[i][0], b.images[i]), i
+        assert torch.equal(a.labels["label"], b.labels["label"]) and a.classes == b.classes
+        assert (a.default_label, a.split_dir, a.note) == (b.default_label, b.split_dir, b.note)
+
+
+def test_imagefolder_in_memory_names_a_corrupt_file(folder_root):
+    bad = folder_root / "train" / "dog" / "bad.png"
+    bad.write_bytes(b"this is not a png at all" * 10)
+    from contrastlab.data import build_datasets
+
+    with pytest.raises(UserError, match="bad.png is unreadable or corrupt"):
+        build_datasets(_imagefolder_cfg(folder_root, in_memory=True))
+
+
+def test_in_memory_config_errors():
+    from contrastlab.config import load_config
+    from contrastlab.errors import ConfigError
+
+    with pytest.raises(ConfigError, match="data.in_memory=true applies to data.name=imagefolder"):
+        load_config("simclr", ["data.in_memory=true"])
+    with pytest.raises(ConfigError, match="views.backend=torchvision crops each file at its full size"):
+        load_config("simclr/imagefolder_cpu", ["views.backend=torchvision"])
+    assert load_config("simclr/imagefolder_cpu").data.in_memory
+
+
 def test_corrupt_image_in_test_split_named(folder_root):
     """The test split's files are checked like the training files: test.check_readable() names the file."""
     (folder_root / "val").rename(folder_root / "test")

@@ -47,6 +47,10 @@ class DataConfig:
     val_seed: int = option(0, unbounded="any integer seed")
     val_file: Optional[str] = None
     train_file: Optional[str] = None  # the training images as an index file (SDCLR's trainIdxList.npy); null: all but the hold-out
+    # imagefolder: decode every image once at the start (at image_size) and keep them in memory as one uint8
+    # tensor, as the embedded sets are; for folders of small images (N x 3 x image_size^2 bytes) with the
+    # batched views: the same batches and views, without decoding files every step
+    in_memory: bool = option(False, resume_safe=True)
     num_workers: int = option(0, ge=0, resume_safe=True)
     pin_memory: bool = option(True, resume_safe=True)
     persistent_workers: bool = option(True, resume_safe=True)
@@ -458,6 +462,12 @@ def check_config(cfg: Config) -> None:
         raise ConfigError(f"model.timm_kwargs applies to timm:NAME backbones, not to model.backbone="
                           f"{cfg.model.backbone}; remove it or choose a timm backbone")  # fmt: skip
     _check_data_splits(d)
+    if d.in_memory and d.name != "imagefolder":
+        raise ConfigError(f"data.in_memory=true applies to data.name=imagefolder (the other sets are in memory or "
+                          f"read their own way), not to {d.name}; remove it")  # fmt: skip
+    if d.in_memory and v.backend != "batched":
+        raise ConfigError("data.in_memory=true keeps images at data.image_size for the batched views; "
+                          "views.backend=torchvision crops each file at its full size: set one or the other")
     if d.load_size is not None and d.load_size < d.image_size:
         raise ConfigError(f"data.load_size={d.load_size}: must be >= data.image_size={d.image_size} "
                           "(the random crop is cut from the resized image)")  # fmt: skip

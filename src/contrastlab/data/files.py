@@ -110,6 +110,28 @@ class FileImageSet(ImageSet):
                     f"image file {path} is unreadable or corrupt ({one_line(e)}); remove or replace it"
                 ) from None
 
+    def to_memory(self, progress: bool = True):
+        """A :class:`~contrastlab.data.base.TensorImageSet` of every image decoded as ``__getitem__``
+        does (resized and centre-cropped to ``image_size``), with the same labels, classes, name,
+        default label, ``split_dir`` and ``note``. An undecodable file raises :class:`UserError`
+        naming it. ``progress``: a progress bar on stderr for sets of more than 2,000 files."""
+        from tqdm import tqdm
+
+        from .base import TensorImageSet
+
+        if self.transform is not None:
+            raise ValueError("to_memory keeps the images at image_size; this set has a per-image transform")
+        images = torch.empty(len(self), 3, self.image_size, self.image_size, dtype=torch.uint8)
+        bar = tqdm(range(len(self)), desc=f"decoding {self.name or 'images'}", unit="img", leave=False,
+                   disable=not progress or len(self) <= 2000)
+        for i in bar:
+            images[i] = self[i][0]
+        out = TensorImageSet(images, self.labels, self.classes, self.name)
+        out.split_dir, out.note = self.split_dir, self.note
+        if "default_label" in vars(self):
+            out.default_label = self.default_label
+        return out
+
     def subset(self, indices) -> "FileImageSet":
         """The items at ``indices``, with the same classes, image size, transform, default label,
         ``split_dir`` and ``note``."""

@@ -108,5 +108,10 @@ def _pick_test_dir(root: str, test_dir: str | None) -> tuple[str | None, str | N
 
 
 def imagefolder_datasets(dcfg):
-    """``data.name=imagefolder``: ``root/train/<class>/...`` and the test split (``data.test_dir``)."""
-    return load_imagefolder(str(data_root(dcfg)), dcfg.train_dir, dcfg.test_dir, image_size=dcfg.image_size)
+    """``data.name=imagefolder``: ``root/train/<class>/...`` and the test split (``data.test_dir``);
+    with ``data.in_memory``, both decoded once into memory (:meth:`FileImageSet.to_memory`)."""
+    train, test = load_imagefolder(str(data_root(dcfg)), dcfg.train_dir, dcfg.test_dir, image_size=dcfg.image_size)
+    if getattr(dcfg, "in_memory", False):
+        train = train.to_memory()
+        test = None if test is None else test.to_memory()
+    return train, test
