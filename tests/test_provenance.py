@@ -111,9 +111,8 @@ def test_each_number_of_a_docs_row_is_in_the_results_file_it_names(doc, row, cel
     test_each_quoted_number_is_in_the_results_file_the_row_names(doc, row, cells)
 
 
-# Kept from before results files carried provenance, and described as such where the README names them
-# (the last is to be regenerated: `python scripts/reliability_messages.py`; issue 12).
-LEGACY = ("gpu_check_h100.json", "reliability_messages.json")
+# Kept from before results files carried provenance, and described as such where the README names it.
+LEGACY = ("gpu_check_h100.json",)
 
 
 def test_every_results_file_records_its_provenance():
