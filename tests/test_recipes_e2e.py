@@ -65,6 +65,23 @@ def test_imagefolder_recipe_trains_evaluates_and_reports(folder, tmp_path, capsy
     assert _last_json(capsys)["knn_top1"] == r["knn_top1"]
 
 
+@pytest.mark.parametrize("recipe", ["simclr/imagefolder_cpu", "moco/imagefolder_cpu"])
+def test_cpu_imagefolder_presets_train_in_memory_evaluate_and_report(folder, tmp_path, capsys, recipe):
+    """The CPU presets for a user's folder hold the decoded images in memory (data.in_memory) and
+    train, monitor, evaluate and report like the full-scale recipes."""
+    out = tmp_path / "run"
+    extra = ["method.queue_size=16"] if recipe.startswith("moco") else []
+    args = ["train", recipe, f"data.root={folder}", f"trainer.out_dir={out}", *SMALL, *extra]
+    assert main(args) == 0, capsys.readouterr().err[-2000:]
+    r = _last_json(capsys)
+    assert r["status"] == "complete" and r["step"] == 6 and 0 <= r["knn_top1"] <= 1
+    assert main(["eval", "knn", str(out), "k=5"]) == 0
+    k = _last_json(capsys)
+    assert k["n_train"] == 32 and k["n_test"] == 12 and 0 <= k["top1"] <= 1
+    assert main(["eval", "linear", str(out), "epochs=5"]) == 0 and len(_last_json(capsys)["per_class_acc"]) == 2
+    assert main(["report", str(out)]) == 0 and (out / "report.html").exists()
+
+
 def _copy(folder, tmp_path):
     import shutil
 
