@@ -118,8 +118,7 @@ TABLES["imagefolder_cpu"] = (
                                   ["data.name=imagefolder", "data.label=label"]))],
     [("knn", []), ("linear", []), *BASELINES], [0, 1, 2])
 # Candidates for the SimCLR image-folder preset, at 1,000 steps, seed 0 (how its values were chosen).
-CANDIDATES = {"base": [], "per_image": ["model.norm=per_image"], "crop08": ["views.crop_scale=[0.08,1.0]"],
-              "t0.2": ["method.temperature=0.2"]}
+CANDIDATES = {"base": [], "per_image": ["model.norm=per_image"], "crop08": ["views.crop_scale=[0.08,1.0]"]}
 TABLES["imagefolder_cpu_candidates"] = (
     "candidates for simclr/imagefolder_cpu at 1,000 steps on the offline real images: kNN and linear probe",
     [(f"{c} on {folder}", "simclr/imagefolder_cpu", [f"data.root={REAL}/{folder}", "trainer.max_steps=1000", *extra])
