@@ -138,7 +138,7 @@ def test_resume_safe_fields_are_the_ones_that_do_not_change_training():
         "trainer.out_dir", "trainer.resume", "trainer.overwrite", "trainer.ckpt_every", "trainer.log_every",
         "trainer.knn_every", "trainer.knn_k", "trainer.knn_t", "trainer.knn_max_train", "trainer.max_minutes",
         "trainer.progress", "trainer.threads", "trainer.compile", "trainer.channels_last", "trainer.accelerator",
-        "data.root", "data.download", "data.num_workers", "data.pin_memory", "data.persistent_workers",
+        "data.root", "data.download", "data.in_memory", "data.num_workers", "data.pin_memory", "data.persistent_workers",
         "method.monitor_images", "method.grid_images",
     }  # fmt: skip
 

@@ -82,6 +82,23 @@ def test_cpu_imagefolder_presets_train_in_memory_evaluate_and_report(folder, tmp
     assert main(["report", str(out)]) == 0 and (out / "report.html").exists()
 
 
+def test_in_memory_trains_the_same_weights_as_decoding_files(folder, tmp_path, capsys):
+    """data.in_memory changes where the images come from, not what is trained (so it may change
+    between a run and its resumption): the same weights after the same steps."""
+    import torch
+
+    states = []
+    for in_memory in ("true", "false"):
+        out = tmp_path / f"run-{in_memory}"
+        args = ["train", "simclr/imagefolder_cpu", f"data.root={folder}", f"data.in_memory={in_memory}",
+                f"trainer.out_dir={out}", *SMALL, "trainer.knn_every=0"]  # fmt: skip
+        assert main(args) == 0, capsys.readouterr().err[-2000:]
+        states.append(torch.load(out / "last.ckpt", map_location="cpu", weights_only=False)["model"])
+    assert states[0].keys() == states[1].keys()
+    for k in states[0]:
+        assert torch.equal(states[0][k], states[1][k]), k
+
+
 def _copy(folder, tmp_path):
     import shutil
 
