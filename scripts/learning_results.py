@@ -242,7 +242,7 @@ def main(argv=None):
             if key in res["runs"]:
                 print(f"{key}: recorded at {res['runs'][key]['commit']} (same training code), skipped", flush=True)
                 continue
-            run_dir = ROOT / a.runs_dir / a.table / f"{recipe.replace('/', '-')}-{name.replace(' ', '')}-s{seed}"
+            run_dir = ROOT / a.runs_dir / a.table / f"{recipe.replace('/', '-')}-{name.replace(' ', '').replace('/', '-')}-s{seed}"
             train = ["train", recipe, *with_seed([*overrides, *a.overrides], seed), f"seed={seed}",
                      f"trainer.out_dir={run_dir}", "trainer.progress=false", f"trainer.threads={a.threads}",
                      "trainer.overwrite=true"]  # fmt: skip
