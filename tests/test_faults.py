@@ -56,13 +56,15 @@ def test_kills_during_writes_and_at_random_moments_lose_nothing(tmp_path, tiny):
     moments, each time resumed by rerunning the same command: it ends with the weights and the
     metrics history (every logged loss and kNN value, each step once) of the uninterrupted run.
 
-    The faults, in order (checkpoints every 4 steps, a row per step, kNN at 20 and 40):
+    The faults, in order (checkpoints every 4 steps, a row per step, kNN at 20, 40, 60 and the last step):
     the 3rd checkpoint write (step 12) is cut half-way; the resume from step 8 dies half-way
     through rewriting metrics.csv (the rewrite that drops rows after step 8); the next resume
     dies half-way through appending its 7th row (step 15); the next (from 12) dies just before
     its 5th rename (config.yaml, metrics.csv, checkpoint 16, the kNN columns' rewrite at 20,
-    then checkpoint 20); then two kills at random moments."""
-    steps = 40
+    then checkpoint 20); then two kills at random moments, each within about two checkpoint
+    intervals (timed in that process) of the first checkpoint it writes, so that on a fast machine
+    too they land before the run ends."""
+    steps = 64
     args = ["train", "simclr", *tiny, f"trainer.max_steps={steps}", "trainer.ckpt_every=4", "trainer.log_every=1",
             "trainer.knn_every=20", "optim.warmup_steps=5", f"trainer.threads={torch.get_num_threads()}"]  # fmt: skip
     # the uninterrupted run, in a process that exits with 97 if a run file is written in place
@@ -80,13 +82,18 @@ def test_kills_during_writes_and_at_random_moments_lose_nothing(tmp_path, tiny):
     for _ in range(2):
         start = load_checkpoint(out / "last.ckpt")["step"]
         p = _run(run, wait=False)
-        # wait until the process trains (the checkpoint moves on), then kill it at a random moment
+        # wait until the process trains (the checkpoint moves on twice, which times one interval),
+        # then kill it at a random moment within the next interval
+        moves = [(time.time(), start)]
         deadline = time.time() + 120
-        while time.time() < deadline and p.poll() is None:
-            if (out / "last.ckpt").exists() and _step_or_none(out) not in (None, start):
-                break
-            time.sleep(0.01)
-        time.sleep(rng.uniform(0.0, 0.4))
+        while time.time() < deadline and p.poll() is None and len(moves) < 3:
+            step = _step_or_none(out)
+            if step not in (None, moves[-1][1]):
+                moves.append((time.time(), step))
+            time.sleep(0.005)
+        assert len(moves) == 3, (moves, p.poll())
+        time.sleep(rng.uniform(0.0, 1.0) * (moves[2][0] - moves[1][0]))
+        assert p.poll() is None, f"the run ended before the random kill ({moves})"
         p.send_signal(signal.SIGKILL)
         p.communicate()
         kills.append(("random", _step_or_none(out)))
@@ -102,7 +109,7 @@ def test_kills_during_writes_and_at_random_moments_lose_nothing(tmp_path, tiny):
     (ta, ka, ea), (tb, kb, eb) = _history(tmp_path / "full"), _history(out)
     assert [s for s, _ in ta] == list(range(1, steps + 1))
     assert tb == ta, f"loss history differs after the kills {kills}"
-    assert kb == ka and [s for s, _ in ka] == [20, 40]
+    assert kb == ka and [s for s, _ in ka] == [20, 40, 60, 64]
     assert eb == ea, "rows that are neither losses nor kNN values (a partial line kept?)"
     # no temporaries of the killed writes are left behind
     assert not [p.name for p in out.rglob(".*tmp*")]
