@@ -162,12 +162,16 @@ def test_a_step_is_the_per_space_loss_and_each_space_enqueues_its_k0_keys(tiny, 
 def test_the_key_branch_is_a_momentum_copy_and_every_online_weight_gets_a_gradient(tiny):
     m = _method(tiny)
     with torch.no_grad():
-        for p in m.heads.parameters():
-            p.add_(0.1)
-    key_before = [p.clone() for p in m.key_heads.parameters()]
+        for p in m.parameters():
+            if p.requires_grad:
+                p.add_(0.1)  # the online branch moves away from its copy
+    online = [*m.backbone.parameters(), *m.heads.parameters()]
+    key = [*m.key_backbone.parameters(), *m.key_heads.parameters()]
+    key_before = [p.clone() for p in key]
     out = m(_batch())
     out["loss"].backward()
-    for kb, k, o in zip(key_before, m.key_heads.parameters(), m.heads.parameters()):
+    assert len(key) == len(online) > 0
+    for kb, k, o in zip(key_before, key, online):
         assert torch.allclose(k, 0.5 * kb + 0.5 * o)
     for name, p in m.named_parameters():
         if p.requires_grad:

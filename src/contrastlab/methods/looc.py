@@ -112,7 +112,7 @@ class LooC(nn.Module):
             momentum_update(self.heads, self.key_heads, self.cfg.momentum)
             k = self.keys(keys, batch.get("generator"))
         zq = self.spaces(self.backbone, self.heads, q)
-        queues = torch.stack([qu.keys for qu in self.queues]).clone()  # as they were before this push
+        queues = torch.stack([qu.keys for qu in self.queues])  # a copy: the queues before this step's push
         losses = leave_one_out_info_nce(zq, k, queues, self.cfg.temperature)
         for s, qu in enumerate(self.queues):
             qu.push(k[s, 0])  # each space's queue takes the k_0 keys embedded in it
