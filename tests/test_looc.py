@@ -236,3 +236,30 @@ def test_recipe_trains_end_to_end_and_its_features_evaluate(recipe, dim, tiny, t
     if dim:
         cfg = load_config(recipe, tiny)
         assert build_method(cfg).encoder.out_dim == dim
+
+
+@pytest.mark.distributed
+def test_two_processes_hold_the_same_weights_and_queues_with_both_ranks_keys(tmp_path):
+    """Two LooC steps on two gloo processes (torchrun): every rank holds the same weights, key branch and
+    queues after each step, and each space's queue takes the k_0 keys of rank 0 then rank 1 in that space."""
+    import os
+    import subprocess
+    import sys
+
+    script = os.path.join(os.path.dirname(__file__), "dist_scripts", "looc_step.py")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", script, str(tmp_path)]
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert p.returncode == 0, p.stderr[-3000:]
+    r = [torch.load(tmp_path / f"rank{i}.pt", weights_only=True) for i in range(2)]
+    for t in range(2):
+        s0, s1 = r[0]["steps"][t], r[1]["steps"][t]
+        assert math.isfinite(s0["loss"]) and math.isfinite(s1["loss"])
+        for name, v in s0["state"].items():
+            if "running_" not in name and "num_batches" not in name:  # BN statistics are per process
+                assert torch.equal(v, s1["state"][name]), (t, name)
+        k0, k1 = s0["keys"], s1["keys"]  # (S spaces, S keys, B, d) of each rank
+        assert k0.shape[:2] == (4, 4) and s0["ptrs"] == s1["ptrs"]
+        for s in range(4):
+            rows = (torch.arange(2 * k0.shape[2]) + s0["ptrs"][s]) % 64
+            want = F.normalize(torch.cat([k0[s, 0], k1[s, 0]]), dim=1)
+            assert torch.allclose(s0["state"][f"queues.{s}.keys"][rows], want, atol=1e-5), (t, s)
