@@ -247,7 +247,8 @@ def test_two_processes_hold_the_same_weights_and_queues_with_both_ranks_keys(tmp
     import sys
 
     script = os.path.join(os.path.dirname(__file__), "dist_scripts", "looc_step.py")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", script, str(tmp_path)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", script,
+           str(tmp_path)]  # fmt: skip
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert p.returncode == 0, p.stderr[-3000:]
     r = [torch.load(tmp_path / f"rank{i}.pt", weights_only=True) for i in range(2)]

@@ -105,7 +105,9 @@ def info_nce(
     return F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))
 
 
-def leave_one_out_info_nce(q: torch.Tensor, k: torch.Tensor, queues: torch.Tensor, temperature: float = 0.2) -> torch.Tensor:
+def leave_one_out_info_nce(
+    q: torch.Tensor, k: torch.Tensor, queues: torch.Tensor, temperature: float = 0.2
+) -> torch.Tensor:
     """LooC's InfoNCE losses, one per embedding space (Xiao et al., ICLR 2021, section 3).
 
     n atomic augmentations give n + 1 spaces and n + 1 keys per image. ``q`` (S, B, d): the query
