@@ -264,3 +264,15 @@ def test_two_processes_hold_the_same_weights_and_queues_with_both_ranks_keys(tmp
             rows = (torch.arange(2 * k0.shape[2]) + s0["ptrs"][s]) % 64
             want = F.normalize(torch.cat([k0[s, 0], k1[s, 0]]), dim=1)
             assert torch.allclose(s0["state"][f"queues.{s}.keys"][rows], want, atol=1e-5), (t, s)
+
+
+def test_shuffled_key_sub_batches_come_back_in_order(tiny):
+    """Shuffle-BN in one process (shuffle_groups > 1) encodes the (n + 1) B keys in shuffled sub-batches; with
+    BatchNorm on running statistics (eval mode) the keys must equal the plain encoding, key by key."""
+    m = _method(tiny, extra=["method.shuffle_groups=4"]).eval()
+    q, keys = m.views.views(_batch())
+    with torch.no_grad():
+        got = m.keys(keys, torch.Generator().manual_seed(5))
+        f = m.key_backbone(torch.cat(keys))
+        want = torch.stack([h(f) for h in m.key_heads]).view(4, 4, 16, -1)
+    assert torch.allclose(got, want, atol=1e-5)
