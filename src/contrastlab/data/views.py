@@ -26,6 +26,7 @@ from typing import Optional
 import torch
 import torch.nn.functional as F
 
+from ..errors import ConfigError
 from ..fields import option
 
 
@@ -286,3 +287,89 @@ def torchvision_views(cfg: ViewConfig, out_size: int):
         ops.append(v2.RandomApply([v2.GaussianBlur(k, sigma=cfg.blur_sigma)], p=cfg.blur_p))
     ops.append(v2.ToDtype(torch.float32, scale=True))
     return v2.Compose(ops)
+
+
+# The atomic augmentations of leave-one-out views (LooC), each a group of parameters drawn together:
+# "rotation" by a multiple of 90 degrees (0, 90, 180, 270, uniform; LooC's rotation), "color" (jitter,
+# grayscale, channel permutation, inversion of ``views``), "crop" (random resized crop, flip and the small
+# ``views.rotation`` angle) and "blur" (Gaussian blur, ``views.blur_p``: a texture augmentation).
+LOO_AUGMENTATIONS = ("rotation", "color", "crop", "blur")
+
+
+def loo_augmentations_allowed(names) -> str | None:
+    """None when ``names`` is a non-empty list of distinct atomic augmentations, else what is allowed
+    (for ``fields.option(check=...)``)."""
+    names = list(names)
+    if not names or len(set(names)) != len(names) or any(n not in LOO_AUGMENTATIONS for n in names):
+        return f"a non-empty list of distinct names from {', '.join(LOO_AUGMENTATIONS)}"
+    return None
+
+
+class LeaveOneOutViews(BatchedViews):
+    """Leave-one-out views (LooC: Xiao et al., ICLR 2021, section 3): for n named atomic augmentations,
+    ``views(batch) -> (q, [k_0, ..., k_n])``, batched tensors (B, 3, S, S) in [0, 1].
+
+    Each augmentation's parameters are drawn as a group (:meth:`sample`), so a group can be shared
+    between views or redrawn: the query and the first key k_0 draw every group independently; key k_i
+    (i = 1..n, in the order of ``augmentations``) takes the query's parameters of augmentation i and
+    k_0's of every other atomic augmentation, so it differs from the query in all but augmentation i
+    (and from k_0 in augmentation i only). Augmentation groups that are not atomic (e.g. the crop when
+    ``augmentations`` omits it) are common augmentations: drawn independently for every view. The
+    90-degree rotation is applied only when "rotation" is atomic (it is not in the standard family).
+    ``views(batch, return_params=True)`` also returns each view's parameters (dicts of tensors)."""
+
+    def __init__(self, cfg: ViewConfig, out_size: int, augmentations=("rotation", "color", "crop")):
+        super().__init__(cfg, out_size)
+        allowed = loo_augmentations_allowed(augmentations)
+        if allowed:
+            raise ConfigError(f"method.augmentations={list(augmentations)}: must be {allowed}")
+        self.augmentations = tuple(augmentations)
+
+    def sample(self, n: int, h: int, w: int, g=None, device=None) -> dict:
+        """One independent draw of every group for n images of h x w: {group: {name: tensor}}."""
+        cfg = self.cfg
+        crop = {"boxes": crop_boxes(n, h, w, cfg.crop_scale, cfg.crop_ratio, g, device),
+                "flip": torch.rand(n, generator=g, device=device) < cfg.flip_p,
+                "angle": _uniform(-cfg.rotation, cfg.rotation, n, g, device)}  # fmt: skip
+        if "rotation" in self.augmentations:
+            quarter = torch.randint(0, 4, (n,), generator=g, device=device)
+        else:
+            quarter = torch.zeros(n, dtype=torch.long, device=device)
+        m, c, b, gs, inv = color_matrices(n, cfg, g, device)
+        color = {"m": m, "c": c, "b": b, "grayscale": gs, "invert": inv if inv is not None else torch.zeros_like(c)}
+        blur = {"sigma": _uniform(cfg.blur_sigma[0], cfg.blur_sigma[1], n, g, device),
+                "on": torch.rand(n, generator=g, device=device) < cfg.blur_p}  # fmt: skip
+        return {"rotation": {"quarter": quarter}, "color": color, "crop": crop, "blur": blur}
+
+    def render(self, images: torch.Tensor, p: dict) -> torch.Tensor:
+        """The view of float ``images`` (B, 3, H, W) with parameters ``p`` (as :meth:`sample`)."""
+        angle = p["crop"]["angle"] + 90.0 * p["rotation"]["quarter"].to(p["crop"]["angle"].dtype)
+        x = resized_crop(images, p["crop"]["boxes"], p["crop"]["flip"], self.out_size, angle)
+        c = p["color"]
+        x = apply_color(x, c["m"], c["c"], c["b"], c["grayscale"], c["invert"] if self.cfg.invert_p > 0 else None)
+        on = p["blur"]["on"]
+        if self.cfg.blur_p > 0 and on.any():
+            k = max(3, int(self.cfg.blur_kernel_frac * self.out_size) // 2 * 2 + 1)
+            x = torch.where(on[:, None, None, None], gaussian_blur(x, p["blur"]["sigma"], k), x)
+        return x
+
+    def views(self, batch: dict, return_params: bool = False):
+        if "images" not in batch:
+            raise ConfigError("leave-one-out views are drawn from the batch's images on the device: set "
+                              "views.backend=batched")  # fmt: skip
+        images = batch["images"]
+        if images.dtype == torch.uint8:
+            images = images.float().div_(255)
+        n, _, h, w = images.shape
+        g, dev = batch.get("generator"), images.device
+        q_p, k0_p = self.sample(n, h, w, g, dev), self.sample(n, h, w, g, dev)
+        params = [q_p, k0_p]
+        for aug in self.augmentations:
+            p = self.sample(n, h, w, g, dev)  # the common (non-atomic) groups: drawn afresh
+            for other in self.augmentations:
+                p[other] = q_p[other] if other == aug else k0_p[other]
+            params.append(p)
+        out = [self.render(images, p) for p in params]
+        if return_params:
+            return out[0], out[1:], params
+        return out[0], out[1:]

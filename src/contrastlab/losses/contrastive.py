@@ -103,3 +103,42 @@ def info_nce(
     if extra is not None:
         logits = torch.cat([logits, extra], dim=1)
     return F.cross_entropy(logits, torch.zeros(q.shape[0], dtype=torch.long, device=q.device))
+
+
+def leave_one_out_info_nce(
+    q: torch.Tensor, k: torch.Tensor, queues: torch.Tensor, temperature: float = 0.2
+) -> torch.Tensor:
+    """LooC's InfoNCE losses, one per embedding space (Xiao et al., ICLR 2021, section 3).
+
+    n atomic augmentations give n + 1 spaces and n + 1 keys per image. ``q`` (S, B, d): the query
+    embedded in each space s = 0..n; ``k`` (S, S, B, d): ``k[s, j]`` is key j of each image embedded in
+    space s (key 0 differs from the query in every augmentation, key i shares its augmentation i);
+    ``queues`` (S, K, d): each space's queue of negative keys. All are L2-normalised here.
+
+    Space 0 is invariant to every augmentation: each key is a positive, with the queue as negatives,
+    ``L_0 = 1/(n+1) sum_j -log(exp(q.k_j/t) / (exp(q.k_j/t) + sum_queue exp(q.n/t)))`` (one InfoNCE term per
+    positive key; the other positives are not in its denominator). Space i >= 1 is sensitive to
+    augmentation i: only k_i is positive, the image's other keys k_j (j != i, k_0 included) are
+    negatives with the queue, ``L_i = -log(exp(q.k_i/t) / (sum_j exp(q.k_j/t) + sum_queue exp(q.n/t)))``.
+    Returns the (S,) losses, each a mean over the batch.
+    """
+    if q.dim() != 3 or k.shape != (q.shape[0], *q.shape) or queues.dim() != 3 or queues.shape[0] != q.shape[0] \
+            or queues.shape[2] != q.shape[2]:  # fmt: skip
+        raise ValueError(f"leave_one_out_info_nce expects q (S, B, d), k (S, S, B, d) and queues (S, K, d), got "
+                         f"{tuple(q.shape)}, {tuple(k.shape)}, {tuple(queues.shape)}")  # fmt: skip
+    q = F.normalize(q.float(), dim=-1)
+    k = F.normalize(k.float(), dim=-1)
+    queues = F.normalize(queues.float(), dim=-1)
+    n_spaces, b = q.shape[0], q.shape[1]
+    l_keys = torch.einsum("sbd,sjbd->sbj", q, k)  # (S, B, S): each query against its image's keys
+    l_queue = torch.einsum("sbd,skd->sbk", q, queues)  # (S, B, K)
+    # space 0: one term per positive key j, against the queue
+    neg0 = torch.logsumexp(l_queue[0] / temperature, dim=1, keepdim=True)  # (B, 1)
+    pos0 = l_keys[0] / temperature  # (B, S)
+    losses = [(torch.logaddexp(pos0, neg0) - pos0).mean()]
+    # space i: key i against the other keys of its image and the queue
+    for i in range(1, n_spaces):
+        logits = torch.cat([l_keys[i], l_queue[i]], dim=1) / temperature
+        target = torch.full((b,), i, dtype=torch.long, device=q.device)
+        losses.append(F.cross_entropy(logits, target))
+    return torch.stack(losses)

@@ -14,6 +14,8 @@ from ..errors import ConfigError
 REGISTRY = {
     "simclr": "contrastlab.methods.simclr:SimCLR",
     "moco": "contrastlab.methods.moco:MoCo",
+    "looc": "contrastlab.methods.looc:LooC",
+    "looc_pp": "contrastlab.methods.looc:LooC",
     "cut": "contrastlab.methods.cut:CUT",
     "dclgan": "contrastlab.methods.dclgan:DCLGAN",
     "simdcl": "contrastlab.methods.dclgan:SimDCL",
