@@ -55,7 +55,7 @@ class InvPConfig:
     # ... or after this many steps (then set inv_start_epochs=null)
     inv_start_steps: Optional[int] = option(None, ge=0)
     bank_momentum: float = option(0.5, ge=0, lt=1, doc="v <- normalize(m v + (1 - m) f)")
-    chunk_size: int = option(65536, ge=1, resume_safe=True, doc="bank rows per chunk of the background search")
+    chunk_size: int = option(65536, ge=1, doc="bank rows per chunk of the background search")
 
     @classmethod
     def check(cls, cfg) -> None:
