@@ -96,8 +96,8 @@ def test_instance_loss_is_the_loop(t):
     loss = background_instance_loss(s_self, s_b, t)
     ref = 0.0
     for i in range(5):
-        total = sum(math.exp(float(s_b[i, j]) / t) for j in range(9))
-        ref += -math.log(math.exp(float(s_self[i]) / t) / total)
+        total = sum(math.exp(float(s_b[i, j].detach()) / t) for j in range(9))
+        ref += -math.log(math.exp(float(s_self[i].detach()) / t) / total)
     assert abs(loss.item() - ref / 5) < 1e-10
     # gradient: d/ds_self = -1/(B t); d/ds_bj = softmax_j / (B t)
     loss.backward()
@@ -121,11 +121,11 @@ def test_invariance_loss_is_the_loop(t):
     loss, has = invariance_loss(s_p, pos, s_b, is_self, t)
     terms = []
     for i in range(b):
-        ps = [math.exp(float(s_p[i, j]) / t) for j in range(m) if pos[i, j]]
+        ps = [math.exp(float(s_p[i, j].detach()) / t) for j in range(m) if pos[i, j]]
         if not ps:
             continue
-        background = sum(math.exp(float(s_b[i, j]) / t) for j in range(kb))
-        self_s = sum(math.exp(float(s_b[i, j]) / t) for j in range(kb) if is_self[i, j])
+        background = sum(math.exp(float(s_b[i, j].detach()) / t) for j in range(kb))
+        self_s = sum(math.exp(float(s_b[i, j].detach()) / t) for j in range(kb) if is_self[i, j])
         terms.append(-math.log(sum(ps) / (background - self_s)))
     assert has.tolist() == [bool(pos[i].any()) for i in range(b)]
     assert abs(loss.item() - sum(terms) / len(terms)) < 1e-10
