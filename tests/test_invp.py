@@ -384,3 +384,66 @@ def test_trains_resumes_with_bank_and_graph_and_evaluates(tmp_path, tiny, monkey
 
     r = json.loads([line for line in capsys.readouterr().out.splitlines() if line.strip()][-1])
     assert r["protocol"] == "knn" and 0 <= r["top1"] <= 1 and r["n_train"] == 256
+
+
+def test_trains_on_the_per_image_views_path(tmp_path, tiny):
+    """views.backend=torchvision: the loader makes two views per image; InvP uses the first."""
+    from contrastlab.engine.trainer import fit
+
+    res = fit(load_config("invp", tiny + ["views.backend=torchvision", "trainer.max_steps=10", "method.n_background=64",
+                                          "method.inv_start_steps=8", "method.inv_start_epochs=null", "trainer.threads=1",
+                                          "trainer.log_every=10", f"trainer.out_dir={tmp_path}"]))  # fmt: skip
+    header, row = (tmp_path / "metrics.csv").read_text().splitlines()[:2]
+    row = dict(zip(header.split(","), row.split(",")))
+    assert res.step == 10 and math.isfinite(float(row["loss"])) and float(row["inv_on"]) == 1 and float(row["pos_found"]) > 0
+
+
+# ----------------------------------------------------------------------------- two processes
+def _bank_worker(rank, world, port, bank0, graph0, index, f, rows, out):
+    import torch.distributed as dist
+
+    os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(port))
+    dist.init_process_group("gloo", rank=rank, world_size=world)
+    try:
+        b = index.shape[0] // world
+        mine = slice(rank * b, (rank + 1) * b)
+        bank = MemoryBank(bank0.shape[1])
+        bank.vectors = bank0.clone()
+        from contrastlab.nn.graph import KNNGraph
+
+        graph = KNNGraph(graph0.shape[1])
+        graph.neighbours = graph0.clone()
+        bank.update(index[mine], f[mine])
+        graph.set_rows(index[mine], rows[mine])
+        out[rank] = (bank.vectors.clone(), graph.neighbours.clone())
+    finally:
+        dist.destroy_process_group()
+
+
+@pytest.mark.distributed
+def test_two_processes_keep_the_same_bank_and_graph_as_one():
+    """Each process updates the rows of its half of the batch; both end with the bank and graph
+    that one process gets from the whole batch (the rows are gathered in rank order)."""
+    import socket
+
+    import torch.multiprocessing as mp
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    g = torch.Generator().manual_seed(7)
+    one = MemoryBank(6)
+    one.allocate(30, generator=g)
+    from contrastlab.nn.graph import KNNGraph
+
+    graph = KNNGraph(3)
+    graph.allocate(30)
+    bank0, graph0 = one.vectors.clone(), graph.neighbours.clone()
+    index, f = torch.randperm(30, generator=g)[:8], torch.randn(8, 6, generator=g)
+    rows = torch.randint(0, 30, (8, 3), generator=g)
+    one.update(index, f)
+    graph.set_rows(index, rows)
+    out = mp.Manager().dict()
+    mp.spawn(_bank_worker, args=(2, port, bank0, graph0, index, f, rows, out), nprocs=2, join=True)
+    for rank in range(2):
+        assert torch.allclose(out[rank][0], one.vectors, atol=1e-6) and torch.equal(out[rank][1], graph.neighbours)
