@@ -1,12 +1,13 @@
 """Losses against a memory bank: Invariance Propagation's instance loss over a background set and
-its invariance loss over discovered positives (Wang et al., NeurIPS 2020, Sec. 3).
+its invariance loss over discovered positives (Wang et al., NeurIPS 2020; the official code's
+objective.py InvariancePropagationLoss computes the same two terms).
 
 Pure functions of similarities. With ``S_j = exp(f . v_j / t)`` for a query f and bank rows v_j,
 the background set B (the K most similar rows, the query's own row among them), the query's own
 row ``self`` and a set of positives P:
 
-    L_ins = -log( S_self / sum_{j in B} S_j )                       (paper eq. 1 restricted to B)
-    L_inv = -log( sum_{p in P} S_p / (sum_{j in B} S_j - S_self) )   (paper eq. 4, "exclusive")
+    L_ins = -log( S_self / sum_{j in B} S_j )
+    L_inv = -log( sum_{p in P} S_p / (sum_{j in B} S_j - S_self) )   (the official --exclusive 1)
 
 Both are computed with log-sum-exp (no overflow for small t). The bank is the same for every
 process, so nothing is gathered.
