@@ -14,7 +14,7 @@ from ..checkpoint import load_weights
 from ..config import Config, UserError
 from ..data import build_datasets
 from ..methods import build_method, method_class
-from ..methods.contract import optimizes_itself
+from ..methods.contract import optimizes_itself, uses_training_set
 from .batches import StepBatches, batches
 from .manual import OptimizerSet, SchedulerSet
 from .optim import build_optimizer, build_scheduler, schedule_problem, warmup_steps_of
@@ -134,6 +134,8 @@ def build_setup(cfg: Config, fabric, run_dir: Path | None = None, datasets: tupl
 
     torch.manual_seed(cfg.seed)  # the same initial weights on every process
     method = build_method(cfg)
+    if train_set is not None and uses_training_set(method):  # e.g. a memory bank of one row per image
+        method.setup_data(train_set)
     if cfg.model.sync_bn and world > 1:
         method = torch.nn.SyncBatchNorm.convert_sync_batchnorm(method)
     if t.channels_last:

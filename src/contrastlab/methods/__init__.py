@@ -19,6 +19,7 @@ REGISTRY = {
     "cut": "contrastlab.methods.cut:CUT",
     "dclgan": "contrastlab.methods.dclgan:DCLGAN",
     "simdcl": "contrastlab.methods.dclgan:SimDCL",
+    "invp": "contrastlab.methods.invp:InvP",
 }
 
 

@@ -20,6 +20,10 @@ Optional parts, each a Protocol of its own:
     :class:`Monitors`: ``monitor(train_set, test_set, run_dir, step, device) -> dict``, the
     method's own periodic check; without it the trainer runs the ``monitor`` of the evaluation
     protocol named by the method's ``monitor_protocol`` (default ``"knn"``).
+    :class:`UsesTrainingSet`: ``setup_data(train_set)``, called once by the set-up with the
+    training set, after the method is built and before a checkpoint's weights are loaded (a
+    memory-bank method sizes its bank, one row per image, from it; ``batch["index"]`` is then
+    the row of each image). A method built from a config alone (evaluation) is not given it.
 
 Check a method with :func:`encodes`, :func:`translates`, :func:`monitors` and
 :func:`optimizes_itself`, not with ``isinstance(method, Encodes)``: from Python 3.12 on, a
@@ -65,6 +69,11 @@ class Monitors(Protocol):
     def monitor(self, train_set, test_set, run_dir, step, device) -> dict: ...
 
 
+@runtime_checkable
+class UsesTrainingSet(Protocol):
+    def setup_data(self, train_set) -> None: ...
+
+
 def optimizes_itself(method_or_class) -> bool:
     """Whether a method (or its class) makes its own optimisation steps."""
     return bool(getattr(method_or_class, "manual_optimization", False))
@@ -78,6 +87,11 @@ def encodes(method) -> bool:
 def translates(method) -> bool:
     """Whether a method translates images (:class:`Translates`)."""
     return callable(getattr(method, "translators", None))
+
+
+def uses_training_set(method) -> bool:
+    """Whether a method is given the training set before training (:class:`UsesTrainingSet`)."""
+    return callable(getattr(method, "setup_data", None))
 
 
 def monitors(method) -> bool:
