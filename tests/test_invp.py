@@ -323,7 +323,7 @@ def test_bad_options_are_one_line_errors():
     with pytest.raises(ConfigError, match="give T once"):
         load_config("invp", ["method.inv_start_steps=10"])
     with pytest.raises(ConfigError, match=r"method.n_background=1024: more than the 256 images"):
-        build_method(load_config("invp", ["model.width=4"])).setup_data(_Set(256))
+        build_method(load_config("invp", ["model.width=4", "method.n_background=1024"])).setup_data(_Set(256))
 
 
 def test_a_checkpoint_loads_into_a_method_built_from_its_config():
