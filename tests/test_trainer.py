@@ -168,3 +168,16 @@ def test_compile_networks_trains_like_eager_and_keeps_checkpoint_names(tmp_path,
     assert len(le) == 4 and len(lc) == 4 and all(abs(x - y) < 1e-3 for x, y in zip(le, lc)), (le, lc)
     assert abs(eager.metrics["knn_top1"] - comp.metrics["knn_top1"]) < 0.02
     torch._dynamo.reset()
+
+
+def test_fit_restores_the_process_thread_count(tmp_path, tiny):
+    """trainer.threads sets torch's thread count for the run only: an in-process fit (a notebook,
+    a test) leaves the count as it found it, even when the run fails."""
+    before = torch.get_num_threads()
+    want = 1 if before != 1 else 2
+    fit(load_config("simclr", tiny + ["trainer.max_steps=1", f"trainer.threads={want}", f"trainer.out_dir={tmp_path / 'a'}"]))
+    assert torch.get_num_threads() == before
+    with pytest.raises(Exception):
+        fit(load_config("simclr", tiny + ["trainer.max_steps=1", f"trainer.threads={want}", "data.name=imagefolder",
+                                          f"data.root={tmp_path / 'missing'}", f"trainer.out_dir={tmp_path / 'b'}"]))
+    assert torch.get_num_threads() == before

@@ -111,12 +111,17 @@ def monitor(method, train_set, test_set, cfg: Config, device, run_dir: Path, ste
 def fit(cfg: Config) -> FitResult:
     """Train ``cfg`` into its run folder (resuming it when it holds a checkpoint of the same
     config). A SIGINT / SIGTERM checkpoints the last completed step and returns a result whose
-    ``interrupted`` is the signal (the summary says ``"status": "interrupted"``)."""
-    fabric = make_fabric(cfg)
-    fabric.launch()
-    run_dir = Path(cfg.trainer.out_dir or f"runs/{cfg.method['name']}-{cfg.data.name}")
-    with claimed(run_dir, enabled=fabric.is_global_zero):
-        return _fit(cfg, fabric, run_dir)
+    ``interrupted`` is the signal (the summary says ``"status": "interrupted"``). The process's
+    torch thread count, which ``trainer.threads`` sets for the run, is restored on return."""
+    threads = torch.get_num_threads()
+    try:
+        fabric = make_fabric(cfg)
+        fabric.launch()
+        run_dir = Path(cfg.trainer.out_dir or f"runs/{cfg.method['name']}-{cfg.data.name}")
+        with claimed(run_dir, enabled=fabric.is_global_zero):
+            return _fit(cfg, fabric, run_dir)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _fit(cfg: Config, fabric, run_dir: Path) -> FitResult:
