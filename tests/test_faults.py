@@ -61,9 +61,9 @@ def test_kills_during_writes_and_at_random_moments_lose_nothing(tmp_path, tiny):
     through rewriting metrics.csv (the rewrite that drops rows after step 8); the next resume
     dies half-way through appending its 7th row (step 15); the next (from 12) dies just before
     its 5th rename (config.yaml, metrics.csv, checkpoint 16, the kNN columns' rewrite at 20,
-    then checkpoint 20); then two kills at random moments, each within about two checkpoint
-    intervals (timed in that process) of the first checkpoint it writes, so that on a fast machine
-    too they land before the run ends."""
+    then checkpoint 20); then two kills at random moments, each a random few steps after the
+    checkpoint it resumed from (read from the rows it logs), so that on a fast machine too they
+    land before the run ends."""
     steps = 64
     args = ["train", "simclr", *tiny, f"trainer.max_steps={steps}", "trainer.ckpt_every=4", "trainer.log_every=1",
             "trainer.knn_every=20", "optim.warmup_steps=5", f"trainer.threads={torch.get_num_threads()}"]  # fmt: skip
@@ -82,18 +82,18 @@ def test_kills_during_writes_and_at_random_moments_lose_nothing(tmp_path, tiny):
     for _ in range(2):
         start = load_checkpoint(out / "last.ckpt")["step"]
         p = _run(run, wait=False)
-        # wait until the process trains (the checkpoint moves on twice, which times one interval),
-        # then kill it at a random moment within the next interval
-        moves = [(time.time(), start)]
+        # wait until the process has logged a random step a few steps past the checkpoint it resumed
+        # from (a row per step), then kill it a random moment (up to 50 ms) later: mid-step or
+        # mid-write, long before the run's end whatever the machine's pace
+        target = start + rng.randint(2, 10)
         deadline = time.time() + 120
-        while time.time() < deadline and p.poll() is None and len(moves) < 3:
-            step = _step_or_none(out)
-            if step not in (None, moves[-1][1]):
-                moves.append((time.time(), step))
-            time.sleep(0.005)
-        assert len(moves) == 3, (moves, p.poll())
-        time.sleep(rng.uniform(0.0, 1.0) * (moves[2][0] - moves[1][0]))
-        assert p.poll() is None, f"the run ended before the random kill ({moves})"
+        while time.time() < deadline and p.poll() is None:
+            step = _last_logged_step(out)
+            if step is not None and step >= target:
+                break
+            time.sleep(0.002)
+        time.sleep(rng.uniform(0.0, 0.05))
+        assert p.poll() is None, f"the run ended before the random kill (start {start}, target {target})"
         p.send_signal(signal.SIGKILL)
         p.communicate()
         kills.append(("random", _step_or_none(out)))
@@ -113,6 +113,20 @@ def test_kills_during_writes_and_at_random_moments_lose_nothing(tmp_path, tiny):
     assert eb == ea, "rows that are neither losses nor kNN values (a partial line kept?)"
     # no temporaries of the killed writes are left behind
     assert not [p.name for p in out.rglob(".*tmp*")]
+
+
+def _last_logged_step(out):
+    """The step of the last complete row of metrics.csv, or None (no file, header only, or a row
+    being written)."""
+    try:
+        text = (out / "metrics.csv").read_text()
+    except OSError:
+        return None
+    lines = text.split("\n")[:-1]  # complete lines only
+    try:
+        return int(lines[-1].split(",")[0]) if len(lines) > 1 else None
+    except ValueError:
+        return None
 
 
 def _step_or_none(out):
