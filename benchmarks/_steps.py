@@ -10,10 +10,17 @@ import torch.nn.functional as F
 
 
 def make_step(recipe: str, images, overrides=(), channels_last: bool = True, accelerator: str = "cpu",
-              precision: str = "32-true", return_model: bool = False):  # fmt: skip
+              precision: str = "32-true", return_model: bool = False, train_set=None, extra=None):  # fmt: skip
     """The real training step (`train_step` through Fabric) of a recipe on ``images()`` batches,
-    views included; ``step``/``epoch`` are past every warm-up. ``images()`` must return uint8
-    images on the accelerator. With ``return_model`` also returns the Fabric-wrapped method."""
+    views included; ``step`` is past every warm-up in steps (``epoch`` is 0 unless ``extra`` says
+    otherwise). ``images()`` must return uint8 images on the accelerator. With ``return_model``
+    also returns the Fabric-wrapped method.
+
+    ``train_set``: handed to the set-up as the training set (only its length and labels are read
+    here: a method's ``setup_data``, e.g. a memory bank of one row per image, and the schedule's
+    batch check); the batches are still ``images()``. ``extra()``, when given, is called after
+    ``images()`` at each step and its dict is merged into the batch (e.g. the ``index`` of the
+    images in ``train_set``, an ``epoch`` past a method's switch-on epoch)."""
     from contrastlab.config import load_config
     from contrastlab.engine.setup import build_setup, make_fabric
     from contrastlab.engine.step import train_step
@@ -22,7 +29,7 @@ def make_step(recipe: str, images, overrides=(), channels_last: bool = True, acc
                                f"trainer.accelerator={accelerator}", "trainer.devices=1", f"trainer.precision={precision}",
                                f"trainer.channels_last={str(channels_last).lower()}", *overrides])  # fmt: skip
     fabric = make_fabric(cfg)
-    s = build_setup(cfg, fabric, datasets=(None, None))  # the trainer's set-up; the images are the caller's
+    s = build_setup(cfg, fabric, datasets=(train_set, None))  # the trainer's set-up; the images are the caller's
     model, opt, sched = s.model, s.optimizer, s.scheduler
     model.train()
     g = torch.Generator(device=fabric.device)
@@ -31,7 +38,10 @@ def make_step(recipe: str, images, overrides=(), channels_last: bool = True, acc
     def step():
         k[0] += 1
         g.manual_seed(k[0])
-        train_step(model, opt, sched, fabric, {"images": images(), "generator": g, "step": 10_000, "epoch": 0})
+        batch = {"images": images(), "generator": g, "step": 10_000, "epoch": 0}
+        if extra is not None:
+            batch.update(extra())
+        train_step(model, opt, sched, fabric, batch)
 
     return (step, model) if return_model else step
 
@@ -100,3 +110,120 @@ def bare_simclr_step(backbone: nn.Module, feat_dim: int, images, views, mean, st
         opt.step()
 
     return step
+
+
+class SizedRows:
+    """A stand-in training set for a method's ``setup_data`` (e.g. a memory bank of one row per
+    image) and the set-up's batch check: ``n`` rows and no images, with one label ``label`` of
+    ``classes`` classes drawn at ``seed``, so a method's label monitor runs as on a labelled set."""
+
+    def __init__(self, n: int, classes: int = 10, seed: int = 0):
+        g = torch.Generator().manual_seed(seed)
+        self.n = n
+        self.labels = {"label": torch.randint(classes, (n,), generator=g)}
+        self.default_label = "label"
+
+    def __len__(self) -> int:
+        return self.n
+
+
+class EpochOrder:
+    """The batches of a drop-last loader over an ``n``-row training set: a permutation per epoch
+    (drawn at ``seed`` + epoch), ``n // batch`` batches of distinct rows. ``images()`` moves on one
+    batch and returns ``images_of(index)`` (uint8 images on ``device``); ``extra()`` returns that
+    batch's ``index`` (on ``device``) and ``epoch`` (the constant ``epoch``: by default past any
+    switch-on epoch), for :func:`make_step`. Two orders made alike give the same batches."""
+
+    def __init__(self, n: int, batch: int, images_of, device="cpu", seed: int = 0, epoch: int = 10_000):
+        if n < batch:
+            raise ValueError(f"{n} rows hold no batch of {batch}")
+        self.n, self.batch, self.images_of, self.device = n, batch, images_of, device
+        self.seed, self.epoch = seed, epoch
+        self.per_epoch = n // batch
+        self.k = -1
+        self.perm = None
+        self.index = None
+
+    def images(self):
+        self.k += 1
+        e, j = divmod(self.k, self.per_epoch)
+        if j == 0:
+            self.perm = torch.randperm(self.n, generator=torch.Generator().manual_seed(self.seed + e))
+        self.index = self.perm[j * self.batch : (j + 1) * self.batch].to(self.device)
+        return self.images_of(self.index)
+
+    def extra(self) -> dict:
+        return {"index": self.index, "epoch": self.epoch}
+
+
+def invp_of(model):
+    """The InvP method inside a Fabric-wrapped model."""
+    return model.module if hasattr(model, "module") else model
+
+
+@torch.no_grad()
+def whole_bank_graph(method, query_chunk: int = 1024) -> None:
+    """A kNN graph of the whole bank, written into the method's graph: for every bank row, the
+    top-(k+1) rows of the bank minus itself (queries ``query_chunk`` rows at a time, the bank in
+    the method's ``chunk_size`` chunks; never n x n). InvP does not do this (it rewrites the
+    visited rows at each step, from the background it searches anyway): the benchmarks time it as
+    the cost a per-epoch rebuild would have, and use it to give the graph realistic edges."""
+    from contrastlab.nn.graph import neighbours_without_self
+    from contrastlab.nn.neighbours import topk_neighbours
+
+    bank, k = method.bank.vectors, method.graph.k
+    out = torch.empty(bank.shape[0], k, dtype=torch.long, device=bank.device)
+    for s in range(0, bank.shape[0], query_chunk):
+        index = torch.arange(s, min(s + query_chunk, bank.shape[0]), device=bank.device)
+        ranked = topk_neighbours(bank[index], bank, k + 1, method.cfg.chunk_size)[1]
+        out[index] = neighbours_without_self(ranked, index, k)
+    method.graph.neighbours.copy_(out)
+
+
+def invp_step_parts(method, batch: int, device="cpu", seed: int = 0, n_batches: int = 4) -> dict:
+    """The bank and graph work of one InvP step, each part on its own (no grad, as in the step),
+    for a batch of ``batch`` distinct anchors with embeddings near their bank rows (``n_batches``
+    such batches, cycled): ``bank_search`` (the top-K background over the whole bank, chunked;
+    the instance loss needs it too), ``positive_search`` (breadth-first search of the graph to
+    ``depth``), ``graph_rows`` (the anchors' graph rows: top-(k+1) of the background minus self,
+    written) and ``bank_update`` (the moving average of the anchors' rows). Returns name -> callable;
+    ``graph_rows`` and ``bank_update`` change the graph and bank as a step would."""
+    import torch.nn.functional as F
+
+    from contrastlab.nn.graph import neighbours_without_self, reachable
+    from contrastlab.nn.neighbours import topk_neighbours
+
+    c, bank, graph = method.cfg, method.bank, method.graph
+    n = bank.vectors.shape[0]
+    g = torch.Generator().manual_seed(seed)
+    batches = []
+    for _ in range(n_batches):
+        index = torch.randperm(n, generator=g)[:batch].to(device)
+        noise = torch.randn(batch, bank.dim, generator=g).to(device)
+        f = F.normalize(bank.vectors[index] + 0.5 * noise / bank.dim**0.5, dim=1)
+        background = topk_neighbours(f, bank.vectors, c.n_background, c.chunk_size)[1]
+        batches.append((index, f, background))
+    k = [0]
+
+    def nxt():
+        k[0] += 1
+        return batches[k[0] % n_batches]
+
+    def bank_search():
+        _, f, _ = nxt()
+        topk_neighbours(f, bank.vectors, c.n_background, c.chunk_size)
+
+    def positive_search():
+        index, _, _ = nxt()
+        reachable(graph.neighbours, index, c.depth)
+
+    def graph_rows():
+        index, _, background = nxt()
+        graph.set_rows(index, neighbours_without_self(background, index, c.k))
+
+    def bank_update():
+        index, f, _ = nxt()
+        bank.update(index, f)
+
+    return {"bank_search": torch.no_grad()(bank_search), "positive_search": positive_search, "graph_rows": graph_rows,
+            "bank_update": bank_update}  # fmt: skip

@@ -20,7 +20,17 @@ Measures, on synthetic 32 px uint8 data on the device (no download):
   round by round (rotated order, CUDA synchronised around each timed window); the ratios are
   medians of per-round ratios: library / bare step time, and the views' share of the step
   (views alone / whole step). Peak GPU memory of each, from its own warm-up steps.
-- MoCo v2 through the library (queue 4096, shuffle-BN path): images/s and peak memory;
+- MoCo v2 through the library (queue 4096, shuffle-BN path), and the issue-15 family's steps at the
+  same batch: LooC (the `looc/imagenet100` step, colour and rotation left out: 3 keys, 3 heads and
+  3 queues of 16,384, at 32 px with the SimCLR row's network and optimiser) and InvP (the
+  `invp/cifar10` step as the recipe sets it, bank and graph sized by its `setup_data` from a
+  stand-in training set of --bank-rows rows, default 50,000 as CIFAR-10, L_inv on): images/s and
+  peak memory of each, the three interleaved (medians; ratios vs MoCo are medians of per-round
+  ratios). InvP has no per-epoch graph rebuild (each step rewrites the batch's graph rows from the
+  background it searches anyway), so every epoch's graph work is inside its steps; measured besides,
+  on their own: the bank and graph parts of an InvP step (`_steps.invp_step_parts`: bank search,
+  positive search, graph rows, bank update) and their share of the step, and a whole-bank kNN
+  rebuild (what a per-epoch rebuild would cost; it also gives the graph its edges before timing);
 - an end-to-end ``fit`` of the SimCLR digits preset on the device (trainer, kNN monitor,
   checkpoint), its time and kNN accuracy.
 images/s counts training images (a batch of B images is 2B views), as the trainer's log does.
@@ -39,7 +49,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _steps import bare_simclr_step, make_step, resnet18_cifar  # noqa: E402
+from _steps import (  # noqa: E402
+    EpochOrder, SizedRows, bare_simclr_step, invp_of, invp_step_parts, make_step, resnet18_cifar, whole_bank_graph,
+)
 from _timing import emit, environment, interleaved, median_ratio, ratio_quartiles  # noqa: E402
 
 LR, MOMENTUM, WD, T = 0.3, 0.9, 1e-6, 0.5
@@ -77,12 +89,13 @@ def main(argv=None):
     ap.add_argument("--reps", type=int, default=20, help="steps per contender per round")
     ap.add_argument("--precision", default=None, help="Fabric precision (default bf16-mixed on cuda, 32-true on cpu)")
     ap.add_argument("--fit-steps", type=int, default=800)
+    ap.add_argument("--bank-rows", type=int, default=50_000, help="InvP's training set (bank and graph rows)")
     ap.add_argument("--out", default=None, help="default results/gpu_check_<device name>.json")
     a = ap.parse_args(argv)
     if a.dry_run:
         a.device, a.tiny = "cpu", True
     if a.tiny:
-        a.batch, a.rounds, a.reps, a.fit_steps = 8, 2, 2, 3
+        a.batch, a.rounds, a.reps, a.fit_steps, a.bank_rows = 8, 2, 2, 3, 512
     dev = a.device
     if dev == "cuda" and not torch.cuda.is_available():
         sys.exit("gpu_check: no CUDA device (use --device cpu --tiny to check the script on the CPU)")
@@ -96,7 +109,8 @@ def main(argv=None):
     res = {"benchmark": "gpu_check", "device": name, "precision": precision, "batch": a.batch, "rounds": a.rounds,
            "reps": a.reps, "tiny": a.tiny,
            **environment(seeds={"weights": 0, "data": 0, "views": "step k of each contender: generator seed k",
-                                "fit": "the simclr preset's seed 0"})}  # fmt: skip
+                                "fit": "the simclr preset's seed 0", "invp_batch_order": "epoch e: torch.randperm at seed e",
+                                "invp_stand_in_labels": 0, "invp_parts": "anchors and noise at seed 0"})}  # fmt: skip
     if dev == "cuda":
         res["cuda"] = torch.version.cuda
     print(f"gpu_check on {name} ({precision}), batch {a.batch}", flush=True)
@@ -146,18 +160,70 @@ def main(argv=None):
 
     mo = ["method.queue_size=4096", "method.momentum=0.99"]
     moco = make_step("moco/cifar10", images, common + mo, accelerator=dev, precision=precision)
-    res["moco_peak_mem_gib"] = peak_memory(moco, dev)
-    tm = interleaved({"moco": moco}, max(3, a.rounds // 4), a.reps, warmup=1, sync=sync)["moco"]
-    res["moco_v2_img_per_s"] = round(a.batch / statistics.median(tm), 1)
-    print(f"MoCo v2 ResNet-18: {res['moco_v2_img_per_s']:.0f} img/s", flush=True)
+    # LooC: the looc/imagenet100 step at 32 px, with the SimCLR row's network and optimiser (as MoCo's row)
+    looc = make_step("looc/imagenet100", images, common + ["data.image_size=32"], accelerator=dev,
+                     precision=precision)  # fmt: skip
+    # InvP: the invp/cifar10 step as the recipe sets it (its network, SGD, K 4096), at this script's batch, its bank and
+    # graph sized from a stand-in training set of --bank-rows rows; batches of distinct rows in epoch order, L_inv on
+    order = EpochOrder(a.bank_rows, a.batch, lambda index: images(), device=dev)
+    io = [f"trainer.accelerator={dev}", f"optim.batch_size={a.batch}"]
+    if a.tiny:  # K must not exceed the tiny bank
+        io.append("method.n_background=64")
+    invp, invp_model = make_step("invp/cifar10", order.images, io, accelerator=dev, precision=precision,
+                                 train_set=SizedRows(a.bank_rows), extra=order.extra, return_model=True)  # fmt: skip
+    m = invp_of(invp_model)
+    whole_bank_graph(m)  # the graph's edges before timing (timed below, warm, as what a per-epoch rebuild would cost)
+    res["invp_bank_rows"] = a.bank_rows
+    family = {"moco": moco, "looc": looc, "invp": invp}
+    for n, f in family.items():
+        res[f"{n}_peak_mem_gib"] = peak_memory(f, dev)
+    tf = interleaved(family, max(3, a.rounds // 4), a.reps, warmup=1, sync=sync)
+    fmed = {n: statistics.median(t) for n, t in tf.items()}
+    res["moco_v2_img_per_s"] = round(a.batch / fmed["moco"], 1)
+    res["looc_img_per_s"] = round(a.batch / fmed["looc"], 1)
+    res["invp_img_per_s"] = round(a.batch / fmed["invp"], 1)
+    res["family_median_ms"] = {n: round(1000 * v, 3) for n, v in fmed.items()}
+    res["family_ratio_vs_moco_time"] = {n: round(median_ratio(tf, n, "moco"), 4) for n in ("looc", "invp")}
+    res["family_per_round_s"] = {n: [round(x, 6) for x in t] for n, t in tf.items()}
+    print(f"MoCo v2 ResNet-18: {res['moco_v2_img_per_s']:.0f} img/s; LooC (3 spaces): {res['looc_img_per_s']:.0f} "
+          f"img/s; "
+          f"InvP ({a.bank_rows} rows): {res['invp_img_per_s']:.0f} img/s; time vs MoCo: LooC "
+          f"{res['family_ratio_vs_moco_time']['looc']:.3f}, InvP {res['family_ratio_vs_moco_time']['invp']:.3f}", flush=True)
+    sync = sync or (lambda: None)
+    rebuild = []
+    for _ in range(3):
+        sync()
+        t = time.perf_counter()
+        whole_bank_graph(m)
+        sync()
+        rebuild.append(time.perf_counter() - t)
+    res["invp_whole_bank_rebuild_s"] = rebuild = round(statistics.median(rebuild), 4)
+    parts = invp_step_parts(m, a.batch, device=dev)
+    tp = interleaved(parts, max(3, a.rounds // 4), a.reps, warmup=1, sync=sync)
+    pmed = {n: statistics.median(t) for n, t in tp.items()}
+    graph_step = pmed["positive_search"] + pmed["graph_rows"]
+    per_epoch = a.bank_rows // a.batch
+    res["invp_parts_ms"] = {n: round(1000 * v, 4) for n, v in pmed.items()}
+    res["invp_parts_share_of_step"] = {n: round(v / fmed["invp"], 4) for n, v in pmed.items()}
+    res["invp_steps_per_epoch"] = per_epoch
+    res["invp_graph_update_s_per_epoch"] = round(per_epoch * graph_step, 4)
+    res["invp_graph_update_share_of_epoch"] = round(graph_step / fmed["invp"], 4)
+    res["invp_whole_bank_rebuild_share_of_epoch"] = round(rebuild / (rebuild + per_epoch * fmed["invp"]), 4)
+    print("InvP bank and graph per step: " + ", ".join(f"{n} {1000 * v:.3f} ms" for n, v in pmed.items())
+          + f"; graph update {res['invp_graph_update_share_of_epoch']:.1%} of an epoch; a whole-bank rebuild "
+          f"{res['invp_whole_bank_rebuild_s']:.3f} s ({res['invp_whole_bank_rebuild_share_of_epoch']:.1%} of an epoch "
+          "with it)", flush=True)  # fmt: skip
 
     from contrastlab.config import load_config
     from contrastlab.engine.trainer import fit
 
     with tempfile.TemporaryDirectory() as d:
         t = time.time()
+        # --tiny: no warm-up (the preset's 20 warm-up steps are refused in a 3-step run)
+        warm = ["optim.warmup_steps=0"] if a.fit_steps <= 20 else []
         r = fit(load_config("simclr", [f"trainer.accelerator={dev}", f"trainer.precision={precision}", "trainer.progress=false",
-                                       f"trainer.max_steps={a.fit_steps}", "trainer.knn_every=100", f"trainer.out_dir={d}"]))  # fmt: skip
+                                       f"trainer.max_steps={a.fit_steps}", "trainer.knn_every=100", f"trainer.out_dir={d}",
+                                       *warm]))  # fmt: skip
         res["digits_simclr_fit_steps"] = a.fit_steps
         res["digits_simclr_fit_s"] = round(time.time() - t, 1)
         res["digits_simclr_fit_knn_top1"] = r.metrics.get("knn_top1")
