@@ -31,8 +31,8 @@ def positives_picture(
     first ``max_shown`` of each row are drawn. ``labels``: one label per image (< 0: unknown);
     ``images[i]`` (or ``images(i)``) is image i. Rows are named "#index, label_name class: same/found".
 
-    Returns ``{"grid": (H, W, 3) uint8, "row_centres", "row_names", "shown": the indices drawn per
-    row, "precision": share of all the positives with their query's label, "hard_precision":
+    Returns ``{"grid": (H, W, 3) uint8, "row_centres", "row_names", "query_indices", "shown": the
+    indices drawn per row, "precision": share of all the positives with their query's label, "hard_precision":
     the same over the hard ones (nan when none), "n_found": positives per query}``."""
     if len(query_indices) != len(positives):
         raise ValueError(f"positives_picture: {len(query_indices)} queries but {len(positives)} lists of positives")
@@ -59,7 +59,8 @@ def positives_picture(
         names.append(f"#{q}, {label_name} {name}: {sum(same)}/{len(pairs)} same{more}")
     grid, centres = framed_grid(rows)
     share = lambda xs: sum(xs) / len(xs) if xs else math.nan  # noqa: E731
-    return {"grid": grid, "row_centres": centres, "row_names": names, "shown": shown,
+    return {"grid": grid, "row_centres": centres, "row_names": names, "query_indices": [int(q) for q in query_indices],
+            "shown": shown,
             "precision": share(same_all), "hard_precision": share(same_hard), "n_found": found}  # fmt: skip
 
 

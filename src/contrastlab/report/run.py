@@ -9,10 +9,12 @@ import torch
 from .values import fmt
 
 
-def build_run_report(run_dir: Path, device=None, n_embed: int = 2000) -> Path:
+def build_run_report(run_dir: Path, device=None, n_embed: int = 2000, embedding_method: str | None = None) -> Path:
     """Loss / kNN curves from metrics.csv, a 2-D map of test embeddings coloured by class,
-    a nearest-neighbour retrieval grid (test queries, training neighbours), and the eval
-    results the run folder holds (summary.json, eval.json)."""
+    a nearest-neighbour retrieval grid (test queries, training neighbours), the method's own
+    pictures (InvP's discovered positives, LooC's neighbours in each space) and the eval
+    results the run folder holds (summary.json, eval.json). ``embedding_method``: "tsne"
+    (default) or "pca" for the 2-D map."""
     from ..errors import UserError
     from ..data import build_datasets
     from ..eval.features import feature_bank
@@ -48,7 +50,7 @@ def build_run_report(run_dir: Path, device=None, n_embed: int = 2000) -> Path:
     title = f"contrastlab: {cfg.method['name']} on {cfg.data.name} (step {ckpt['step']})"
     return write_report(run_dir, metrics, embeddings={"feats": fte, "labels": yte, "class_names": names},
                         retrieval=retrieval, title=title, summary=summary, evaluations=evals,
-                        figures=figures)  # fmt: skip
+                        figures=figures, embedding_method=embedding_method)  # fmt: skip
 
 
 def positives_figure(method, train, label: str, img_dir: Path, depth: int | None = None, n_queries: int = 6,
