@@ -83,10 +83,12 @@ def test_invp_positives_are_the_bfs_of_the_saved_graph_hard_first_framed_by_labe
         want = bfs(graph, q, 2)
         shown = pic["shown"][r]
         assert len(shown) == len(want) == pic["n_found"][r] and set(shown) == want, q
-        # the hard positives first: the n_pos least similar to the query's bank row
+        # the hard positives first: the n_pos least similar to the query's bank row; the rest after
+        # them, also from the least similar (so the whole row is in increasing similarity)
         sims = {j: float(bank[q] @ bank[j]) for j in want}
         hardest = sorted(want, key=lambda j: sims[j])[:5]
         assert set(shown[: len(hardest)]) == set(hardest), q
+        assert shown == sorted(want, key=lambda j: sims[j]), q
         same = [int(labels[j]) == int(labels[q]) for j in shown]
         assert colours[r] == [BLUE] + [GREEN if s else RED for s in same], q
         n_same, n_all = n_same + sum(same), n_all + len(same)
