@@ -185,8 +185,9 @@ def save_grid(canvas: np.ndarray, path, row_centres=None, row_names=None) -> Non
         return
     from matplotlib.figure import Figure
 
-    if row_centres is None or len(row_centres) != len(row_names):
-        raise ValueError(f"save_grid: {len(row_names)} row names for {0 if row_centres is None else len(row_centres)} rows")
+    n_rows = 0 if row_centres is None else len(row_centres)
+    if n_rows != len(row_names):
+        raise ValueError(f"save_grid: {len(row_names)} row names for {n_rows} rows")
     h, w = canvas.shape[:2]
     left = 8 + 6 * max(len(str(n)) for n in row_names)  # pixels for the names (about 6 per character)
     dpi = 100
