@@ -24,12 +24,19 @@ Optional parts, each a Protocol of its own:
     training set, after the method is built and before a checkpoint's weights are loaded (a
     memory-bank method sizes its bank, one row per image, from it; ``batch["index"]`` is then
     the row of each image). A method built from a config alone (evaluation) is not given it.
+    Report pictures (``contrastlab report``), each optional:
+    :class:`ShowsPositives`: ``discovered_positives(index)`` -> for each training image of
+    ``index``, the other training images the method takes as its positives, as ``(image, hard)``
+    pairs (InvP), or None while it has found none; the report frames them by label.
+    :class:`HasSpaces`: ``embedding_spaces(x) -> {name: (B, d)}``, one embedding per space
+    (LooC's heads); the report shows each space's nearest neighbours side by side.
 
-Check a method with :func:`encodes`, :func:`translates`, :func:`monitors` and
-:func:`optimizes_itself`, not with ``isinstance(method, Encodes)``: from Python 3.12 on, a
-runtime Protocol looks attributes up statically (``inspect.getattr_static``), which does not see
-an ``nn.Module``'s submodules (they live in ``_modules`` and are found by ``__getattr__``), so
-``isinstance(method, Encodes)`` is False for every method there.
+Check a method with :func:`encodes`, :func:`translates`, :func:`monitors`,
+:func:`optimizes_itself`, :func:`shows_positives` and :func:`has_spaces`, not with
+``isinstance(method, Encodes)``: from Python 3.12 on, a runtime Protocol looks attributes up
+statically (``inspect.getattr_static``), which does not see an ``nn.Module``'s submodules (they
+live in ``_modules`` and are found by ``__getattr__``), so ``isinstance(method, Encodes)`` is False
+for every method there.
 """
 from __future__ import annotations
 
@@ -74,6 +81,16 @@ class UsesTrainingSet(Protocol):
     def setup_data(self, train_set) -> None: ...
 
 
+@runtime_checkable
+class ShowsPositives(Protocol):
+    def discovered_positives(self, index) -> list | None: ...
+
+
+@runtime_checkable
+class HasSpaces(Protocol):
+    def embedding_spaces(self, x) -> dict: ...
+
+
 def optimizes_itself(method_or_class) -> bool:
     """Whether a method (or its class) makes its own optimisation steps."""
     return bool(getattr(method_or_class, "manual_optimization", False))
@@ -97,3 +114,13 @@ def uses_training_set(method) -> bool:
 def monitors(method) -> bool:
     """Whether a method has its own periodic check (:class:`Monitors`)."""
     return callable(getattr(method, "monitor", None))
+
+
+def shows_positives(method) -> bool:
+    """Whether a method discovers positives among other images for the report (:class:`ShowsPositives`)."""
+    return callable(getattr(method, "discovered_positives", None))
+
+
+def has_spaces(method) -> bool:
+    """Whether a method embeds into several named spaces (:class:`HasSpaces`)."""
+    return callable(getattr(method, "embedding_spaces", None))

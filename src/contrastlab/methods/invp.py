@@ -194,3 +194,28 @@ class InvP(nn.Module):
                 if p is not None:
                     out[key] = p
         return out
+
+    @torch.no_grad()
+    def discovered_positives(self, index) -> list[list[tuple[int, bool]]] | None:
+        """What the report shows: for each training image of ``index``, the images
+        :func:`discover_positives` finds for it in the graph as the run left it (``depth`` hops), as
+        ``(image, hard)`` pairs; ``hard`` marks the ``n_pos`` the invariance loss would take
+        (:func:`hard_positives`, with the anchor's bank row standing in for its embedding). The
+        hard ones come first, then the others, each group from the chosen end (least similar first
+        with ``hard_positives``, most similar first without). None when the graph has no edge yet
+        (a run stopped before its first step)."""
+        nb, bank, c = self.graph.neighbours, self.bank.vectors, self.cfg
+        if nb.shape[0] == 0 or not bool((nb >= 0).any()):
+            return None
+        index = torch.as_tensor(index, dtype=torch.long).reshape(-1)
+        if index.numel() and (int(index.min()) < 0 or int(index.max()) >= nb.shape[0]):
+            raise UserError(f"invp: positives asked for images outside 0..{nb.shape[0] - 1} of the run's graph")
+        out = []
+        for i, found in zip(index.tolist(), discover_positives(nb, index, c.depth)):
+            ids = torch.tensor(sorted(found), dtype=torch.long, device=bank.device)
+            sim = (bank[ids].float() @ bank[i].float())[None]
+            chosen = hard_positives(sim, torch.ones_like(sim, dtype=torch.bool), c.n_pos, c.hard_positives)[0]
+            key = sim[0] if c.hard_positives else -sim[0]  # the chosen end first
+            order = sorted(range(len(ids)), key=lambda j: (not bool(chosen[j]), float(key[j]), int(ids[j])))
+            out.append([(int(ids[j]), bool(chosen[j])) for j in order])
+        return out

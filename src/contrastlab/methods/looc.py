@@ -91,6 +91,16 @@ class LooC(nn.Module):
             return ConcatSpaces(self.backbone, self.heads, len(self.heads) * self.proj_dim)
         return self.backbone
 
+    @property
+    def space_names(self) -> tuple[str, ...]:
+        """The spaces' names, in head order: Z_0 ``invariant``, Z_i ``<augmentation>-sensitive``."""
+        return ("invariant", *(f"{a}-sensitive" for a in self.cfg.augmentations))
+
+    def embedding_spaces(self, x) -> dict[str, torch.Tensor]:
+        """x (B, 3, S, S) float in [0, 1] -> ``{space name: (B, d)}``: the query branch's embeddings
+        (the backbone, then each online head; not normalised), as the report's neighbours use."""
+        return dict(zip(self.space_names, self.spaces(self.backbone, self.heads, x)))
+
     def spaces(self, backbone, heads, x):
         """x (N, 3, S, S) -> its embeddings in every space (S, N, d)."""
         f = backbone(x)

@@ -68,7 +68,8 @@ def write_report(
         max_points: embedding points (random, seeded subset); None for all.
         seed: seeds the subset and t-SNE.
         figures: extra images already under ``run_dir/report``: (heading, file name, caption),
-            e.g. the sample grids of a translation run.
+            e.g. the sample grids of a translation run; an empty file name makes a section of the
+            caption alone (a picture that could not be drawn, and why).
         evaluations: the run's ``eval.json`` (results keyed protocol/label/features): one
             table row per evaluation (protocol, label, features, step, measurements).
     """
@@ -129,8 +130,10 @@ def write_report(
         ]
 
     for heading, name, caption in figures:
-        parts += [f"<h2>{html.escape(heading)}</h2>", f'<img src="report/{html.escape(name)}" alt="{html.escape(heading)}">',
-                  f'<p class="caption">{html.escape(caption)}</p>']  # fmt: skip
+        parts.append(f"<h2>{html.escape(heading)}</h2>")
+        if name:  # an empty file name: the section is its caption alone
+            parts.append(f'<img src="report/{html.escape(name)}" alt="{html.escape(heading)}">')
+        parts.append(f'<p class="caption">{html.escape(caption)}</p>')
 
     parts.append("</body></html>")
     out = run_dir / "report.html"

@@ -114,48 +114,95 @@ def retrieval_from_features(
     }
 
 
-def retrieval_grid(retrieval: Mapping) -> np.ndarray:
-    """The retrieval dict as an (H, W, 3) uint8 image: one row per query, the query
-    (blue frame) then its neighbours (green frame: same label, red: different)."""
-    qi = torch.stack([_to_chw_uint8(x) for x in retrieval["query_images"]])
-    size = tuple(qi.shape[2:])
-    ni = retrieval["neighbour_images"]
-    nq = qi.shape[0]
-    kk = len(ni[0]) if nq else 0
-    ql = as_tensor(retrieval["query_labels"]).reshape(-1).cpu().long()
-    nl = as_tensor(retrieval["neighbour_labels"]).reshape(nq, kk).cpu().long()
+def framed_grid(rows, row_gaps=()) -> tuple[np.ndarray, list[int]]:
+    """Rows of framed image tiles as an (H, W, 3) uint8 image, and the y of each row's centre.
+
+    ``rows``: one ``(query_image, [(image, same), ...])`` per row; the query gets a blue frame, then,
+    after a gap, each other image a green frame when ``same`` is true, red when false. Rows may hold
+    different numbers of images (the grid is as wide as the longest). ``row_gaps``: indices of rows
+    preceded by extra space (groups of rows). Images are (C, H, W) uint8 or float in [0, 1], resized
+    to the first query's size; small ones are enlarged without smoothing to about 64 pixels."""
+    rows = [(q, list(others)) for q, others in rows]
+    if not rows:
+        raise ValueError("framed_grid needs at least one row")
+    qi = [_to_chw_uint8(q) for q, _ in rows]
+    size = tuple(qi[0].shape[1:])
+    qi = [_to_chw_uint8(q, size) for q in qi]
+    nq = len(rows)
+    kk = max(len(others) for _, others in rows)
     h, w = size
     scale = max(1, math.ceil(64 / max(h, w)))
     ch, cw = h * scale, w * scale
     b = max(2, round(max(ch, cw) / 20))  # frame width
     pad = max(2, b)  # space between cells
-    gap = 3 * pad  # extra space between the query and its neighbours
+    gap = 3 * pad  # extra space between the query and the other images, and before a row of row_gaps
     cell_h, cell_w = ch + 2 * b, cw + 2 * b
-    height = nq * cell_h + (nq + 1) * pad
+    gaps = sorted({int(r) for r in row_gaps if 0 < int(r) < nq})
+    height = nq * cell_h + (nq + 1) * pad + gap * len(gaps)
     width = (kk + 1) * cell_w + (kk + 2) * pad + gap
     canvas = np.full((height, width, 3), 255, dtype=np.uint8)
+    tops = [pad + r * (cell_h + pad) + gap * sum(1 for g in gaps if g <= r) for r in range(nq)]
 
     def put(img: Tensor, row: int, col: int, rgb):
-        y0 = pad + row * (cell_h + pad)
+        y0 = tops[row]
         x0 = pad + col * (cell_w + pad) + (gap if col > 0 else 0)
         canvas[y0 : y0 + cell_h, x0 : x0 + cell_w] = rgb
         big = img.repeat_interleave(scale, 1).repeat_interleave(scale, 2) if scale > 1 else img
         canvas[y0 + b : y0 + b + ch, x0 + b : x0 + b + cw] = big.permute(1, 2, 0).numpy()
 
-    for r in range(nq):
+    for r, (_, others) in enumerate(rows):
         put(qi[r], r, 0, _QUERY_RGB)
-        for c in range(kk):
-            same = int(nl[r, c]) == int(ql[r]) and int(ql[r]) >= 0
-            put(_to_chw_uint8(ni[r][c], size), r, c + 1, _SAME_RGB if same else _DIFF_RGB)
-    return canvas
+        for c, (img, same) in enumerate(others):
+            put(_to_chw_uint8(img, size), r, c + 1, _SAME_RGB if same else _DIFF_RGB)
+    return canvas, [y + cell_h // 2 for y in tops]
+
+
+def retrieval_grid(retrieval: Mapping) -> np.ndarray:
+    """The retrieval dict as an (H, W, 3) uint8 image: one row per query, the query
+    (blue frame) then its neighbours (green frame: same label, red: different)."""
+    qimgs = retrieval["query_images"]
+    ni = retrieval["neighbour_images"]
+    nq = len(qimgs)
+    kk = len(ni[0]) if nq else 0
+    ql = as_tensor(retrieval["query_labels"]).reshape(-1).cpu().long()
+    nl = as_tensor(retrieval["neighbour_labels"]).reshape(nq, kk).cpu().long()
+    rows = [(qimgs[r], [(ni[r][c], same_label(int(ql[r]), int(nl[r, c]))) for c in range(kk)]) for r in range(nq)]
+    return framed_grid(rows)[0]
+
+
+def same_label(a: int, b: int) -> bool:
+    """Whether two labels agree (a green frame); an unknown label (< 0) never agrees."""
+    return a == b and a >= 0
+
+
+def save_grid(canvas: np.ndarray, path, row_centres=None, row_names=None) -> None:
+    """Save a grid image as a PNG at its own pixel size; with ``row_names``, each row's name is
+    written left of it (at ``row_centres``, the y of each row as :func:`framed_grid` returns)."""
+    import matplotlib.image
+
+    if not row_names:
+        atomic_save(path, lambda tmp: matplotlib.image.imsave(tmp, canvas, format="png"))
+        return
+    from matplotlib.figure import Figure
+
+    n_rows = 0 if row_centres is None else len(row_centres)
+    if n_rows != len(row_names):
+        raise ValueError(f"save_grid: {len(row_names)} row names for {n_rows} rows")
+    h, w = canvas.shape[:2]
+    left = 8 + 6 * max(len(str(n)) for n in row_names)  # pixels for the names (about 6 per character)
+    dpi = 100
+    fig = Figure(figsize=((w + left) / dpi, h / dpi), dpi=dpi)
+    ax = fig.add_axes((left / (w + left), 0, w / (w + left), 1))
+    ax.imshow(canvas, interpolation="nearest", aspect="auto")
+    ax.set_axis_off()
+    for y, name in zip(row_centres, row_names):
+        fig.text((left - 4) / (w + left), 1 - y / h, str(name), ha="right", va="center", fontsize=8)
+    atomic_save(path, lambda tmp: fig.savefig(tmp, format="png", dpi=dpi))
 
 
 def plot_retrieval(retrieval: Mapping, path) -> dict:
     """Save :func:`retrieval_grid` as a PNG; returns ``{"precision_at_k", "k", "n_queries"}``."""
-    import matplotlib.image
-
-    grid = retrieval_grid(retrieval)
-    atomic_save(path, lambda tmp: matplotlib.image.imsave(tmp, grid, format="png"))
+    save_grid(retrieval_grid(retrieval), path)
     ql = as_tensor(retrieval["query_labels"]).reshape(-1).cpu().long()
     nl = as_tensor(retrieval["neighbour_labels"]).cpu().long()
     nq = ql.shape[0]

@@ -6,16 +6,20 @@ from pathlib import Path
 
 import torch
 
+from .values import fmt
 
-def build_run_report(run_dir: Path, device=None, n_embed: int = 2000) -> Path:
+
+def build_run_report(run_dir: Path, device=None, n_embed: int = 2000, embedding_method: str | None = None) -> Path:
     """Loss / kNN curves from metrics.csv, a 2-D map of test embeddings coloured by class,
-    a nearest-neighbour retrieval grid (test queries, training neighbours), and the eval
-    results the run folder holds (summary.json, eval.json)."""
+    a nearest-neighbour retrieval grid (test queries, training neighbours), the method's own
+    pictures (InvP's discovered positives, LooC's neighbours in each space) and the eval
+    results the run folder holds (summary.json, eval.json). ``embedding_method``: "tsne"
+    (default) or "pca" for the 2-D map."""
     from ..errors import UserError
     from ..data import build_datasets
     from ..eval.features import feature_bank
     from ..eval.run import load_run
-    from ..methods.contract import translates
+    from ..methods.contract import has_spaces, shows_positives, translates
     from . import read_metrics_csv, retrieval_from_features, write_report
 
     run_dir = Path(run_dir)
@@ -35,19 +39,107 @@ def build_run_report(run_dir: Path, device=None, n_embed: int = 2000) -> Path:
     yte = evalset.labels[label][sub]
     ytr = train.labels[label][bank]
 
-    class _Images:  # lazy access to images by position in a subset
-        def __init__(self, ds, idx):
-            self.ds, self.idx = ds, idx
-
-        def __getitem__(self, i):
-            return self.ds[int(self.idx[i])][0]
-
     retrieval = retrieval_from_features(fte, yte, _Images(evalset, sub), ftr, ytr, _Images(train, bank), n_queries=8, k=8)
+    figures = []
+    if shows_positives(method):
+        figures.append(positives_figure(method, train, label, run_dir / "report", cfg.method.get("depth"))[0])
+    if has_spaces(method):
+        figures.append(spaces_figure(method, train, evalset, label, run_dir / "report", device)[0])
     summary, evals = _read_results(run_dir)
     metrics = read_metrics_csv(run_dir / "metrics.csv") if (run_dir / "metrics.csv").exists() else []
     title = f"contrastlab: {cfg.method['name']} on {cfg.data.name} (step {ckpt['step']})"
     return write_report(run_dir, metrics, embeddings={"feats": fte, "labels": yte, "class_names": names},
-                        retrieval=retrieval, title=title, summary=summary, evaluations=evals)  # fmt: skip
+                        retrieval=retrieval, title=title, summary=summary, evaluations=evals,
+                        figures=figures, embedding_method=embedding_method)  # fmt: skip
+
+
+def positives_figure(method, train, label: str, img_dir: Path, depth: int | None = None, n_queries: int = 6,
+                     max_shown: int = 12, seed: int = 0) -> tuple[tuple[str, str, str], dict | None]:  # fmt: skip
+    """The "Discovered positives" section of a method that finds positives among the training
+    images (``discovered_positives``, :class:`contrastlab.methods.contract.ShowsPositives`): up to
+    ``n_queries`` training images (seeded; those with positives first), each with the positives
+    found for it, framed by ``label``; written to ``img_dir/positives.png``. Returns the figure
+    entry for :func:`write_report` and the picture (None, and a one-line section, when the method
+    has found none yet)."""
+    from ..eval.features import bank_indices
+    from .pictures import positives_picture, save_picture
+
+    heading = "Discovered positives"
+    if n_queries < 1:
+        raise ValueError(f"n_queries must be >= 1, got {n_queries}")
+    candidates = bank_indices(len(train), min(len(train), max(64, 8 * n_queries)), seed)
+    found = method.discovered_positives(candidates)
+    if found is None:
+        return (heading, "", "No positives to show: the run's kNN graph has no edge yet (the run stopped before "
+                             "its first training step built it)."), None  # fmt: skip
+    order = sorted(range(len(found)), key=lambda r: not found[r])[:n_queries]  # those with positives first
+    queries = [int(candidates[r]) for r in order]
+    picture = positives_picture(queries, [found[r] for r in order], train.labels[label],
+                                lambda i: train[int(i)][0], max_shown=max_shown,
+                                class_names=train.classes.get(label), label_name=label)  # fmt: skip
+    img_dir.mkdir(parents=True, exist_ok=True)
+    save_picture(picture, img_dir / "positives.png")
+    hops = f"within {depth} hops of the run's kNN graph" if depth else "in the run's kNN graph"
+    caption = (f"Each row: a training scene (blue frame), then the positives the method discovers for it {hops} "
+               f"(the hard positives its loss takes first, at most {max_shown} shown); green frame = same {label}, "
+               f"red = different. Share of the discovered positives with the query's {label} over these "
+               f"{len(queries)} queries: {fmt(picture['precision'])} ({sum(picture['n_found'])} positives); over "
+               f"the hard positives: {fmt(picture['hard_precision'])}.")  # fmt: skip
+    return (heading, "positives.png", caption), picture
+
+
+def spaces_figure(method, train, evalset, label: str, img_dir: Path, device=None, n_queries: int = 3, k: int = 8,
+                  n_bank: int | None = 20000, seed: int = 0) -> tuple[tuple[str, str, str], dict]:  # fmt: skip
+    """The "Neighbours in each space" section of a method with several embedding spaces
+    (``embedding_spaces``, :class:`contrastlab.methods.contract.HasSpaces`): ``n_queries`` images of
+    ``evalset`` (seeded), each with its ``k`` cosine nearest training images (a seeded bank of at
+    most ``n_bank``) in every space, one row per space; written to ``img_dir/spaces.png``. Returns
+    the figure entry for :func:`write_report` and the picture with the per-space retrievals."""
+    from ..eval.features import bank_indices, extract_features
+    from .pictures import save_picture, spaces_grid, spaces_retrieval
+
+    device = device or torch.device("cpu")
+    q_idx = bank_indices(len(evalset), n_queries, seed)
+    b_idx = bank_indices(len(train), n_bank, seed + 1)
+    net = _AllSpaces(method).train(method.training)  # extract_features restores this mode
+    qf = extract_features(net, evalset, device=device, indices=q_idx).split(net.dims, 1)
+    bf = extract_features(net, train, device=device, indices=b_idx).split(net.dims, 1)
+    names = net.names
+    spaces = spaces_retrieval(dict(zip(names, qf)), evalset.labels[label][q_idx], _Images(evalset, q_idx),
+                              dict(zip(names, bf)), train.labels[label][b_idx], _Images(train, b_idx),
+                              n_queries=n_queries, k=k, seed=seed)  # fmt: skip
+    picture = spaces_grid(spaces, class_names=evalset.classes.get(label), label_name=label, query_ids=q_idx)
+    picture["spaces"], picture["query_indices"] = spaces, q_idx
+    img_dir.mkdir(parents=True, exist_ok=True)
+    save_picture(picture, img_dir / "spaces.png")
+    precision = ", ".join(f"{n} {fmt(p)}" for n, p in picture["precision"].items())
+    caption = (f"For each test query (blue frame), one row per embedding space ({', '.join(names)}): its "
+               f"{len(spaces['retrievals'][names[0]]['neighbour_indices'][0])} nearest training images by cosine "
+               f"similarity in that space; green frame = same {label}, red = different. Precision@k over these "
+               f"{len(q_idx)} queries: {precision}.")  # fmt: skip
+    return ("Neighbours in each space", "spaces.png", caption), picture
+
+
+class _Images:  # lazy access to images by position in a subset
+    def __init__(self, ds, idx):
+        self.ds, self.idx = ds, idx
+
+    def __getitem__(self, i):
+        return self.ds[int(self.idx[i])][0]
+
+
+class _AllSpaces(torch.nn.Module):
+    """A method's embedding spaces concatenated ((B, sum of d)), to extract them in one pass; the
+    spaces' names and widths are kept from the last call."""
+
+    def __init__(self, method):
+        super().__init__()
+        self.method, self.names, self.dims = method, [], []
+
+    def forward(self, x):
+        z = self.method.embedding_spaces(x)
+        self.names, self.dims = list(z), [int(v.shape[1]) for v in z.values()]
+        return torch.cat(list(z.values()), dim=1)
 
 
 def _read_results(run_dir: Path) -> tuple[dict, dict]:

@@ -1,0 +1,129 @@
+"""Pictures of what a method takes as alike, for any method that can say it: the positives it found
+for a few images (framed green when they share the image's label, red when not), and the nearest
+neighbours of a query in each of several embedding spaces, side by side. The functions take plain
+indices, labels, images and features; ``report/run.py`` asks the method for them."""
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from .retrieval import _get_image, framed_grid, retrieval_from_features, same_label, save_grid
+from .values import as_tensor
+
+
+def positives_picture(
+    query_indices: Sequence[int],
+    positives: Sequence[Sequence],
+    labels,
+    images,
+    max_shown: int = 12,
+    class_names: Sequence[str] | None = None,
+    label_name: str = "label",
+) -> dict:
+    """Queries and the positives a method found for them, as a grid and its numbers.
+
+    ``positives[r]``: the positives of image ``query_indices[r]``, as image indices or
+    ``(index, hard)`` pairs (hard: one the method's loss takes), in the order to show them; the
+    first ``max_shown`` of each row are drawn. ``labels``: one label per image (< 0: unknown);
+    ``images[i]`` (or ``images(i)``) is image i. Rows are named "#index, label_name class: same/found".
+
+    Returns ``{"grid": (H, W, 3) uint8, "row_centres", "row_names", "query_indices", "shown": the
+    indices drawn per row, "precision": share of all the positives with their query's label, "hard_precision":
+    the same over the hard ones (nan when none), "n_found": positives per query}``."""
+    if len(query_indices) != len(positives):
+        raise ValueError(f"positives_picture: {len(query_indices)} queries but {len(positives)} lists of positives")
+    if not len(query_indices):
+        raise ValueError("positives_picture needs at least one query")
+    if max_shown < 1:
+        raise ValueError(f"max_shown must be >= 1, got {max_shown}")
+    lab = as_tensor(labels).reshape(-1).cpu().long()
+    rows, names, shown, found = [], [], [], []
+    same_all, same_hard = [], []
+    for q, pos in zip(query_indices, positives):
+        q = int(q)
+        pairs = [(int(p[0]), bool(p[1])) if isinstance(p, (tuple, list)) else (int(p), True) for p in pos]
+        ql = int(lab[q])
+        same = [same_label(ql, int(lab[j])) for j, _ in pairs]
+        same_all += same
+        same_hard += [s for s, (_, hard) in zip(same, pairs) if hard]
+        row = pairs[:max_shown]
+        shown.append([j for j, _ in row])
+        found.append(len(pairs))
+        rows.append((_get_image(images, q), [(_get_image(images, j), s) for (j, _), s in zip(row, same)]))
+        name = class_names[ql] if class_names is not None and 0 <= ql < len(class_names) else ql
+        more = f", {len(row)} shown" if len(row) < len(pairs) else ""
+        names.append(f"#{q}, {label_name} {name}: {sum(same)}/{len(pairs)} same{more}")
+    grid, centres = framed_grid(rows)
+    share = lambda xs: sum(xs) / len(xs) if xs else math.nan  # noqa: E731
+    return {"grid": grid, "row_centres": centres, "row_names": names, "query_indices": [int(q) for q in query_indices],
+            "shown": shown,
+            "precision": share(same_all), "hard_precision": share(same_hard), "n_found": found}  # fmt: skip
+
+
+@torch.no_grad()
+def spaces_retrieval(
+    query_feats: Mapping[str, Tensor],
+    query_labels,
+    query_images,
+    bank_feats: Mapping[str, Tensor],
+    bank_labels,
+    bank_images,
+    n_queries: int = 4,
+    k: int = 8,
+    seed: int = 0,
+) -> dict:
+    """The ``k`` cosine nearest bank rows of the same ``n_queries`` queries (seeded) in each space:
+    ``query_feats`` / ``bank_feats`` map a space's name to its (Q, d) / (N, d) features (the same
+    names). Returns ``{"spaces": names, "retrievals": {name: the dict of
+    :func:`retrieval_from_features`}}``."""
+    names = list(query_feats)
+    if not names:
+        raise ValueError("spaces_retrieval needs at least one space")
+    if list(bank_feats) != names:
+        raise ValueError(f"spaces_retrieval: query spaces {names} but bank spaces {list(bank_feats)}")
+    out = {name: retrieval_from_features(query_feats[name], query_labels, query_images, bank_feats[name],
+                                         bank_labels, bank_images, n_queries=n_queries, k=k, seed=seed)
+           for name in names}  # fmt: skip
+    return {"spaces": names, "retrievals": out}
+
+
+def spaces_grid(spaces: Mapping, class_names: Sequence[str] | None = None, label_name: str = "label",
+                query_ids: Sequence[int] | None = None) -> dict:
+    """:func:`spaces_retrieval`'s result as one grid: for each query a group of rows, one per space
+    (the query, then its neighbours in that space; green frame: same label, red: different).
+    ``query_ids``: the image number to write for each query row of the features (default: the row).
+    Returns ``{"grid", "row_centres", "row_names", "precision": {space: precision@k}}``."""
+    names = spaces["spaces"]
+    rets = [spaces["retrievals"][n] for n in names]
+    nq = len(rets[0]["query_indices"])
+    rows, row_names, gaps = [], [], []
+    for r in range(nq):
+        gaps.append(len(rows))
+        ql = int(rets[0]["query_labels"][r])
+        cname = class_names[ql] if class_names is not None and 0 <= ql < len(class_names) else ql
+        for name, ret in zip(names, rets):
+            nl = as_tensor(ret["neighbour_labels"])[r].tolist()
+            tiles = [(img, same_label(ql, int(j))) for img, j in zip(ret["neighbour_images"][r], nl)]
+            rows.append((ret["query_images"][r], tiles))
+            qi = int(ret["query_indices"][r])
+            qi = int(query_ids[qi]) if query_ids is not None else qi
+            row_names.append(f"#{qi}, {label_name} {cname}: {name}" if name == names[0] else name)
+    grid, centres = framed_grid(rows, row_gaps=gaps)
+    prec = {}
+    for name, ret in zip(names, rets):
+        ql = as_tensor(ret["query_labels"]).reshape(-1, 1).long()
+        nl = as_tensor(ret["neighbour_labels"]).long()
+        prec[name] = float(((nl == ql) & (ql >= 0)).float().mean()) if nl.numel() else math.nan
+    return {"grid": grid, "row_centres": centres, "row_names": row_names, "precision": prec}
+
+
+def save_picture(picture: Mapping, path) -> None:
+    """A picture of :func:`positives_picture` / :func:`spaces_grid` as a PNG with its row names."""
+    grid = picture["grid"]
+    if not isinstance(grid, np.ndarray):
+        raise ValueError("save_picture expects the dict of positives_picture or spaces_grid")
+    save_grid(grid, path, picture["row_centres"], picture["row_names"])
