@@ -32,8 +32,9 @@ recorded at a commit whose training code (``src/``, ``configs/``) is identical t
 ``trainer.accelerator=cuda`` on a GPU machine: the digit presets pin the CPU); it is part of
 each run's recorded command, and each run records the device it trained on. ``--rows`` and
 ``--seeds`` pick a part of the table, so parts can run side by side (each with its own
-``--out``); ``--merge`` then joins such files into the table's file (a run recorded in two
-files is refused), keeping each run's own commit and command. Where git cannot run (a copy of
+``--out``); ``--merge`` then joins such files into the table's file, keeping each run's own
+commit and command (a run recorded in two files is refused when both trained with the same code;
+otherwise the run at the later commit supersedes the stale one). Where git cannot run (a copy of
 the working tree on another machine), ``BENCH_COMMIT=<sha>`` names the commit.
 """
 from __future__ import annotations
@@ -334,9 +335,17 @@ def merge(table: str, files: list[Path], out_path: Path, argv) -> None:
         if part.get("table") != table:
             raise SystemExit(f"{f} holds table {part.get('table')!r}, not {table!r}")
         for k, r in part["runs"].items():
+            r = {**r, "commit": r.get("commit", part.get("commit")), "part_command": part.get("command")}
             if k in runs:
-                raise SystemExit(f"run {k} is in two of the files ({f} and another); keep one")
-            runs[k] = {**r, "part_command": part.get("command")}
+                newer = _superseding(runs[k]["commit"], r["commit"])
+                if newer is None:
+                    raise SystemExit(f"run {k} is in two of the files ({f} and another), trained with the same code; "
+                                     "keep one")  # fmt: skip
+                print(f"{k}: the run at {newer} supersedes the one at "
+                      f"{r['commit'] if newer == runs[k]['commit'] else runs[k]['commit']} (other training code)")
+                if newer == runs[k]["commit"]:
+                    continue
+            runs[k] = r
     first = parts[0]
     seeds = sorted({r["seed"] for r in runs.values()})
     res = {"table": table, "what": first["what"], "commit": sorted({p["commit"] for p in parts}),
@@ -347,6 +356,16 @@ def merge(table: str, files: list[Path], out_path: Path, argv) -> None:
            "runs": dict(sorted(runs.items())), "summary": {}}  # fmt: skip
     _write(res, rows, evals, out_path)
     print(f"merged {len(runs)} runs from {len(files)} files into {out_path}")
+
+
+def _superseding(a: str, b: str) -> str | None:
+    """Of two runs of one table row and seed, recorded at commits ``a`` and ``b``: the later commit when
+    their training code differs (the earlier run is stale), None when it is the same (a true duplicate)."""
+    if _same_code(a, b):
+        return None
+    ca, cb = a.split("+")[0], b.split("+")[0]
+    later = subprocess.run(["git", "merge-base", "--is-ancestor", ca, cb], cwd=ROOT).returncode == 0
+    return b if later else a
 
 
 def _write(res, rows, evals, path: Path):
