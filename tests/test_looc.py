@@ -275,3 +275,51 @@ def test_shuffled_key_sub_batches_come_back_in_order(tiny):
         f = m.key_backbone(torch.cat(keys))
         want = torch.stack([h(f) for h in m.key_heads]).view(4, 4, 16, -1)
     assert torch.allclose(got, want, atol=1e-5)
+
+
+def test_quarter_turns_are_a_common_augmentation_when_rotation_is_not_left_out():
+    """views.quarter_turns with rotation not atomic: every view draws its own quarter turn (common to all
+    views, as any augmentation that is not left out); rotation atomic: k_rotation keeps the query's."""
+    cfg = ViewConfig(quarter_turns=True)
+    batch = {"images": torch.rand(300, 3, 8, 8), "generator": torch.Generator().manual_seed(0)}
+    _, _, params = LeaveOneOutViews(cfg, 8, ("color", "crop")).views(batch, return_params=True)
+    turns = torch.stack([p["rotation"]["quarter"] for p in params])  # (views, B)
+    assert set(turns.unique().tolist()) == {0, 1, 2, 3}
+    for a in range(len(params)):
+        for b in range(a + 1, len(params)):
+            assert 0.15 < (turns[a] == turns[b]).float().mean() < 0.35  # independent: 1 in 4 agree
+    batch["generator"] = torch.Generator().manual_seed(0)
+    _, _, params = LeaveOneOutViews(ViewConfig(), 8, ("rotation", "color")).views(batch, return_params=True)
+    assert torch.equal(params[2]["rotation"]["quarter"], params[0]["rotation"]["quarter"])  # k_rotation = q's
+    assert torch.equal(params[3]["rotation"]["quarter"], params[1]["rotation"]["quarter"])  # k_color = k_0's
+
+
+def test_a_looc_run_evaluates_as_looc_pp_by_name_and_keeps_both_results(tiny, tmp_path, capsys):
+    """eval ... method.name=looc_pp sees the concatenated spaces of a looc run's weights (a linear probe on
+    (n + 1) x proj_dim features), the result is kept beside the backbone's in eval.json, and a name of
+    another method is refused with one line."""
+    out = tmp_path / "run"
+    args = ["train", "looc", *tiny, "trainer.max_steps=2", "trainer.threads=1", "method.queue_size=64",
+            "model.proj_dim=16", f"trainer.out_dir={out}"]  # fmt: skip
+    assert main(args) == 0, capsys.readouterr().err[-2000:]
+    capsys.readouterr()
+    from contrastlab.eval.run import load_run
+
+    _, m_pp, _ = load_run(str(out), ["method.name=looc_pp"])
+    _, m, _ = load_run(str(out), [])
+    x = torch.rand(5, 3, 32, 32)
+    with torch.no_grad():
+        m.eval(), m_pp.eval()
+        spaces = [F.normalize(h(m.backbone(x)), dim=1) for h in m.heads]
+        assert torch.allclose(m_pp.encoder(x), torch.cat(spaces, dim=1), atol=1e-5)
+        assert torch.allclose(m_pp.backbone(x), m.backbone(x))
+    assert main(["eval", "linear", str(out), "label=color", "method.name=looc_pp"]) == 0
+    r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert r["method"] == "looc_pp" and r["label"] == "color"
+    assert main(["eval", "linear", str(out), "label=color"]) == 0
+    keys = set(json.loads((out / "eval.json").read_text()))
+    assert {"linear/color/model", "linear/color/model/looc_pp"} <= keys
+    capsys.readouterr()
+    assert main(["eval", "knn", str(out), "method.name=moco"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "looc run" in err[0] and "looc_pp" in err[0]

@@ -212,3 +212,28 @@ def test_views_size_crops_at_another_side_than_the_images(tiny):
 
     tf = torchvision_views(cfg.views, cfg.views.size)
     assert tf(Image.new("RGB", (32, 32))).shape == (3, 16, 16)
+
+
+def test_quarter_turns_turn_each_view_by_a_uniform_multiple_of_90_degrees():
+    """With every other augmentation off, each view is its image turned by torch.rot90 k times, k uniform
+    over 0..3; without the option the view is the image itself (the generator's draws are unchanged)."""
+    off = dict(crop_scale=(1.0, 1.0), crop_ratio=(1.0, 1.0), flip_p=0.0, jitter_p=0.0, grayscale_p=0.0)
+    x = torch.rand(400, 3, 6, 6)
+    out = BatchedViews(ViewConfig(quarter_turns=True, **off), 6)(x, torch.Generator().manual_seed(0))
+    counts = [0, 0, 0, 0]
+    for i in range(len(x)):
+        hits = [k for k in range(4) if torch.allclose(out[i], torch.rot90(x[i], k, dims=(-2, -1)), atol=1e-5)]
+        assert len(hits) == 1, i
+        counts[hits[0]] += 1
+    assert all(70 < c < 130 for c in counts), counts
+    plain = BatchedViews(ViewConfig(**off), 6)(x, torch.Generator().manual_seed(0))
+    assert torch.allclose(plain, x, atol=1e-5)
+    tf = torchvision_views(ViewConfig(quarter_turns=True, **off), 6)
+    img = (torch.rand(3, 6, 6) * 255).to(torch.uint8)
+    seen = set()
+    for _ in range(60):
+        v = tf(img)
+        hits = [k for k in range(4) if torch.allclose(v, torch.rot90(img, k, dims=(-2, -1)).float() / 255, atol=1e-6)]
+        assert len(hits) == 1
+        seen.add(hits[0])
+    assert seen == {0, 1, 2, 3}

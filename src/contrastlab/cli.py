@@ -11,7 +11,8 @@ from .errors import ConfigError, Interrupted, UserError
 
 def _parse_kv(items, cls, what: str):
     """Split ``key=value`` items into an instance of the options dataclass ``cls`` (typed and
-    range-checked by config.build_dataclass, defaults filled in) and data.* overrides."""
+    range-checked by config.build_dataclass, defaults filled in) and the run overrides: data.* and
+    method.name (see eval.run.load_run)."""
     import dataclasses
     import typing
 
@@ -23,11 +24,11 @@ def _parse_kv(items, cls, what: str):
         if "=" not in item:
             raise ConfigError(f"{what}: argument {item!r} is not of the form key=value")
         key, text = item.split("=", 1)
-        if key.startswith("data."):
+        if key.startswith("data.") or key == "method.name":  # where the data is; what evaluation sees (load_run)
             data_overrides.append(item)
             continue
         if key not in names:
-            raise ConfigError(f"{what}: unknown option {key!r}; valid options: {', '.join(names)}, data.<key>")
+            raise ConfigError(f"{what}: unknown option {key!r}; valid options: {', '.join(names)}, data.<key>, method.name")
         values[key] = parse_option(text, hints[key])
     try:
         return build_dataclass(cls, values), data_overrides
@@ -61,6 +62,10 @@ def cmd_eval(args) -> int:
     mod = protocol(args.protocol)
     opts, data_overrides = _parse_kv(args.options, mod.Options, f"eval {args.protocol}")
     result = mod.run(args.checkpoint, opts, data_overrides)
+    named = [o.split("=", 1)[1] for o in data_overrides if o.startswith("method.name=")]
+    if named:  # the run's weights seen as another name of its method: kept beside the run's own result
+        result["method"] = named[-1]
+        result["variant"] = "-".join(filter(None, [result.get("variant"), named[-1]]))
     write_eval(args.checkpoint, args.protocol, result)
     print(json.dumps(result))
     return 0

@@ -56,6 +56,9 @@ class ViewConfig:
     rotation: float = option(0.0, ge=0, le=180, doc="the largest angle in degrees")
     channel_perm_p: float = option(0.0, ge=0, le=1)  # probability of a random permutation of the RGB channels
     invert_p: float = option(0.0, ge=0, le=1)  # probability of inverting the image (x -> 1 - x)
+    # turn each view by 0, 90, 180 or 270 degrees (uniform) after the crop: LooC's rotation augmentation, so that
+    # a MoCo / SimCLR baseline can train with the same family as a LooC run that leaves rotation out
+    quarter_turns: bool = option(False)
 
 
 # Luma weights (ITU-R 601), as torchvision's rgb_to_grayscale
@@ -232,6 +235,9 @@ class BatchedViews:
         boxes = crop_boxes(n, h, w, cfg.crop_scale, cfg.crop_ratio, g, dev)
         flip = torch.rand(n, generator=g, device=dev) < cfg.flip_p
         angle = _uniform(-cfg.rotation, cfg.rotation, n, g, dev) if cfg.rotation > 0 else None
+        if cfg.quarter_turns:
+            turn = 90.0 * torch.randint(0, 4, (n,), generator=g, device=dev).to(images.dtype)
+            angle = turn if angle is None else angle + turn
         x = resized_crop(images, boxes, flip, self.out_size, angle)
         m, c, b, gs, inv = color_matrices(n, cfg, g, dev)
         x = apply_color(x, m, c, b, gs, inv)
@@ -274,6 +280,8 @@ def torchvision_views(cfg: ViewConfig, out_size: int):
     if cfg.rotation > 0:
         # torchvision fills the corners with a constant (0) where the batched path repeats the border
         ops.append(v2.RandomRotation(cfg.rotation, interpolation=v2.InterpolationMode.BILINEAR))
+    if cfg.quarter_turns:  # exact turns of the square view: no interpolation, no corners to fill
+        ops.append(v2.RandomChoice([v2.RandomRotation((a, a)) for a in (0.0, 90.0, 180.0, 270.0)]))
     ops += [
         v2.RandomApply([v2.ColorJitter(cfg.brightness, cfg.contrast, cfg.saturation, cfg.hue)], p=cfg.jitter_p),
         v2.RandomGrayscale(cfg.grayscale_p),
@@ -315,7 +323,8 @@ class LeaveOneOutViews(BatchedViews):
     k_0's of every other atomic augmentation, so it differs from the query in all but augmentation i
     (and from k_0 in augmentation i only). Augmentation groups that are not atomic (e.g. the crop when
     ``augmentations`` omits it) are common augmentations: drawn independently for every view. The
-    90-degree rotation is applied only when "rotation" is atomic (it is not in the standard family).
+    90-degree rotation is applied when "rotation" is atomic, or as a common augmentation when
+    ``views.quarter_turns`` is set.
     ``views(batch, return_params=True)`` also returns each view's parameters (dicts of tensors)."""
 
     def __init__(self, cfg: ViewConfig, out_size: int, augmentations=("rotation", "color", "crop")):
@@ -331,7 +340,7 @@ class LeaveOneOutViews(BatchedViews):
         crop = {"boxes": crop_boxes(n, h, w, cfg.crop_scale, cfg.crop_ratio, g, device),
                 "flip": torch.rand(n, generator=g, device=device) < cfg.flip_p,
                 "angle": _uniform(-cfg.rotation, cfg.rotation, n, g, device)}  # fmt: skip
-        if "rotation" in self.augmentations:
+        if "rotation" in self.augmentations or cfg.quarter_turns:  # atomic, or common to all views
             quarter = torch.randint(0, 4, (n,), generator=g, device=device)
         else:
             quarter = torch.zeros(n, dtype=torch.long, device=device)

@@ -6,7 +6,10 @@
 - :func:`holdout_split`: a seeded validation split held out of the training rows (SDCLR selects
   its probe by accuracy on 5,000 of CIFAR's 50,000 training images, ``split/cifar10/valIdxList.npy``);
 - :func:`class_counts` and :func:`read_class_counts`: per-class training counts, counted from labels
-  or read from a list file, for :func:`contrastlab.eval.linear.long_tail_groups`.
+  or read from a list file, for :func:`contrastlab.eval.linear.long_tail_groups`;
+- :func:`quarter_turned`: any image set with each image turned by 0, 90, 180 or 270 degrees and
+  the turn as its label ``quarter_turn`` (what a representation keeps of the orientation that
+  LooC's rotation augmentation changes).
 """
 from __future__ import annotations
 
@@ -20,7 +23,8 @@ from torch import Tensor
 
 from ..errors import UserError
 
-__all__ = ["fraction_subset", "fraction_quotas", "holdout_split", "class_counts", "read_class_counts"]
+__all__ = ["fraction_subset", "fraction_quotas", "holdout_split", "class_counts", "read_class_counts", "quarter_turned",
+           "QUARTER_TURN"]
 
 
 def _exact(fraction: float) -> Fraction:
@@ -125,3 +129,49 @@ def read_class_counts(path: str, n_classes: int) -> list[int]:
         raise UserError(f"class_counts={path}: {len(counts)} counts for the {n_classes} classes of the label; "
                         "give one count per class, in class-index order")  # fmt: skip
     return counts
+
+
+QUARTER_TURN = "quarter_turn"  # the label of :func:`quarter_turned`
+QUARTER_TURN_CLASSES = ["0", "90", "180", "270"]  # degrees, counter-clockwise on screen
+
+
+def quarter_turns(n: int, seed: int) -> Tensor:
+    """The turn of each of n rows, 0..3 (x 90 degrees), uniform, drawn with ``seed``."""
+    return torch.randint(0, 4, (n,), generator=torch.Generator().manual_seed(int(seed)))
+
+
+def quarter_turned(dataset, seed: int):
+    """``dataset`` with image i turned by ``k_i`` x 90 degrees counter-clockwise (``torch.rot90``
+    over height and width; k_i from :func:`quarter_turns` with ``seed``), labelled by k_i as
+    ``quarter_turn`` (its only label). Images must be square. An in-memory set becomes a new
+    in-memory set; any other image set is wrapped and turned as each image is read."""
+    from ..data.base import TensorImageSet
+
+    k = quarter_turns(len(dataset), seed)
+    labels, classes = {QUARTER_TURN: k}, {QUARTER_TURN: list(QUARTER_TURN_CLASSES)}
+    if isinstance(dataset, TensorImageSet):
+        images = dataset.images.clone()
+        for turn in (1, 2, 3):
+            rows = k == turn
+            if rows.any():
+                images[rows] = torch.rot90(dataset.images[rows], turn, dims=(-2, -1))
+        out = TensorImageSet(images, labels, classes, name=f"{dataset.name}-quarter-turned")
+        out.default_label = QUARTER_TURN
+        return out
+    return _QuarterTurned(dataset, k, labels, classes)
+
+
+class _QuarterTurned(torch.utils.data.Dataset):
+    """An image set read through, each image turned by its row's quarter turns."""
+
+    def __init__(self, base, k: Tensor, labels: dict, classes: dict):
+        self.base, self.k, self.labels, self.classes = base, k, labels, classes
+        self.default_label = QUARTER_TURN
+        self.image_size = getattr(base, "image_size", None)
+
+    def __len__(self):
+        return len(self.base)
+
+    def __getitem__(self, i):
+        x, j = self.base[i]
+        return torch.rot90(x, int(self.k[i]), dims=(-2, -1)), j

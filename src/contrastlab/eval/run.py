@@ -17,12 +17,21 @@ FEATURE_KINDS = ("model", "random", "pixels")
 
 def load_run(checkpoint: str, data_overrides: list[str]):
     """(cfg, method with weights, checkpoint dict) from a checkpoint path or run folder;
-    ``data_overrides`` (``data.key=value``) change where and how the data is read."""
+    ``data_overrides`` (``data.key=value``) change where and how the data is read, and
+    ``method.name=NAME`` what evaluation sees, where NAME is another name of the run's own method
+    (``looc`` evaluates the backbone, ``looc_pp`` the concatenated spaces of the same weights)."""
     from ..config import apply_overrides, from_dict
     from ..checkpoint import load_checkpoint, load_weights
-    from ..methods import build_method
+    from ..methods import REGISTRY, build_method
 
     ckpt = load_checkpoint(checkpoint)
+    trained = ckpt["config"].get("method", {}).get("name")
+    for item in data_overrides:
+        key, name = item.split("=", 1)
+        if key == "method.name" and (name not in REGISTRY or REGISTRY[name] != REGISTRY.get(trained)):
+            same = sorted(n for n, c in REGISTRY.items() if c == REGISTRY.get(trained) and n != trained)
+            raise UserError(f"method.name={name}: {checkpoint} is a {trained} run; evaluation can only name the same "
+                            f"method another way ({', '.join(same) or 'it has no other name'})")  # fmt: skip
     tree = apply_overrides(ckpt["config"], data_overrides)
     cfg = from_dict(tree)  # defaults for keys newer than the checkpoint
     method = build_method(cfg)
@@ -46,15 +55,21 @@ def device(name: str) -> torch.device:
 def probe_sets(cfg, opts):
     """The data a protocol probes: (train, test, label, number of classes) of the run's data set,
     with one-line errors for a set without a test split, an unknown label or features kind.
-    ``opts`` has ``label`` and ``features``."""
+    ``opts`` has ``label`` and ``features``. ``label=quarter_turn`` probes the orientation: both
+    sets with each image turned by 0, 90, 180 or 270 degrees (:func:`.labels.quarter_turned`)."""
     from ..data import build_datasets
+
+    from .labels import QUARTER_TURN, quarter_turned
 
     train, test = build_datasets(cfg.data)
     if test is None:
         raise UserError(f"the {cfg.data.name} data set has no test split (data.test_dir) to evaluate on")
     label = opts.label or train.default_label
+    if label == QUARTER_TURN and QUARTER_TURN not in train.labels:  # any set, each image turned by k x 90 degrees
+        train, test = quarter_turned(train, seed=0), quarter_turned(test, seed=1)
     if label not in train.labels:
-        raise UserError(f"label={label!r} is not a label of {cfg.data.name}; available: {', '.join(train.labels)}")
+        raise UserError(f"label={label!r} is not a label of {cfg.data.name}; available: "
+                        f"{', '.join([*train.labels, QUARTER_TURN])}")  # fmt: skip
     if opts.features not in FEATURE_KINDS:
         raise ConfigError(f"features must be one of {', '.join(FEATURE_KINDS)}, got {opts.features!r}")
     ytr = train.labels[label]
