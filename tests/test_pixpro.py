@@ -105,6 +105,13 @@ def test_the_threshold_boundary_and_the_larger_of_the_two_diagonals():
     for t, expected in ((0.7, True), (0.698, False)):
         got = positive_pixel_mask(boxes1, no, boxes2, no, (2, 2), t)
         assert bool(got[0, 0, 0]) is expected and bool(_mask_loop(boxes1, no, boxes2, no, (2, 2), t)[0, 0, 0]) is expected
+    # an exact tie in binary floating point (bins 3/16 x 1/4, diagonal 5/16; shift 5/32 = 0.5 diagonals): "closer
+    # than" is strict, so the pair is not positive at threshold 0.5 and is just above it
+    tie1 = torch.tensor([[0.125, 0.25, 0.5, 0.75]], dtype=torch.float64)
+    tie2 = tie1 + torch.tensor([[0.15625, 0, 0.15625, 0]], dtype=torch.float64)
+    assert not bool(positive_pixel_mask(tie1, no, tie2, no, (2, 2), 0.5)[0, 0, 0])
+    assert bool(positive_pixel_mask(tie1, no, tie2, no, (2, 2), 0.5 + 1e-9)[0, 0, 0])
+    assert not bool(_mask_loop(tie1, no, tie2, no, (2, 2), 0.5)[0, 0, 0])
     # view 2 with bins of 0.4 x 0.4: its pixel 0 is centred at (0.2, 0.3), view 1's (bins 0.2 x 0.2) at (0.4, 0.2)
     small = torch.tensor([[0.3, 0.1, 0.7, 0.5]], dtype=torch.float64)
     big = torch.tensor([[0.0, 0.1, 0.8, 0.9]], dtype=torch.float64)
