@@ -20,6 +20,8 @@ TINY = {
     "dclgan": ("dclgan", ["method.ngf=4", "method.n_blocks=1", "method.ndf=4", "method.nce_layers=[0,4]"]),
     "simdcl": ("simdcl", ["method.ngf=4", "method.n_blocks=1", "method.ndf=4", "method.nce_layers=[0,4]"]),
     "invp": ("invp", ["model.width=4", "model.depth=1"]),
+    "pixpro": ("pixpro", ["model.width=4", "model.depth=1"]),
+    "pixcontrast": ("pixcontrast", ["model.width=4", "model.depth=1"]),
 }
 
 

@@ -20,6 +20,8 @@ REGISTRY = {
     "dclgan": "contrastlab.methods.dclgan:DCLGAN",
     "simdcl": "contrastlab.methods.dclgan:SimDCL",
     "invp": "contrastlab.methods.invp:InvP",
+    "pixpro": "contrastlab.methods.pixpro:PixPro",
+    "pixcontrast": "contrastlab.methods.pixpro:PixPro",
 }
 
 

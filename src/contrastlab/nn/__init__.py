@@ -1,12 +1,14 @@
 from .bank import MemoryBank, bank_dots
 from .backbones import Encoder, InputNorm, SmallCNN, TimmBackbone, TorchvisionResNet, build_backbone
 from .graph import KNNGraph, reachable
-from .heads import MLPHead
-from .momentum import frozen_copy, momentum_update, set_requires_grad
+from .heads import ConvMLPHead, MLPHead
+from .momentum import cosine_momentum, frozen_copy, momentum_update, set_requires_grad
+from .propagation import PixelPropagation, propagation_weights
 from .neighbours import topk_neighbours
 from .pruning import PrunedBranch, magnitude_masks
 from .queue import Queue
 
-__all__ = ["Encoder", "InputNorm", "SmallCNN", "TimmBackbone", "TorchvisionResNet", "build_backbone", "MLPHead", "magnitude_masks",
+__all__ = ["Encoder", "InputNorm", "SmallCNN", "TimmBackbone", "TorchvisionResNet", "build_backbone", "MLPHead", "ConvMLPHead", "magnitude_masks",
            "PrunedBranch", "Queue", "frozen_copy", "momentum_update", "set_requires_grad", "topk_neighbours",
-           "MemoryBank", "bank_dots", "KNNGraph", "reachable"]
+           "MemoryBank", "bank_dots", "KNNGraph", "reachable", "cosine_momentum",
+           "PixelPropagation", "propagation_weights"]

@@ -4,6 +4,7 @@ PixPro's momentum branch; a GAN's discriminators while its generators update).""
 from __future__ import annotations
 
 import copy
+import math
 
 import torch
 import torch.nn as nn
@@ -28,6 +29,14 @@ def momentum_update(online: nn.Module, target: nn.Module, m: float) -> None:
     for ob, tb in zip(online.buffers(), target.buffers()):
         if tb.dtype.is_floating_point:
             tb.mul_(m).add_(ob.detach(), alpha=1 - m)
+
+
+def cosine_momentum(base: float, step: int, total: int | None) -> float:
+    """The momentum of a cosine schedule from ``base`` at step 0 up to 1 at step ``total`` (BYOL; PixPro):
+    m_k = 1 - (1 - base) (cos(pi k / K) + 1) / 2, with k clipped to K; ``base`` when ``total`` is unknown."""
+    if not total:
+        return base
+    return 1 - (1 - base) * (math.cos(math.pi * min(max(step, 0), total) / total) + 1) / 2
 
 
 def set_requires_grad(modules, flag: bool) -> None:
