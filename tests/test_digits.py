@@ -164,3 +164,11 @@ def test_long_tail_profile():
     train, test = build_datasets(cfg.data)
     c = torch.bincount(train.labels["digit"], minlength=10)
     assert c[0] > 5 * c[9] and len(test) == 100 and train.masks.shape[0] == len(train)
+
+
+def test_class_names_match_the_label_bins():
+    """The rotation classes are named by their bins' centres (the angles the scenes are drawn at)."""
+    from contrastlab.data.digits import DIGIT_CLASSES, N_COLORS, N_ROTATIONS, ROTATION_CENTRES
+
+    assert DIGIT_CLASSES["rotation"] == ["-15", "-5", "+5", "+15"] == [f"{c:+g}" for c in ROTATION_CENTRES]
+    assert len(DIGIT_CLASSES["rotation"]) == N_ROTATIONS and len(DIGIT_CLASSES["color"]) == N_COLORS

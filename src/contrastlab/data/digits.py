@@ -219,7 +219,7 @@ def load(spec: DigitScenesSpec, cache: bool = True) -> dict:
 DIGIT_CLASSES = {
     "digit": [str(i) for i in range(10)],
     "color": ["red", "yellow", "green", "cyan", "blue", "magenta"],
-    "rotation": ["-45", "-15", "+15", "+45"],
+    "rotation": [f"{c:+g}" for c in ROTATION_CENTRES],  # the bins' centres in degrees: -15, -5, +5, +15
 }
 
 
