@@ -313,6 +313,24 @@ def test_a_step_on_a_large_bank_never_forms_an_n_by_n_tensor():
     assert 0 < mode.numel <= n * d, f"{mode.op} produced {mode.numel} elements"
 
 
+@pytest.mark.slow
+def test_an_imagenet_sized_bank_trains_a_step_within_its_own_memory():
+    """n = 1,281,167 (ImageNet-1K's training set), d = 128 (invp/imagenet's embedding), K 4096: the bank
+    (656 MB) and graph are allocated from the training set's size, and a step with L_inv on over a full
+    graph (forward and backward, 128 anchors) produces no tensor larger than the bank."""
+    n, d = 1_281_167, 128
+    m = _method(["model.proj_dim=128", "method.n_background=4096", "method.n_pos=20", "optim.batch_size=128",
+                 "method.inv_start_steps=0", "method.inv_start_epochs=null"], n=n)  # fmt: skip
+    assert m.bank.vectors.shape == (n, d) and m.graph.neighbours.shape == (n, m.cfg.k)
+    m.graph.neighbours.copy_(torch.randint(0, n, (n, m.cfg.k), generator=torch.Generator().manual_seed(0)))
+    mode = _Biggest()
+    with mode:
+        out = m(_batch(torch.randperm(n, generator=torch.Generator().manual_seed(1))[:128]))
+        out["loss"].backward()
+    assert torch.isfinite(out["loss"]) and "loss_inv" in out and out["pos_found"] > 0
+    assert 0 < mode.numel <= n * d, f"{mode.op} produced {mode.numel} elements"
+
+
 def test_bad_options_are_one_line_errors():
     with pytest.raises(ConfigError, match=r"method.depth=0: must be >= 1"):
         load_config("invp", ["method.depth=0"])
