@@ -190,7 +190,17 @@ def test_the_levels_read_the_backbones_last_stages_and_evaluation_sees_the_poole
     m.eval()
     with torch.no_grad():
         assert torch.allclose(m.encoder(x), m.encoder.forward_features(x).mean(dim=(2, 3)), atol=1e-6)
-        assert m.embed(m.encoder, m.local_heads, torch.rand(3, 9, 3, 12, 12), True).shape == (3, 4, 16)
+        xl = torch.rand(3, 9, 3, 12, 12)
+        got_l, got_g = m.embed(m.encoder, m.local_heads, xl, True), m.embed(m.encoder, m.global_heads, x, False)
+        assert got_l.shape == got_g.shape == (3, 4, 16)
+        # by hand: each patch encoded alone (eval-mode BN), its stage maps pooled, the 9 concatenated in order
+        for b in range(3):
+            per_patch = [m.encoder.forward_stages(xl[b, k : k + 1], 4) for k in range(9)]
+            whole = m.encoder.forward_stages(x[b : b + 1], 4)
+            for lv in range(4):
+                cat = torch.cat([per_patch[k][lv].mean(dim=(2, 3)) for k in range(9)], dim=1)
+                assert torch.allclose(got_l[b, lv], m.local_heads[lv](cat)[0], atol=1e-5), (b, lv)
+                assert torch.allclose(got_g[b, lv], m.global_heads[lv](whole[lv].mean(dim=(2, 3)))[0], atol=1e-5)
 
 
 def test_a_resnet_backbone_gives_res2_to_res5_levels():
