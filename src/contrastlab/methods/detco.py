@@ -38,12 +38,19 @@ from .moco import shuffled_keys
 DEFAULT_LEVEL_WEIGHTS = (0.1, 0.4, 0.7, 1.0)
 
 
+def _weights_allowed(w) -> str | None:
+    """None when ``w`` is null or a non-empty list of weights >= 0, else what is allowed."""
+    if w is None or (len(w) and all(v >= 0 for v in w)):
+        return None
+    return "null or a non-empty list of numbers >= 0, one per level"
+
+
 @dataclass
 class DetCoConfig:
     name: Literal["detco"] = "detco"
     n_levels: int = option(4, ge=1, doc="the backbone's last stages that are contrasted (4: res2..res5)")
     # one weight per level, shallow to deep; null: the last n_levels of (0.1, 0.4, 0.7, 1.0) (METHODS.md, unverified)
-    level_weights: Optional[tuple[float, ...]] = option(None, ge=0)
+    level_weights: Optional[tuple[float, ...]] = option(None, check=_weights_allowed)
     grid: int = option(3, ge=1, doc="the local view's jigsaw is grid x grid patches")
     local_size: int = option(64, ge=1, doc="the side in pixels of each augmented patch")
     # the random resized crop of each patch, as a share of the patch's area (the global view: views.crop_scale)
