@@ -22,6 +22,7 @@ TINY = {
     "invp": ("invp", ["model.width=4", "model.depth=1"]),
     "pixpro": ("pixpro", ["model.width=4", "model.depth=1"]),
     "pixcontrast": ("pixcontrast", ["model.width=4", "model.depth=1"]),
+    "detco": ("detco", ["model.width=4", "model.depth=1", "method.queue_size=64"]),
 }
 
 

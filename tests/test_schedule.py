@@ -37,6 +37,7 @@ FOLDERS = {  # image folders, by recipe: the data set the recipe is written for
     "invp/imagenet": 1_281_167,  # ImageNet-1K train
     "looc/imagenet100": 126_689, "looc_pp/imagenet100": 126_689,  # ImageNet-100 (CMC's 100 classes) train
     "pixpro/imagenet": 1_281_167,  # ImageNet-1K train
+    "detco/imagenet": 1_281_167,  # ImageNet-1K train
 }
 PAIRS = {"horse2zebra": 1_334}  # an unpaired epoch is max(|A|, |B|) = max(1,067 horses, 1,334 zebras)
 

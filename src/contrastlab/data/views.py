@@ -382,3 +382,39 @@ class LeaveOneOutViews(BatchedViews):
         if return_params:
             return out[0], out[1:], params
         return out[0], out[1:]
+
+
+def jigsaw_patches(images: torch.Tensor, grid: int = 3) -> torch.Tensor:
+    """Cuts each image into a ``grid`` x ``grid`` jigsaw: (B, C, H, W) -> (B, grid * grid, C, H // grid,
+    W // grid), patches in row-major order (patch k is row k // grid, column k % grid). When H or W is not
+    a multiple of ``grid``, the central grid * (H // grid) x grid * (W // grid) region is cut (the
+    remainder's rows and columns are dropped evenly from both sides, one more at the bottom / right)."""
+    if images.dim() != 4:
+        raise ValueError(f"jigsaw_patches expects images (B, C, H, W), got {tuple(images.shape)}")
+    b, ch, h, w = images.shape
+    ph, pw = h // grid, w // grid
+    if grid < 1 or ph < 1 or pw < 1:
+        raise ValueError(f"jigsaw_patches: a {grid} x {grid} grid does not fit images of {h} x {w} px")
+    oy, ox = (h - grid * ph) // 2, (w - grid * pw) // 2
+    x = images[:, :, oy : oy + grid * ph, ox : ox + grid * pw]
+    x = x.reshape(b, ch, grid, ph, grid, pw).permute(0, 2, 4, 1, 3, 5)  # (B, row, col, C, ph, pw)
+    return x.reshape(b, grid * grid, ch, ph, pw)
+
+
+class JigsawViews(BatchedViews):
+    """DetCo's local view (Xie et al., ICCV 2021): ``views(images, generator) -> (B, grid^2, 3, S, S)``.
+    Each image is cut into a ``grid`` x ``grid`` jigsaw (:func:`jigsaw_patches`, patch order kept) and
+    every patch is augmented on its own, as a batched view of the patch (random resized crop of the
+    patch, flip, colour, blur of ``cfg``) at ``out_size`` px."""
+
+    def __init__(self, cfg: ViewConfig, out_size: int, grid: int = 3):
+        super().__init__(cfg, out_size)
+        self.grid = grid
+
+    def __call__(self, images: torch.Tensor, generator: torch.Generator | None = None, return_boxes=False):
+        if return_boxes:
+            raise ValueError("JigsawViews gives no boxes (its crops are of the patches, not of the image)")
+        patches = jigsaw_patches(images, self.grid)
+        b, n = patches.shape[:2]
+        x = super().__call__(patches.flatten(0, 1), generator)
+        return x.view(b, n, *x.shape[1:])

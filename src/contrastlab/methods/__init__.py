@@ -22,6 +22,7 @@ REGISTRY = {
     "invp": "contrastlab.methods.invp:InvP",
     "pixpro": "contrastlab.methods.pixpro:PixPro",
     "pixcontrast": "contrastlab.methods.pixpro:PixPro",
+    "detco": "contrastlab.methods.detco:DetCo",
 }
 
 
