@@ -273,3 +273,67 @@ def test_eval_seg_on_a_voc_folder(tmp_path, capsys):
     assert r["miou"] > 0.9, r
     assert main(["eval", "seg", str(run), "epochs=1", *voc]) == 0  # the run's own encoder on 24 px images
     assert _last_json(capsys)["feature_map"] == [16, 3, 3]
+
+
+# ----------------------------------------------------------------------------- export
+def _resnet_run(tmp_path, backbone="resnet18"):
+    """A ResNet run folder without training: the SimCLR fixture's config with another backbone, the
+    method built from it, its BatchNorm statistics made non-trivial, saved as a checkpoint."""
+    from contrastlab.config import from_dict
+    from contrastlab.methods import build_method
+
+    ckpt = torch.load(FIXTURES / "simclr.ckpt", weights_only=True)
+    ckpt["config"]["model"]["backbone"] = backbone
+    torch.manual_seed(0)
+    method = build_method(from_dict(ckpt["config"]))
+    with torch.no_grad():
+        for m in method.modules():
+            if isinstance(m, torch.nn.BatchNorm2d):
+                m.running_mean.uniform_(-0.1, 0.1)
+                m.running_var.uniform_(0.5, 1.5)
+                m.weight.uniform_(0.5, 1.5)
+    run = tmp_path / f"run_{backbone}"
+    run.mkdir()
+    torch.save({"model": method.state_dict(), "config": ckpt["config"], "step": 3, "format": ckpt["format"]},
+               run / "last.ckpt")  # fmt: skip
+    return run, method
+
+
+def test_export_loads_into_torchvision_resnet18_with_the_same_outputs(tmp_path, capsys):
+    import torchvision
+
+    run, method = _resnet_run(tmp_path)
+    out = tmp_path / "backbone.pth"
+    assert main(["export", str(run), str(out)]) == 0
+    r = _last_json(capsys)
+    assert (r["backbone"], r["input_norm"], r["cifar_stem"]) == ("resnet18", "per_image", False)
+    sd = torch.load(out, weights_only=True)
+    tv = torchvision.models.resnet18(weights=None)
+    missing, unexpected = tv.load_state_dict(sd, strict=False)
+    assert sorted(missing) == ["fc.bias", "fc.weight"] and unexpected == []
+    full = {**sd, "fc.weight": tv.fc.weight, "fc.bias": tv.fc.bias}
+    tv.load_state_dict(full, strict=True)
+    tv.fc = torch.nn.Identity()
+    tv.eval()
+    enc = method.encoder.eval()
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(tv(enc.norm(x)), enc(x))  # the file holds the backbone, not the input norm
+
+
+def test_export_key_format_fits_torchvision_resnet50(tmp_path, capsys):
+    import torchvision
+
+    run, _ = _resnet_run(tmp_path, "resnet50")
+    out = tmp_path / "r50.pth"
+    assert main(["export", str(run), str(out)]) == 0
+    sd = torch.load(out, weights_only=True)
+    ref = {k: v.shape for k, v in torchvision.models.resnet50(weights=None).state_dict().items()}
+    assert {k: v.shape for k, v in sd.items()} == {k: s for k, s in ref.items() if not k.startswith("fc.")}
+
+
+def test_export_refuses_a_small_cnn_run_in_one_line(tmp_path, capsys):
+    assert main(["export", str(_run(tmp_path)), str(tmp_path / "x.pth")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "SmallCNN" in err and "resnet18|resnet34|resnet50" in err
+    assert not (tmp_path / "x.pth").exists()
