@@ -337,3 +337,23 @@ def test_export_refuses_a_small_cnn_run_in_one_line(tmp_path, capsys):
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "SmallCNN" in err and "resnet18|resnet34|resnet50" in err
     assert not (tmp_path / "x.pth").exists()
+
+
+# ----------------------------------------------------------------------------- report
+def test_report_draws_the_probe_masks_only_when_a_seg_result_exists(tmp_path, capsys):
+    from contrastlab.report.run import build_run_report, seg_figure
+
+    run = _run(tmp_path)
+    build_run_report(run, embedding_method="pca")
+    assert not (run / "report" / "seg_masks.png").exists() and "Dense probe" not in (run / "report.html").read_text()
+    assert main(["eval", "seg", str(run), "epochs=1", "n_examples=4"]) == 0
+    capsys.readouterr()
+    build_run_report(run, embedding_method="pca")
+    assert (run / "report" / "seg_masks.png").is_file() and "Dense probe: predicted masks" in (run / "report.html").read_text()
+    evals = json.loads((run / "eval.json").read_text())
+    heading, name, caption = seg_figure(run, evals, tmp_path / "img")
+    assert name == "seg_masks.png" and "mIoU" in caption and "0 = background" in caption
+    with Image.open(tmp_path / "img" / name) as im:  # 4 rows of 64 px tiles (32 px scenes enlarged x2)
+        assert im.height >= 4 * 64
+    evals["seg/mask/model"]["examples"] = "gone.pt"
+    assert seg_figure(run, evals, tmp_path / "img2") is None

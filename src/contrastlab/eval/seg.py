@@ -239,7 +239,8 @@ def _feature_maps(cfg, method, opts, train, test, dev):
 def run(checkpoint: str, opts: SegOptions, data_overrides=()) -> dict:
     """``contrastlab eval seg RUN``: the dense linear probe trained on the training masks, its mIoU,
     pixel accuracy and per-class IoU on the test split; the predicted masks of the first
-    ``n_examples`` test scenes are kept in ``RUN/seg_masks_<features>_<classes>.pt`` for the report."""
+    ``n_examples`` test scenes are kept with their images and true masks in
+    ``RUN/seg_masks_<features>_<classes>.pt``: ``contrastlab report`` draws them."""
     from .run import device, load_run, require_encoder
 
     cfg, method, ckpt = load_run(checkpoint, list(data_overrides))
@@ -270,13 +271,16 @@ def run(checkpoint: str, opts: SegOptions, data_overrides=()) -> dict:
     if opts.classes != "all":
         result["variant"] = opts.classes
     if opts.n_examples:
-        result["examples"] = _keep_examples(checkpoint, opts, r["pred"][: opts.n_examples], names)
+        k = opts.n_examples
+        result["examples"] = _keep_examples(checkpoint, opts, test.images[:k], mask_targets(test.masks[:k], opts.classes),
+                                            r["pred"][:k], names)  # fmt: skip
     return result
 
 
-def _keep_examples(checkpoint, opts, pred: Tensor, names) -> str | None:
-    """Save the first test scenes' predicted masks next to the run (for ``contrastlab report``);
-    returns the file's name, or None (with a warning) when it cannot be written."""
+def _keep_examples(checkpoint, opts, images: Tensor, truth: Tensor, pred: Tensor, names) -> str | None:
+    """Save the first test scenes, their true and predicted masks next to the run (for
+    ``contrastlab report``, which then needs no data); returns the file's name, or None (with a
+    warning) when it cannot be written."""
     import sys
     from pathlib import Path
 
@@ -285,7 +289,8 @@ def _keep_examples(checkpoint, opts, pred: Tensor, names) -> str | None:
     path = Path(checkpoint)
     run_dir = path if path.is_dir() else path.parent
     name = f"seg_masks_{opts.features}_{opts.classes}.pt"
-    blob = {"indices": torch.arange(pred.shape[0]), "pred": pred.to(torch.uint8), "class_names": list(names)}
+    blob = {"indices": torch.arange(pred.shape[0]), "images": images.clone(), "truth": truth.to(torch.uint8),
+            "pred": pred.to(torch.uint8), "class_names": list(names)}  # fmt: skip
     try:
         atomic_save(run_dir / name, lambda tmp: torch.save(blob, tmp), kept="the previous masks are kept")
     except UserError as e:
