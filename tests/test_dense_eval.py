@@ -134,6 +134,29 @@ def test_probe_finds_a_mask_the_features_carry_and_not_in_noise():
     assert noise["miou"] < 0.3
 
 
+def test_dense_features_leave_the_encoder_frozen():
+    """Feature maps in eval mode (BatchNorm's running statistics, not the batch's, and untouched),
+    the encoder's mode restored; the pixels baseline is the image in [0, 1]."""
+    from contrastlab.eval.seg import dense_features
+
+    class Enc(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.conv, self.bn = torch.nn.Conv2d(3, 4, 3, 2, 1), torch.nn.BatchNorm2d(4)
+
+        def forward_features(self, x):
+            return self.bn(self.conv(x))
+
+    enc = Enc().train()
+    images = torch.randint(0, 256, (5, 3, 8, 8), dtype=torch.uint8)
+    before = enc.bn.running_mean.clone()
+    f = dense_features(enc, images, batch_size=2)
+    assert f.shape == (5, 4, 4, 4) and enc.training and torch.equal(enc.bn.running_mean, before)
+    with torch.no_grad():
+        torch.testing.assert_close(f, enc.eval().forward_features(images.float() / 255))
+    torch.testing.assert_close(dense_features(None, images), images.float() / 255)
+
+
 def test_probe_is_deterministic():
     xtr, mtr = _colour_scenes(8)
     r1 = dense_probe(xtr, mtr, xtr, mtr, 4, epochs=3, batch_size=4, seed=5)
