@@ -1,4 +1,4 @@
-"""The ``contrastlab`` command: train | eval | report | list."""
+"""The ``contrastlab`` command: train | eval | translate | export | report | list."""
 from __future__ import annotations
 
 import argparse
@@ -88,6 +88,13 @@ def cmd_translate(args) -> int:
     return 0
 
 
+def cmd_export(args) -> int:
+    from .eval.export import export_torchvision
+
+    print(json.dumps(export_torchvision(args.checkpoint, args.out)))
+    return 0
+
+
 def cmd_report(args) -> int:
     from .eval.run import device
     from .report.run import build_run_report
@@ -134,6 +141,10 @@ def build_parser() -> argparse.ArgumentParser:
     tr.add_argument("out_dir")
     tr.add_argument("options", nargs="*", help="key=value: direction=AtoB|BtoA, size=0 (keep) | N, device=auto")
     tr.set_defaults(fn=cmd_translate)
+    ex = sub.add_parser("export", help="write a ResNet run's backbone in torchvision's resnet key format (for detection)")
+    ex.add_argument("checkpoint", help="a checkpoint file or a run folder")
+    ex.add_argument("out", help="the file to write, e.g. backbone.pth")
+    ex.set_defaults(fn=cmd_export)
     r = sub.add_parser("report", help="write an HTML report with plots for a run folder")
     r.add_argument("run_dir")
     r.set_defaults(fn=cmd_report)

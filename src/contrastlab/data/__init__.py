@@ -1,5 +1,5 @@
 """Data sets, one file each (or one per family), registered by name in ``DATASETS``: the
-embedded digit scenes and digit domains, CIFAR-10/100, STL-10, image folders and unpaired
+embedded digit scenes and digit domains, CIFAR-10/100, STL-10, image folders, PASCAL VOC segmentation folders and unpaired
 folders. A data set's entry is a function ``(data config) -> (train, test)`` (test may be
 None); ``build_datasets`` then applies what every labelled set shares (the label, the
 subsets of the training split: hold-out, index files, long-tailed subset; ``splits.py``).
@@ -25,6 +25,7 @@ DATASETS = {
     "cifar100": "contrastlab.data.cifar:cifar_datasets",
     "stl10": "contrastlab.data.stl10:stl10_datasets",
     "imagefolder": "contrastlab.data.imagefolder:imagefolder_datasets",
+    "voc": "contrastlab.data.voc:voc_datasets",
     "digit_domains": "contrastlab.data.unpaired:digit_domains_datasets",
     "unpaired": "contrastlab.data.unpaired:folder_datasets",
 }

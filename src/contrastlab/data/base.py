@@ -39,6 +39,7 @@ class TensorImageSet(ImageSet):
         classes: dict | None = None,
         name: str = "",
         masks: torch.Tensor | None = None,
+        mask_classes: list | None = None,
     ):
         if images.dtype != torch.uint8 or images.dim() != 4 or images.shape[1] != 3:
             raise ValueError(f"TensorImageSet expects uint8 images (N, 3, H, W), got {images.dtype} {tuple(images.shape)}")
@@ -50,7 +51,8 @@ class TensorImageSet(ImageSet):
         self.classes = dict(classes or {})
         self.image_size = images.shape[-1]
         self.name = name
-        self.masks = masks  # optional per-pixel segmentation (N, H, W)
+        self.masks = masks  # optional per-pixel segmentation (N, H, W) uint8; 255: ignored (e.g. VOC's borders)
+        self.mask_classes = list(mask_classes) if mask_classes is not None else None  # names of the mask values
         self.default_label = next(iter(self.labels), "label")
 
     def __len__(self):
@@ -70,6 +72,7 @@ class TensorImageSet(ImageSet):
             self.classes,
             self.name,
             None if self.masks is None else self.masks[idx],
+            self.mask_classes,
         )
         out.default_label = self.default_label
         return out

@@ -223,6 +223,9 @@ DIGIT_CLASSES = {
 }
 
 
+MASK_CLASSES = ["background", *DIGIT_CLASSES["digit"]]  # the mask's values: 0 background, 1 + digit
+
+
 def digit_scenes(spec: DigitScenesSpec | None = None) -> tuple[TensorImageSet, TensorImageSet]:
     """The embedded data set as (train, test) image sets with labels digit, color, rotation.
 
@@ -233,7 +236,8 @@ def digit_scenes(spec: DigitScenesSpec | None = None) -> tuple[TensorImageSet, T
     for split in ("train", "test"):
         d = data[split]
         labels = {k: d[k] for k in ("digit", "color", "rotation")}
-        out.append(TensorImageSet(d["images"], labels, DIGIT_CLASSES, name=f"digits-{split}", masks=d["mask"]))
+        out.append(TensorImageSet(d["images"], labels, DIGIT_CLASSES, name=f"digits-{split}", masks=d["mask"],
+                                  mask_classes=MASK_CLASSES))
     return out[0], out[1]
 
 

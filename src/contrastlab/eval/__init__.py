@@ -25,6 +25,7 @@ PROTOCOLS = {
     "knn": "contrastlab.eval.knn",
     "linear": "contrastlab.eval.linear",
     "linear_sgd": "contrastlab.eval.linear_sgd",
+    "seg": "contrastlab.eval.seg",
     "translation": "contrastlab.eval.translation",
 }
 
@@ -77,6 +78,9 @@ _LAZY = {  # the functions of the protocols, importable from here (imported on f
     "holdout_split": "contrastlab.eval.labels",
     "read_class_counts": "contrastlab.eval.labels",
     "train_linear_on_crops": "contrastlab.eval.linear_sgd",
+    "confusion_matrix": "contrastlab.eval.seg",
+    "segmentation_scores": "contrastlab.eval.seg",
+    "dense_probe": "contrastlab.eval.seg",
 }
 
 
@@ -103,4 +107,7 @@ __all__ = [
     "holdout_split",
     "read_class_counts",
     "train_linear_on_crops",
+    "confusion_matrix",
+    "segmentation_scores",
+    "dense_probe",
 ]

@@ -316,6 +316,22 @@ def build_backbone(name: str, **kw) -> nn.Module:
     raise ValueError(f"unknown backbone {name!r}; expected one of {', '.join(BACKBONES)} or timm:NAME")
 
 
+def torchvision_state_dict(backbone: nn.Module) -> dict[str, torch.Tensor]:
+    """The weights of a :class:`TorchvisionResNet` (or of an :class:`Encoder` around one) in
+    torchvision's ``resnet*`` key format: ``conv1.weight``, ``bn1.running_mean``,
+    ``layer1.0.conv1.weight``, ... with no prefix and no ``fc`` (detection libraries load such a
+    file as a backbone without renaming). Tensors are detached, contiguous copies on the CPU. Any
+    other backbone is a one-line :class:`UserError` (it has no torchvision layout)."""
+    if isinstance(backbone, Encoder):
+        backbone = backbone.backbone
+    if not isinstance(backbone, TorchvisionResNet):
+        kind = f"timm:{backbone.name}" if isinstance(backbone, TimmBackbone) else type(backbone).__name__
+        raise UserError(f"the backbone is {kind}, which has no torchvision ResNet key format; only runs with "
+                        "model.backbone=resnet18|resnet34|resnet50 can be exported")  # fmt: skip
+    return {k: v.detach().cpu().contiguous().clone() for k, v in backbone.net.state_dict().items()
+            if not k.startswith("fc.")}  # fmt: skip
+
+
 class Encoder(nn.Module):
     """InputNorm followed by a backbone: float [0, 1] images -> features (B, out_dim).
     ``forward_features`` / ``forward_stages`` give the backbone's maps of the normalised input."""

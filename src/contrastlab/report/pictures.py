@@ -122,8 +122,35 @@ def spaces_grid(spaces: Mapping, class_names: Sequence[str] | None = None, label
 
 
 def save_picture(picture: Mapping, path) -> None:
-    """A picture of :func:`positives_picture` / :func:`spaces_grid` as a PNG with its row names."""
+    """A picture of :func:`positives_picture` / :func:`spaces_grid` / :func:`mask_picture` as a PNG with its row names."""
     grid = picture["grid"]
     if not isinstance(grid, np.ndarray):
-        raise ValueError("save_picture expects the dict of positives_picture or spaces_grid")
+        raise ValueError("save_picture expects the dict of positives_picture, spaces_grid or mask_picture")
     save_grid(grid, path, picture["row_centres"], picture["row_names"])
+
+
+def mask_picture(images, truths, preds, palette: Sequence[int], row_names: Sequence[str] | None = None) -> dict:
+    """Scenes beside their true and predicted masks: one row per scene (the image, the truth, the
+    prediction), masks coloured by ``palette`` (a flat PIL palette: class c is ``palette[3c:3c+3]``,
+    255 its ignore colour), small images enlarged without smoothing to about 64 pixels.
+    Returns ``{"grid": (H, W, 3) uint8, "row_centres", "row_names"}`` for :func:`save_picture`."""
+    pal = np.asarray(palette, dtype=np.uint8).reshape(-1, 3)
+    n = len(images)
+    if not n or len(truths) != n or len(preds) != n:
+        raise ValueError(f"mask_picture: {len(images)} images, {len(truths)} truths, {len(preds)} predictions")
+    h, w = int(images[0].shape[-2]), int(images[0].shape[-1])
+    scale = max(1, math.ceil(64 / max(h, w)))
+    ch, cw, pad = h * scale, w * scale, 4
+    canvas = np.full((n * (ch + pad) + pad, 3 * (cw + pad) + pad, 3), 255, dtype=np.uint8)
+    tops = []
+    for r in range(n):
+        img = as_tensor(images[r]).detach().cpu()
+        img = img if img.dtype == torch.uint8 else (img.float().clamp(0, 1) * 255).round().to(torch.uint8)
+        tiles = [img.permute(1, 2, 0).numpy()] + [pal[as_tensor(m).cpu().long().numpy()] for m in (truths[r], preds[r])]
+        y0 = pad + r * (ch + pad)
+        tops.append(y0)
+        for c, tile in enumerate(tiles):
+            x0 = pad + c * (cw + pad)
+            canvas[y0 : y0 + ch, x0 : x0 + cw] = tile.repeat(scale, 0).repeat(scale, 1)
+    names = list(row_names) if row_names is not None else [f"#{r}" for r in range(n)]
+    return {"grid": canvas, "row_centres": [t + ch // 2 for t in tops], "row_names": names}

@@ -46,6 +46,9 @@ def build_run_report(run_dir: Path, device=None, n_embed: int = 2000, embedding_
     if has_spaces(method):
         figures.append(spaces_figure(method, train, evalset, label, run_dir / "report", device)[0])
     summary, evals = _read_results(run_dir)
+    seg = seg_figure(run_dir, evals, run_dir / "report")
+    if seg is not None:
+        figures.append(seg)
     metrics = read_metrics_csv(run_dir / "metrics.csv") if (run_dir / "metrics.csv").exists() else []
     title = f"contrastlab: {cfg.method['name']} on {cfg.data.name} (step {ckpt['step']})"
     return write_report(run_dir, metrics, embeddings={"feats": fte, "labels": yte, "class_names": names},
@@ -118,6 +121,49 @@ def spaces_figure(method, train, evalset, label: str, img_dir: Path, device=None
                f"similarity in that space; green frame = same {label}, red = different. Precision@k over these "
                f"{len(q_idx)} queries: {precision}.")  # fmt: skip
     return ("Neighbours in each space", "spaces.png", caption), picture
+
+
+SEG_KEYS = ("seg/mask/model", "seg/mask/model/binary")  # eval.json entries whose masks the report draws
+
+
+def seg_figure(run_dir: Path, evals: dict, img_dir: Path, n_shown: int = 6) -> tuple[str, str, str] | None:
+    """The "Dense probe" section: when ``eval.json`` holds a ``seg`` result of the run's own
+    features (``contrastlab eval seg RUN``; ``classes=all`` first, else ``binary``) and its masks
+    file, the first ``n_shown`` test scenes beside their true and predicted masks, written to
+    ``img_dir/seg_masks.png``. None when there is no such result (nothing is recomputed here)."""
+    from ..data.voc import voc_palette
+    from .pictures import mask_picture, save_picture
+
+    for key in SEG_KEYS:
+        r = evals.get(key)
+        path = run_dir / str(r.get("examples")) if isinstance(r, dict) and r.get("examples") else None
+        if path is not None and path.is_file():
+            break
+    else:
+        return None
+    try:
+        ex = torch.load(path, weights_only=True)
+        images, truth, pred = ex["images"][:n_shown], ex["truth"][:n_shown], ex["pred"][:n_shown]
+    except Exception as e:  # an unreadable or older file: say so rather than fail the report
+        return ("Dense probe: predicted masks", "", f"{path.name} could not be read ({type(e).__name__}); rerun "
+                f"contrastlab eval seg {run_dir}.")  # fmt: skip
+    names = []
+    for i in range(len(pred)):
+        keep = truth[i] != 255
+        acc = float((pred[i][keep] == truth[i][keep]).float().mean()) if bool(keep.any()) else float("nan")
+        names.append(f"#{int(ex['indices'][i])}: pixel acc {_pct(acc)}")
+    img_dir.mkdir(parents=True, exist_ok=True)
+    save_picture(mask_picture(images, truth, pred, voc_palette(), names), img_dir / "seg_masks.png")
+    classes = ex["class_names"]
+    legend = ", ".join(f"{c} = {n}" for c, n in enumerate(classes[:24]))
+    caption = (f"The dense linear probe ({key}: mIoU {_pct(r.get('miou'))}, pixel accuracy {_pct(r.get('pixel_acc'))} "
+               f"on the test split, {r.get('epochs')} epochs): each row a test scene, its true mask, the probe's "
+               f"predicted mask; colours of the PASCAL VOC palette by class index ({legend}; 255, ignored: beige).")  # fmt: skip
+    return ("Dense probe: predicted masks", "seg_masks.png", caption)
+
+
+def _pct(v) -> str:
+    return f"{100 * v:.1f} %" if isinstance(v, (int, float)) and v == v else "n/a"
 
 
 class _Images:  # lazy access to images by position in a subset

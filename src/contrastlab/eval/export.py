@@ -1,0 +1,43 @@
+"""Backbone export for transfer (detection, segmentation): a run's encoder written as a plain state
+dict in torchvision's ``resnet*`` key format (``contrastlab export RUN OUT.pth``), so that
+``torchvision.models.resnet50(weights=None).load_state_dict(sd, strict=False)`` loads it with only
+``fc.weight`` / ``fc.bias`` missing, and detection libraries take it as a backbone without renaming.
+
+The exported encoder is the run's online encoder (``method.encoder``: MoCo's query encoder,
+PixPro's online encoder), without its input standardisation (``model.norm``), which the file cannot
+hold: the result says which one the run used, so the consumer normalises inputs the same way."""
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from ..errors import UserError
+
+
+def export_torchvision(checkpoint: str, out: str) -> dict:
+    """Write the run's backbone to ``out`` (``torch.save`` of a dict of tensors, atomically);
+    returns what was written: path, backbone, number of keys, the run's input norm and stem."""
+    from ..files import atomic_save
+    from ..nn.backbones import torchvision_state_dict
+    from .run import load_run, require_encoder
+
+    out_path = Path(out)
+    if out_path.is_dir():
+        raise UserError(f"{out} is a folder; give the file to write, e.g. {out_path / 'backbone.pth'}")
+    if out_path.suffix == ".ckpt":
+        raise UserError(f"{out}: name the export .pth (a .ckpt is a contrastlab checkpoint)")
+    cfg, method, ckpt = load_run(checkpoint, [])
+    require_encoder(cfg, method, checkpoint)
+    try:
+        sd = torchvision_state_dict(method.encoder)
+    except UserError as e:
+        raise UserError(f"{checkpoint}: {e}") from None
+    atomic_save(out_path, lambda tmp: torch.save(sd, tmp))
+    result = {"export": str(out_path), "checkpoint": str(checkpoint), "step": int(ckpt["step"]),
+              "backbone": cfg.model.backbone, "keys": len(sd), "input_norm": cfg.model.norm,
+              "cifar_stem": bool(cfg.model.cifar_stem)}  # fmt: skip
+    if cfg.model.cifar_stem:
+        result["note"] = ("CIFAR stem: conv1 is 3x3 stride 1 and there is no max-pool; set model.conv1 = "
+                          "Conv2d(3, 64, 3, 1, 1, bias=False) and model.maxpool = Identity() before loading")  # fmt: skip
+    return result
