@@ -11,7 +11,8 @@ fixed long-tailed subsets, averaged: GPU scale), translation (CUT, DCLGAN, SimDC
 digit accuracy of the translations), dclgan_official (DCLGAN's digits preset vs the official
 DCLGAN's choices at the same steps), looc (MoCo vs LooC vs LooC++: linear probes of the digit,
 colour, rotation and quarter turn), invp (InvP vs lambda = 0: kNN and the discovered positives'
-precision over training, kept from each run's metrics.csv).
+precision over training, kept from each run's metrics.csv), dense (SimCLR, MoCo, PixPro, DetCo:
+kNN and the dense linear probe's mIoU).
 
 In an override, ``{seed}`` stands for the run's seed: the sdclr_cifar tables train subset k with
 seed k (``data.long_tail_split={seed}``, seeds 1..5), so their summary is the five-subset average;
@@ -166,6 +167,19 @@ TABLES["invp"] = (
     "(k=20) digit accuracy, and the discovered positives' precision over training",
     [("InvP", "invp", []), ("InvP lambda=0", "invp", ["method.inv_weight=0"])],
     [("knn", []), ("knn", ["features=random"], ("InvP",))], [0, 1, 2])
+# Dense pre-training (issue 16): PixPro and DetCo against SimCLR and MoCo v2 on the digit scenes at one budget of
+# 900 steps (detco/digits' length; each preset keeps its own batch and views, so the compute differs and each run
+# records its training time): kNN digit accuracy, and the dense linear probe (eval seg: a 1x1 conv on the frozen
+# final map, upsampled) for the 11 mask classes (background + 10 digits) and for foreground / background.
+DENSE_EVALS = [("knn", []), ("seg", []), ("seg", ["classes=binary"])]
+TABLES["dense"] = (
+    "SimCLR vs MoCo v2 vs PixPro vs DetCo on the digit scenes, 900 steps each (each preset's batch and views): kNN "
+    "digit accuracy and the dense linear probe's mIoU (11 mask classes, and foreground / background)",
+    [("SimCLR", "simclr", ["trainer.max_steps=900"]), ("MoCo v2", "moco", ["trainer.max_steps=900"]),
+     ("PixPro", "pixpro", ["trainer.max_steps=900"]), ("DetCo", "detco", ["trainer.max_steps=900"])],
+    [*DENSE_EVALS, *[(p, [*o, f"features={f}"], ("SimCLR",)) for f in ("random", "pixels") for p, o in DENSE_EVALS
+                     if p == "seg"]],
+    [0, 1, 2])
 # columns of a run's metrics.csv kept with each run of a table (the curves its docs plot)
 CURVES = {"invp": ("pos_precision", "hard_pos_precision", "knn_top1", "loss")}
 
@@ -226,7 +240,8 @@ def _scalar_metrics(protocol: str, r: dict) -> dict:
                     if isinstance(v, (int, float)):
                         out[f"{d}.{k}"] = v
         return out
-    names = {"top1": "top1", "top5": "top5", "many": "many", "medium": "medium", "few": "few", "std": "per_class_std", "group_std": "group_std"}
+    names = {"top1": "top1", "top5": "top5", "many": "many", "medium": "medium", "few": "few", "std": "per_class_std",
+             "group_std": "group_std", "miou": "miou", "pixel_acc": "pixel_acc"}  # fmt: skip
     return {names[k]: v for k, v in r.items() if k in names and isinstance(v, (int, float))}
 
 
