@@ -42,6 +42,7 @@ bench: install
 	$(BIN)/python benchmarks/knn_memory.py --out results/bench_knn_memory.json
 	$(BIN)/python benchmarks/negatives_overhead.py --rounds 15 --out results/bench_negatives_overhead.json
 	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/family_overhead.py --threads 1 --rounds 15 --out results/bench_family_overhead.json
+	OMP_NUM_THREADS=1 $(BIN)/python benchmarks/dense_overhead.py --threads 1 --rounds 7 --out results/bench_dense_overhead.json
 	$(BIN)/python benchmarks/end_to_end.py --models small_cnn,resnet18 --out results/bench_end_to_end.json
 
 ## On a machine with a CUDA GPU: real bf16 training steps through the library against a bare loop doing

@@ -31,6 +31,14 @@ Measures, on synthetic 32 px uint8 data on the device (no download):
   on their own: the bank and graph parts of an InvP step (`_steps.invp_step_parts`: bank search,
   positive search, graph rows, bank update) and their share of the step, and a whole-bank kNN
   rebuild (what a per-epoch rebuild would cost; it also gives the graph its edges before timing);
+- the issue-16 dense family at the same batch and 32 px, with the SimCLR row's network and optimiser
+  (as LooC's row), interleaved with the same MoCo step: PixPro (the `pixpro/imagenet` step, no
+  warm-up; ResNet-18 with the CIFAR stem keeps 32 px at stride 8, so the final map is 4 x 4, 16
+  pixels per view, where the recipe's ResNet-50 would leave 1 x 1 at 32 px and 7 x 7 at 224; with
+  the recipe's crops of 8-100% about 80% of view-1 pixels have a positive pair) and DetCo (the
+  `detco/imagenet` step: res2..res5, 8 queues of 65,536, its 3 x 3 jigsaw of 10 px patches each
+  drawn at 9 px, the recipe's 64 px draws of 74 px patches scaled from 224 to 32 px): images/s,
+  peak memory, and time vs MoCo (medians of per-round ratios, with quartiles);
 - an end-to-end ``fit`` of the SimCLR digits preset on the device (trainer, kNN monitor,
   checkpoint), its time and kNN accuracy.
 images/s counts training images (a batch of B images is 2B views), as the trainer's log does.
@@ -55,6 +63,7 @@ from _steps import (  # noqa: E402
 from _timing import emit, environment, interleaved, median_ratio, ratio_quartiles  # noqa: E402
 
 LR, MOMENTUM, WD, T = 0.3, 0.9, 1e-6, 0.5
+DETCO_LOCAL = 9  # detco/imagenet draws its 74 px patches (224 / 3) at 64 px; at 32 px: 9 px draws of 10 px patches
 CIFAR_MEAN, CIFAR_STD = (0.4914, 0.4822, 0.4465), (0.2470, 0.2435, 0.2616)
 
 
@@ -189,6 +198,42 @@ def main(argv=None):
           f"img/s; "
           f"InvP ({a.bank_rows} rows): {res['invp_img_per_s']:.0f} img/s; time vs MoCo: LooC "
           f"{res['family_ratio_vs_moco_time']['looc']:.3f}, InvP {res['family_ratio_vs_moco_time']['invp']:.3f}", flush=True)
+
+    # the dense family (issue 16) at the same batch, 32 px, with the SimCLR row's network and optimiser (as LooC's row):
+    # ResNet-18 with the CIFAR stem keeps 32 px images at stride 8, so PixPro's final map is 4 x 4 (16 pixels per view;
+    # the recipe's ResNet-50 at 224 px gives 7 x 7; at 32 px it would give 1 x 1, no pixels to match)
+    dense_common = common + ["data.image_size=32", "optim.warmup_epochs=null"]
+    pixpro, pixpro_model = make_step("pixpro/imagenet", images, dense_common, accelerator=dev, precision=precision,
+                                     return_model=True)  # fmt: skip
+    enc = invp_of(pixpro_model).encoder
+    with torch.no_grad():
+        enc.eval()
+        res["pixpro_map_px"] = list(enc.forward_features(torch.zeros(1, 3, 32, 32, device=dev)).shape[-2:])
+        enc.train()
+    # DetCo: its 3 x 3 jigsaw of a 32 px image is of 10 px patches, each drawn at DETCO_LOCAL px (the recipe's 64 px
+    # draws of 74 px patches of 224 px images, scaled to 32 px); the recipe's 4 levels, 8 queues of 65,536
+    detco = make_step("detco/imagenet", images, dense_common + [f"method.local_size={DETCO_LOCAL}"], accelerator=dev,
+                      precision=precision)  # fmt: skip
+    res["image_px"] = 32
+    res["detco_local_px"] = DETCO_LOCAL
+    dense = {"moco": moco, "pixpro": pixpro, "detco": detco}
+    for n in ("pixpro", "detco"):
+        res[f"{n}_peak_mem_gib"] = peak_memory(dense[n], dev)
+    td = interleaved(dense, max(3, a.rounds // 4), a.reps, warmup=1, sync=sync)
+    dmed = {n: statistics.median(t) for n, t in td.items()}
+    res["pixpro_img_per_s"] = round(a.batch / dmed["pixpro"], 1)
+    res["detco_img_per_s"] = round(a.batch / dmed["detco"], 1)
+    res["dense_moco_img_per_s"] = round(a.batch / dmed["moco"], 1)
+    res["dense_median_ms"] = {n: round(1000 * v, 3) for n, v in dmed.items()}
+    res["dense_ratio_vs_moco_time"] = {n: round(median_ratio(td, n, "moco"), 4) for n in ("pixpro", "detco")}
+    res["dense_quartiles_vs_moco"] = {n: ratio_quartiles(td, n, "moco") for n in ("pixpro", "detco")}
+    res["dense_per_round_s"] = {n: [round(x, 6) for x in t] for n, t in td.items()}
+    print(f"dense, 32 px, ResNet-18 (CIFAR stem): MoCo v2 {res['dense_moco_img_per_s']:.0f} img/s; PixPro (final map "
+          f"{res['pixpro_map_px'][0]} x {res['pixpro_map_px'][1]}) {res['pixpro_img_per_s']:.0f} img/s; DetCo (4 levels, "
+          f"3 x 3 patches drawn at {DETCO_LOCAL} px) {res['detco_img_per_s']:.0f} img/s; time vs MoCo: PixPro "
+          f"{res['dense_ratio_vs_moco_time']['pixpro']:.3f}, DetCo {res['dense_ratio_vs_moco_time']['detco']:.3f}",
+          flush=True)  # fmt: skip
+
     sync = sync or (lambda: None)
     rebuild = []
     for _ in range(3):
