@@ -12,7 +12,6 @@ encoder, so the dense model sees view 1 and the pruned one view 2).
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Literal
 
@@ -23,7 +22,7 @@ from ..distributed import gather_no_grad, rank_and_world
 from ..errors import ConfigError
 from ..fields import option
 from ..losses import mochi_negatives
-from ..nn.momentum import frozen_copy, momentum_update
+from ..nn.momentum import cosine_momentum, frozen_copy, momentum_update
 from ..nn.queue import Queue
 from .common import AxesConfig, build_encoder, build_projector, build_views, mochi_active, queue_criterion, setup_axes
 
@@ -94,9 +93,7 @@ class MoCo(nn.Module):
     def momentum_at(self, step: int, total: int | None) -> float:
         """The key encoder's EMA momentum at ``step`` of ``total``."""
         m = self.cfg.momentum
-        if self.cfg.momentum_schedule == "constant" or not total:
-            return m
-        return 1 - (1 - m) * (math.cos(math.pi * min(step, total) / total) + 1) / 2
+        return m if self.cfg.momentum_schedule == "constant" else cosine_momentum(m, step, total)
 
     def keys(self, x, generator=None):
         net = lambda v: self.key_projector(self.key_encoder(v))  # noqa: E731
