@@ -330,12 +330,11 @@ def test_export_loads_into_torchvision_resnet18_with_the_same_outputs(tmp_path, 
     assert main(["export", str(run), str(out)]) == 0
     r = _last_json(capsys)
     assert (r["backbone"], r["input_norm"], r["cifar_stem"]) == ("resnet18", "per_image", False)
+    assert r["fc"].startswith("zeros")
     sd = torch.load(out, weights_only=True)
     tv = torchvision.models.resnet18(weights=None)
-    missing, unexpected = tv.load_state_dict(sd, strict=False)
-    assert sorted(missing) == ["fc.bias", "fc.weight"] and unexpected == []
-    full = {**sd, "fc.weight": tv.fc.weight, "fc.bias": tv.fc.bias}
-    tv.load_state_dict(full, strict=True)
+    tv.load_state_dict(sd, strict=True)
+    assert not tv.fc.weight.any() and not tv.fc.bias.any()  # the untrained head is zeros, not noise
     tv.fc = torch.nn.Identity()
     tv.eval()
     enc = method.encoder.eval()
@@ -344,15 +343,32 @@ def test_export_loads_into_torchvision_resnet18_with_the_same_outputs(tmp_path, 
         torch.testing.assert_close(tv(enc.norm(x)), enc(x))  # the file holds the backbone, not the input norm
 
 
-def test_export_key_format_fits_torchvision_resnet50(tmp_path, capsys):
+def test_export_loads_into_torchvision_resnet50_with_strict_true(tmp_path, capsys):
     import torchvision
 
-    run, _ = _resnet_run(tmp_path, "resnet50")
+    run, method = _resnet_run(tmp_path, "resnet50")
     out = tmp_path / "r50.pth"
     assert main(["export", str(run), str(out)]) == 0
     sd = torch.load(out, weights_only=True)
-    ref = {k: v.shape for k, v in torchvision.models.resnet50(weights=None).state_dict().items()}
-    assert {k: v.shape for k, v in sd.items()} == {k: s for k, s in ref.items() if not k.startswith("fc.")}
+    tv = torchvision.models.resnet50(weights=None)
+    tv.load_state_dict(sd, strict=True)  # raises on any missing, unexpected or mis-shaped key
+    assert tv.fc.weight.shape == (1000, 2048) and not tv.fc.weight.any() and not tv.fc.bias.any()
+    tv.fc = torch.nn.Identity()
+    x = torch.rand(2, 3, 64, 64)
+    with torch.no_grad():
+        torch.testing.assert_close(tv.eval()(method.encoder.norm(x)), method.encoder.eval()(x))
+
+
+def test_export_without_fc_leaves_exactly_the_head_out(tmp_path, capsys):
+    import torchvision
+
+    run, _ = _resnet_run(tmp_path)
+    out = tmp_path / "nofc.pth"
+    assert main(["export", str(run), str(out), "--fc", "none"]) == 0
+    assert _last_json(capsys)["fc"] == "none"
+    missing, unexpected = torchvision.models.resnet18(weights=None).load_state_dict(
+        torch.load(out, weights_only=True), strict=False)
+    assert sorted(missing) == ["fc.bias", "fc.weight"] and unexpected == []
 
 
 def test_export_refuses_a_small_cnn_run_in_one_line(tmp_path, capsys):

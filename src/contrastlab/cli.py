@@ -91,7 +91,7 @@ def cmd_translate(args) -> int:
 def cmd_export(args) -> int:
     from .eval.export import export_torchvision
 
-    print(json.dumps(export_torchvision(args.checkpoint, args.out)))
+    print(json.dumps(export_torchvision(args.checkpoint, args.out, fc=args.fc)))
     return 0
 
 
@@ -144,6 +144,9 @@ def build_parser() -> argparse.ArgumentParser:
     ex = sub.add_parser("export", help="write a ResNet run's backbone in torchvision's resnet key format (for detection)")
     ex.add_argument("checkpoint", help="a checkpoint file or a run folder")
     ex.add_argument("out", help="the file to write, e.g. backbone.pth")
+    ex.add_argument("--fc", choices=("zeros", "none"), default="zeros",
+                    help="zeros (default): an all-zero, untrained 1000-class fc so that torchvision's "
+                         "resnet loads the file with strict=True; none: no fc keys")
     ex.set_defaults(fn=cmd_export)
     r = sub.add_parser("report", help="write an HTML report with plots for a run folder")
     r.add_argument("run_dir")

@@ -1,7 +1,12 @@
 """Backbone export for transfer (detection, segmentation): a run's encoder written as a plain state
 dict in torchvision's ``resnet*`` key format (``contrastlab export RUN OUT.pth``), so that
-``torchvision.models.resnet50(weights=None).load_state_dict(sd, strict=False)`` loads it with only
-``fc.weight`` / ``fc.bias`` missing, and detection libraries take it as a backbone without renaming.
+``torchvision.models.resnet50(weights=None).load_state_dict(sd)`` loads it with ``strict=True``, and
+detection libraries take it as a backbone without renaming.
+
+A self-supervised run has no classifier, so by default (``fc="zeros"``) the file holds torchvision's
+``fc.weight`` (1000, feature dim) and ``fc.bias`` (1000,) as zeros: strict loading works, and the
+head's output (all zeros) cannot be mistaken for a trained classifier. ``fc="none"`` leaves them out
+(load with ``strict=False``, or into a model whose ``fc`` is ``nn.Identity()``).
 
 The exported encoder is the run's online encoder (``method.encoder``: MoCo's query encoder,
 PixPro's online encoder), without its input standardisation (``model.norm``), which the file cannot
@@ -15,9 +20,16 @@ import torch
 from ..errors import UserError
 
 
-def export_torchvision(checkpoint: str, out: str) -> dict:
+FC_CHOICES = ("zeros", "none")
+TORCHVISION_CLASSES = 1000  # the size of torchvision's ImageNet head, which strict loading expects
+
+
+def export_torchvision(checkpoint: str, out: str, fc: str = "zeros") -> dict:
     """Write the run's backbone to ``out`` (``torch.save`` of a dict of tensors, atomically);
-    returns what was written: path, backbone, number of keys, the run's input norm and stem."""
+    returns what was written: path, backbone, number of keys, the run's input norm and stem, and
+    what ``fc`` holds (``zeros``: an untrained all-zero head for strict loading; ``none``: absent)."""
+    if fc not in FC_CHOICES:
+        raise UserError(f"fc={fc!r}: expected one of {'|'.join(FC_CHOICES)}")
     from ..files import atomic_save
     from ..nn.backbones import torchvision_state_dict
     from .run import load_run, require_encoder
@@ -33,10 +45,15 @@ def export_torchvision(checkpoint: str, out: str) -> dict:
         sd = torchvision_state_dict(method.encoder)
     except UserError as e:
         raise UserError(f"{checkpoint}: {e}") from None
+    if fc == "zeros":
+        dim = int(method.encoder.feature_dim)
+        sd["fc.weight"] = torch.zeros(TORCHVISION_CLASSES, dim)
+        sd["fc.bias"] = torch.zeros(TORCHVISION_CLASSES)
     atomic_save(out_path, lambda tmp: torch.save(sd, tmp))
     result = {"export": str(out_path), "checkpoint": str(checkpoint), "step": int(ckpt["step"]),
               "backbone": cfg.model.backbone, "keys": len(sd), "input_norm": cfg.model.norm,
-              "cifar_stem": bool(cfg.model.cifar_stem)}  # fmt: skip
+              "cifar_stem": bool(cfg.model.cifar_stem),
+              "fc": "zeros: untrained, replace it" if fc == "zeros" else "none"}  # fmt: skip
     if cfg.model.cifar_stem:
         result["note"] = ("CIFAR stem: conv1 is 3x3 stride 1 and there is no max-pool; set model.conv1 = "
                           "Conv2d(3, 64, 3, 1, 1, bias=False) and model.maxpool = Identity() before loading")  # fmt: skip
