@@ -271,3 +271,38 @@ def test_recipe_trains_end_to_end_and_its_features_evaluate(tiny, tmp_path, caps
     lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
     r = json.loads(lines[-1])
     assert 0 <= r["top1"] <= 1 and r["n_train"] == 256 and r["n_test"] == 128
+
+
+@pytest.mark.distributed
+def test_two_processes_hold_the_same_weights_and_every_levels_queues_take_both_ranks_keys(tmp_path):
+    """Two DetCo steps on two gloo processes (torchrun): every rank holds the same weights, key branch and
+    queues after each step, and each level's global (local) queue takes the global (local) keys of rank 0
+    then rank 1 at that level."""
+    import os
+    import subprocess
+    import sys
+
+    script = os.path.join(os.path.dirname(__file__), "dist_scripts", "detco_step.py")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", script,
+           str(tmp_path)]  # fmt: skip
+    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert p.returncode == 0, p.stderr[-3000:]
+    r = [torch.load(tmp_path / f"rank{i}.pt", weights_only=True) for i in range(2)]
+    for t in range(2):
+        s0, s1 = r[0]["steps"][t], r[1]["steps"][t]
+        assert math.isfinite(s0["loss"]) and math.isfinite(s1["loss"])
+        assert s0["loss"] != s1["loss"]  # each rank its own images and draws
+        for name, v in s0["state"].items():
+            if "running_" not in name and "num_batches" not in name:  # BN statistics are per process
+                assert torch.equal(v, s1["state"][name]), (t, name)
+        assert s0["ptrs"] == s1["ptrs"]
+        levels = s0["global_keys"].shape[1]
+        assert levels == 4 and s0["global_keys"].shape[0] == 8
+        for kind, off in (("global", 0), ("local", levels)):
+            k0, k1 = s0[f"{kind}_keys"], s1[f"{kind}_keys"]  # (B, L, d) of each rank
+            assert not torch.allclose(k0, k1)
+            for lv in range(levels):
+                rows = (torch.arange(2 * k0.shape[0]) + s0["ptrs"][off + lv]) % 64
+                want = F.normalize(torch.cat([k0[:, lv], k1[:, lv]]), dim=1)
+                got = s0["state"][f"{kind}_queues.{lv}.keys"][rows]
+                assert torch.allclose(got, want, atol=1e-5), (t, kind, lv)
