@@ -92,3 +92,22 @@ def test_a_protocol_on_features_refuses_a_run_without_an_encoder(protocol, tmp_p
     assert main(["eval", protocol, str(tmp_path)]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "has no encoder" in err and "contrastlab eval translation" in err
+
+
+@pytest.mark.parametrize("name", sorted(ev.PROTOCOLS))
+def test_eval_help_lists_every_option_of_every_protocol_with_its_default(name):
+    """``contrastlab eval --help`` lists each protocol's options from its source (nothing imported): every
+    field of its Options dataclass, with the default, and a choice's values default first."""
+    import dataclasses
+    import typing
+
+    opts = ev.protocol(name).Options
+    summary = dict(item.split("=", 1) for item in ev.option_summary(name).split())
+    assert list(summary) == [f.name for f in dataclasses.fields(opts)]
+    for f in dataclasses.fields(opts):
+        default = f.default if f.default is not dataclasses.MISSING else None
+        choices = typing.get_args(typing.get_type_hints(opts)[f.name])
+        if typing.get_origin(typing.get_type_hints(opts)[f.name]) is typing.Literal:
+            assert summary[f.name].split("|") == [default, *[c for c in choices if c != default]], f.name
+        elif default is not None and not isinstance(default, (list, tuple)):
+            assert summary[f.name] == str(default), f.name

@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import textwrap
 from pathlib import Path
 
 from .errors import ConfigError, Interrupted, UserError
@@ -122,18 +123,21 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("recipe", help="recipe name (simclr, moco, simclr/cifar10, ...) or a YAML file")
     t.add_argument("overrides", nargs="*", help="key=value overrides, e.g. optim.lr=0.1")
     t.set_defaults(fn=cmd_train)
-    from .eval import PROTOCOLS, describe
+    from .eval import PROTOCOLS, describe, option_summary
 
     e = sub.add_parser("eval", help="evaluate a checkpoint with a protocol: " + ", ".join(sorted(PROTOCOLS)),
                        description="Evaluate a run with one of the protocols below; the result is the JSON of the "
                        "last line and is kept in the run folder's eval.json. Options: key=value (see each protocol's "
                        "options in its error message or docs), data.key=value to read the data elsewhere.",
-                       epilog="protocols:\n" + "\n".join(f"  {n:<12} {describe(n)}" for n in sorted(PROTOCOLS)),
+                       epilog="protocols (options: key=default, a|b a choice):\n" + "\n".join(
+                           f"  {n:<12} {describe(n)}\n" + textwrap.fill(option_summary(n), 110, initial_indent=" " * 15,
+                                                           subsequent_indent=" " * 15, break_on_hyphens=False)
+                           for n in sorted(PROTOCOLS)),
                        formatter_class=argparse.RawDescriptionHelpFormatter)  # fmt: skip
     e.add_argument("protocol", choices=sorted(PROTOCOLS))
     e.add_argument("checkpoint", help="a checkpoint file or a run folder (uses its last.ckpt)")
-    e.add_argument("options", nargs="*", help="key=value: label=color, k=20, features=random|pixels, data.root=...; "
-                   "translation: extractor=auto|inception|random, weights=PATH, direction=AtoB|BtoA|both")
+    e.add_argument("options", nargs="*", help="key=value: the protocol's options listed below (label=color, k=20, "
+                   "features=random|pixels, ...), and data.key=value (data.root=...) to read the data elsewhere")
     e.set_defaults(fn=cmd_eval)
     tr = sub.add_parser("translate", help="translate a folder of images with a cut / dclgan / simdcl checkpoint")
     tr.add_argument("checkpoint", help="a checkpoint file or a run folder")

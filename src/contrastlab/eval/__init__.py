@@ -48,6 +48,47 @@ def describe(name: str) -> str:
     return doc.strip().splitlines()[0]
 
 
+def _default(value: ast.expr | None) -> str:
+    """The default of one dataclass field as written in the source: ``option(20, ge=1)`` -> ``20``."""
+    if isinstance(value, ast.Call) and value.args:
+        value = value.args[0]
+    if value is None or isinstance(value, ast.Call):
+        return "?"
+    s = ast.unparse(value)
+    return s[1:-1] if isinstance(value, ast.Constant) and isinstance(value.value, str) else s
+
+
+def _choices(annotation: ast.expr) -> list[str] | None:
+    """The values of a ``Literal["a", "b"]`` annotation, else None."""
+    if isinstance(annotation, ast.Subscript) and ast.unparse(annotation.value).endswith("Literal"):
+        elts = annotation.slice.elts if isinstance(annotation.slice, ast.Tuple) else [annotation.slice]
+        return [str(e.value) for e in elts if isinstance(e, ast.Constant)]
+    return None
+
+
+def option_summary(name: str) -> str:
+    """Protocol ``name``'s options as ``key=default`` (``key=a|b`` for a choice, default first), read from
+    its ``Options`` dataclass in the source without importing it (for ``contrastlab eval --help``)."""
+    if name not in PROTOCOLS:
+        raise ConfigError(f"unknown evaluation protocol {name!r}; available: {', '.join(sorted(PROTOCOLS))}")
+    with open(importlib.util.find_spec(PROTOCOLS[name]).origin, encoding="utf-8") as f:
+        tree = ast.parse(f.read())
+    target = "Options"
+    for node in tree.body:  # ``Options = SegOptions``
+        if isinstance(node, ast.Assign) and any(getattr(t, "id", None) == "Options" for t in node.targets):
+            target = getattr(node.value, "id", target)
+    out = []
+    for node in tree.body:
+        if isinstance(node, ast.ClassDef) and node.name == target:
+            for f in node.body:
+                if isinstance(f, ast.AnnAssign) and isinstance(f.target, ast.Name):
+                    d, choices = _default(f.value), _choices(f.annotation)
+                    if choices and d in choices:
+                        choices = [d, *[c for c in choices if c != d]]
+                    out.append(f"{f.target.id}={'|'.join(choices) if choices else d}")
+    return " ".join(out)
+
+
 def monitor_for(method):
     """The periodic check the trainer runs for ``method``: its own ``monitor`` method if it has
     one, else the ``monitor`` of the protocol its ``monitor_protocol`` names (default ``knn``)."""
@@ -94,6 +135,7 @@ __all__ = [
     "PROTOCOLS",
     "protocol",
     "describe",
+    "option_summary",
     "monitor_for",
     "topk_neighbours",
     "knn_predict",
