@@ -205,3 +205,28 @@ def test_robust_is_a_registered_protocol():
 
     assert PROTOCOLS["robust"] == "contrastlab.eval.robust" and describe("robust").startswith("Robust: clean, PGD-k")
     assert robust.Options().eps == (8 / 255,)
+
+
+# ----------------------------------------------------------------------------- the report of a robust run
+def test_the_perturbation_tile_is_the_difference_magnified_to_the_eps_range():
+    from contrastlab.report.pictures import adversarial_picture, perturbation_tile
+
+    g = torch.Generator().manual_seed(4)
+    clean = torch.rand(3, 4, 5, generator=g)
+    adv = (clean + (torch.rand(3, 4, 5, generator=g) - 0.5) * 0.2).clamp(0, 1)
+    eps = 0.1
+    tile = perturbation_tile(clean, adv, eps)
+    for k, (c, a) in enumerate(zip(clean.flatten().tolist(), adv.flatten().tolist())):
+        assert tile.flatten()[k].item() == pytest.approx(min(1.0, max(0.0, 0.5 + (a - c) / (2 * eps))), abs=1e-6)
+    pic = adversarial_picture(torch.stack([clean, clean]), torch.stack([adv, clean]), eps, ["a", "b"])
+    assert pic["grid"].shape == (2 * (4 * 13 + 4) + 4, 3 * (5 * 13 + 4) + 4, 3) and pic["row_names"] == ["a", "b"]
+
+
+def test_the_report_of_a_robust_run_draws_examples_and_the_eps_curve(runs, capsys):
+    assert main(["eval", "robust", str(runs["b"]), *FAST, "eps=[0.01,0.02,0.0314]"]) == 0
+    capsys.readouterr()
+    assert main(["report", str(runs["b"])]) == 0
+    html = (runs["b"] / "report.html").read_text()
+    assert "Robustness: adversarial examples" in html and "Robustness: accuracy against eps" in html
+    for name in ("adversarial.png", "robust_curve.png"):
+        assert (runs["b"] / "report" / name).stat().st_size > 1000
