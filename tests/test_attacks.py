@@ -90,6 +90,22 @@ def test_l2_pgd_reaches_the_normalised_gradient_times_eps_on_a_linear_model():
     torch.testing.assert_close(adv, expect, rtol=0, atol=1e-9)
 
 
+@pytest.mark.parametrize("norm", ["linf", "l2"])
+def test_a_step_that_stays_inside_the_ball_is_not_projected(norm):
+    """Two steps of s < eps / 2 from x on a linear model: x + 2 s sign(w) (l_inf) or x + 2 s w_i / ||w_i|| (l_2)."""
+    x = _images(lo=0.3, hi=0.7)
+    w = torch.randn(x.shape, generator=torch.Generator().manual_seed(8), dtype=torch.float64)
+    eps, s = 0.2, 0.03
+    adv = pgd(lambda t: (w * t).sum(), x, eps=eps, step_size=s, steps=2, norm=norm, random_start=False)
+    expect = torch.empty_like(x)
+    for i in range(x.shape[0]):
+        wi = w[i].flatten().tolist()
+        n = math.sqrt(sum(v * v for v in wi))
+        d = [2 * s * (1.0 if v > 0 else -1.0) if norm == "linf" else 2 * s * v / n for v in wi]
+        expect[i] = (x[i].flatten() + torch.tensor(d, dtype=torch.float64)).view(x[i].shape)
+    torch.testing.assert_close(adv, expect, rtol=0, atol=1e-12)
+
+
 def test_fgsm_is_one_signed_step_of_eps_clamped_into_the_box():
     x = _images(lo=0.0, hi=1.0)
     c = _images(seed=7)
