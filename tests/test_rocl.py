@@ -107,6 +107,23 @@ def test_the_attack_stays_in_the_ball_raises_the_instance_loss_and_has_no_side_e
     assert attacked > clean + 1e-3, (float(clean), float(attacked))
 
 
+@pytest.mark.parametrize("attack_to", ["other", "self"])
+def test_one_attack_step_is_the_signed_gradient_of_nt_xent_to_its_target(attack_to):
+    """attack_steps=1, no random start: x1_adv = clamp(x1 + step * sign(grad_x NT-Xent(z(x), z(target)))), the
+    gradient taken here with the networks in eval mode and the target's projection fixed."""
+    step = 2 / 255
+    m = _method([f"method.attack_to={attack_to}", "method.attack_steps=1", "method.attack_random_start=false",
+                 f"method.attack_step={step}"])  # fmt: skip
+    x1, x2 = _pair()
+    adv = m.attack(x1, x2)
+    m.eval()
+    with torch.no_grad():
+        target = m.projector(m.encoder(x2 if attack_to == "other" else x1))
+    x = x1.clone().requires_grad_(True)
+    (g,) = torch.autograd.grad(nt_xent(m.projector(m.encoder(x)), target, 0.5, gather=False), x)
+    torch.testing.assert_close(adv, (x1 + step * g.sign()).clamp(0, 1), rtol=0, atol=1e-6)
+
+
 def test_one_step_is_the_three_view_loss_plus_the_weighted_adversarial_pair():
     """forward() recomputed by hand from the same attack (same random start) and the same views."""
     m = _method(["method.adv_weight=0.5"])
