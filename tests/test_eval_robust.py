@@ -230,3 +230,26 @@ def test_the_report_of_a_robust_run_draws_examples_and_the_eps_curve(runs, capsy
     assert "Robustness: adversarial examples" in html and "Robustness: accuracy against eps" in html
     for name in ("adversarial.png", "robust_curve.png"):
         assert (runs["b"] / "report" / name).stat().st_size > 1000
+
+
+def test_the_transfer_attack_is_made_on_the_source_and_scored_on_this_run(runs, capsys, monkeypatch):
+    """The source's classifier makes the examples; this run's probe (the one of the clean scores) and its r-LE
+    layer judge them."""
+    calls = []
+    real = robust.attacked_accuracy
+
+    def spy(model, *args, **kwargs):
+        calls.append((model, list(kwargs.get("judges", ()))))
+        return real(model, *args, **kwargs)
+
+    monkeypatch.setattr(robust, "attacked_accuracy", spy)
+    capsys.readouterr()
+    assert main(["eval", "robust", str(runs["a"]), *FAST, "fgsm=false", f"source={runs['b']}"]) == 0
+    own = calls[0][0]  # the clean score of this run's probe
+    judged = [(m, j) for m, j in calls if j]
+    assert len(judged) == 1
+    source, judges = judged[0]
+    assert source is not own and judges[0] is own and len(judges) == 2 and judges[1] is not own
+    assert source.encoder is not own.encoder
+    r = _last_json(capsys)
+    assert r["transfer"]["source_step"] == 3
