@@ -39,6 +39,10 @@ Measures, on synthetic 32 px uint8 data on the device (no download):
   `detco/imagenet` step: res2..res5, 8 queues of 65,536, its 3 x 3 jigsaw of 10 px patches each
   drawn at 9 px, the recipe's 64 px draws of 74 px patches scaled from 224 to 32 px): images/s,
   peak memory, and time vs MoCo (medians of per-round ratios, with quartiles);
+- RoCL (issue 17): the `rocl/cifar10` step (7-step l_inf PGD on view 1, BatchNorm in eval mode for the
+  attack, three views in one pass) at the same batch with the SimCLR row's network and optimiser,
+  interleaved with the SimCLR row's library step: images/s, peak memory, time vs SimCLR (median of
+  per-round ratios, quartiles);
 - an end-to-end ``fit`` of the SimCLR digits preset on the device (trainer, kNN monitor,
   checkpoint), its time and kNN accuracy.
 images/s counts training images (a batch of B images is 2B views), as the trainer's log does.
@@ -233,6 +237,21 @@ def main(argv=None):
           f"3 x 3 patches drawn at {DETCO_LOCAL} px) {res['detco_img_per_s']:.0f} img/s; time vs MoCo: PixPro "
           f"{res['dense_ratio_vs_moco_time']['pixpro']:.3f}, DetCo {res['dense_ratio_vs_moco_time']['detco']:.3f}",
           flush=True)  # fmt: skip
+
+    # RoCL (issue 17): the rocl/cifar10 step (7-step l_inf PGD on view 1 against NT-Xent to view 2, BatchNorm in eval
+    # mode for the attack, the three views in one pass) at the same batch with the SimCLR row's network and optimiser
+    # (its own head: 512-2048-128 without BatchNorm), interleaved with the SimCLR row's library step
+    rocl = make_step("rocl/cifar10", images, common + ["optim.warmup_epochs=null"], accelerator=dev, precision=precision)
+    res["rocl_peak_mem_gib"] = peak_memory(rocl, dev)
+    tr = interleaved({"simclr": lib, "rocl": rocl}, max(3, a.rounds // 4), a.reps, warmup=1, sync=sync)
+    rmed = {n: statistics.median(t) for n, t in tr.items()}
+    res["rocl_img_per_s"] = round(a.batch / rmed["rocl"], 1)
+    res["rocl_simclr_img_per_s"] = round(a.batch / rmed["simclr"], 1)
+    res["rocl_ratio_vs_simclr_time"] = round(median_ratio(tr, "rocl", "simclr"), 4)
+    res["rocl_quartiles_vs_simclr"] = ratio_quartiles(tr, "rocl", "simclr")
+    res["rocl_per_round_s"] = {n: [round(x, 6) for x in t] for n, t in tr.items()}
+    print(f"RoCL (7 attack steps), ResNet-18: {res['rocl_img_per_s']:.0f} img/s vs SimCLR {res['rocl_simclr_img_per_s']:.0f}; "
+          f"time vs SimCLR {res['rocl_ratio_vs_simclr_time']:.3f}", flush=True)  # fmt: skip
 
     sync = sync or (lambda: None)
     rebuild = []

@@ -12,7 +12,8 @@ digit accuracy of the translations), dclgan_official (DCLGAN's digits preset vs 
 DCLGAN's choices at the same steps), looc (MoCo vs LooC vs LooC++: linear probes of the digit,
 colour, rotation and quarter turn), invp (InvP vs lambda = 0: kNN and the discovered positives'
 precision over training, kept from each run's metrics.csv), dense (SimCLR, MoCo, PixPro, DetCo:
-kNN and the dense linear probe's mIoU).
+kNN and the dense linear probe's mIoU), robust (SimCLR vs RoCL: eval robust's clean / PGD-20
+accuracy of a linear probe and robust linear evaluation).
 
 In an override, ``{seed}`` stands for the run's seed: the sdclr_cifar tables train subset k with
 seed k (``data.long_tail_split={seed}``, seeds 1..5), so their summary is the five-subset average;
@@ -180,6 +181,16 @@ TABLES["dense"] = (
     [*DENSE_EVALS, *[(p, [*o, f"features={f}"], ("SimCLR",)) for f in ("random", "pixels") for p, o in DENSE_EVALS
                      if p == "seg"]],
     [0, 1, 2])
+# Robustness (issue 17): RoCL against SimCLR at the rocl/digits budget (300 steps of batch 64, SimCLR's views and
+# network), both evaluated with eval robust on seeded subsets (1,000 training, 500 test scenes): the linear probe's
+# clean, PGD-20 and FGSM accuracy at eps 8/255, and robust linear evaluation (a layer trained on PGD-5 examples).
+ROBUST_EVAL = ["n_train=1000", "n_test=500", "probe_epochs=2", "train_steps=5"]
+TABLES["robust"] = (
+    "SimCLR vs RoCL on the digit scenes, 300 steps of batch 64 each: eval robust (linear probe clean / PGD-20 / "
+    "FGSM accuracy at eps 8/255, and robust linear evaluation)",
+    [("SimCLR", "simclr", ["optim.batch_size=64", "trainer.max_steps=300", "trainer.knn_every=100"]),
+     ("RoCL", "rocl", [])],
+    [("robust", ROBUST_EVAL)], [0, 1, 2])
 # columns of a run's metrics.csv kept with each run of a table (the curves its docs plot)
 CURVES = {"invp": ("pos_precision", "hard_pos_precision", "knn_top1", "loss")}
 
@@ -240,6 +251,10 @@ def _scalar_metrics(protocol: str, r: dict) -> dict:
                     if isinstance(v, (int, float)):
                         out[f"{d}.{k}"] = v
         return out
+    if protocol == "robust":  # the standard probe's scores and those of robust linear evaluation
+        parts = [("", r), ("robust_linear.", r.get("robust_linear") or {}), ("transfer.", r.get("transfer") or {})]
+        return {p + k: v for p, d in parts for k, v in d.items()
+                if k in ("top1", "pgd_top1", "fgsm_top1", "robust_linear_top1") and isinstance(v, (int, float))}
     names = {"top1": "top1", "top5": "top5", "many": "many", "medium": "medium", "few": "few", "std": "per_class_std",
              "group_std": "group_std", "miou": "miou", "pixel_acc": "pixel_acc"}  # fmt: skip
     return {names[k]: v for k, v in r.items() if k in names and isinstance(v, (int, float))}

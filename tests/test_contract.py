@@ -8,8 +8,10 @@ from contrastlab.methods import REGISTRY, build_method, method_class
 import inspect
 import typing
 
-from contrastlab.methods.contract import (Encodes, Method, Monitors, OptimizesItself, Translates, encodes, monitors,
-                                          optimizes_itself, translates)
+import torch
+
+from contrastlab.methods.contract import (Classifies, Encodes, Method, Monitors, OptimizesItself, Translates, classifies,
+                                          encodes, monitors, optimizes_itself, translates)
 
 TINY = {
     "simclr": ("simclr", ["model.width=4", "model.depth=1"]),
@@ -23,6 +25,7 @@ TINY = {
     "pixpro": ("pixpro", ["model.width=4", "model.depth=1"]),
     "pixcontrast": ("pixcontrast", ["model.width=4", "model.depth=1"]),
     "detco": ("detco", ["model.width=4", "model.depth=1", "method.queue_size=64"]),
+    "rocl": ("rocl", ["model.width=4", "model.depth=1"]),
 }
 
 
@@ -42,6 +45,7 @@ def test_each_method_meets_the_contract(name):
     if is_gan:
         assert set(method.translators()) <= {"AtoB", "BtoA"} and "AtoB" in method.translators()
     assert not monitors(method)  # none has its own monitor today: each uses a protocol's
+    assert not classifies(method)  # none of these is a classifier (adversarial fine-tuning is)
     expected = protocol("translation" if is_gan else "knn").monitor
     assert monitor_for(method) is expected
 
@@ -103,3 +107,19 @@ def test_the_loss_axis_is_chosen_once_from_the_config(recipe, overrides, loss, e
     assert method.cfg.temperature == 0.3 and type(method.cfg) is type(method).Config
     assert method.criterion.func is getattr(L, loss)
     assert method.criterion.keywords == {"temperature": 0.3, **extra}
+
+
+def test_a_method_that_classifies_is_seen_as_one():
+    class Classifier(torch.nn.Module):
+        Config = object
+
+        def __init__(self):
+            super().__init__()
+            self.head = torch.nn.Linear(3, 2)
+
+        def classify(self, x):
+            return self.head(x)
+
+    m = Classifier()
+    assert classifies(m) and isinstance(m, Classifies)
+    assert not classifies(torch.nn.Linear(2, 2))

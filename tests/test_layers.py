@@ -13,7 +13,7 @@ PKG = Path(__file__).resolve().parent.parent / "src" / "contrastlab"
 # side and import none of each other; config composes a recipe from the typed options of data,
 # networks and methods, so it sits above methods.
 LAYERS = [
-    {"errors", "fields", "files", "distributed", "checkpoint"},  # package-level primitives
+    {"errors", "fields", "files", "distributed", "checkpoint", "attacks"},  # package-level primitives
     {"nn", "losses", "data"},  # networks and their parts, pure losses, data sets and views
     {"methods"},
     {"config"},

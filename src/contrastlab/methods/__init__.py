@@ -23,6 +23,7 @@ REGISTRY = {
     "pixpro": "contrastlab.methods.pixpro:PixPro",
     "pixcontrast": "contrastlab.methods.pixpro:PixPro",
     "detco": "contrastlab.methods.detco:DetCo",
+    "rocl": "contrastlab.methods.rocl:RoCL",
 }
 
 

@@ -30,9 +30,12 @@ Optional parts, each a Protocol of its own:
     pairs (InvP), or None while it has found none; the report frames them by label.
     :class:`HasSpaces`: ``embedding_spaces(x) -> {name: (B, d)}``, one embedding per space
     (LooC's heads); the report shows each space's nearest neighbours side by side.
+    :class:`Classifies`: ``classify(x) -> logits (B, C)`` for float images in [0, 1] (the
+    normalisation inside), a method that is itself a classifier (adversarial fine-tuning);
+    ``contrastlab eval robust`` attacks it directly instead of fitting a linear probe.
 
 Check a method with :func:`encodes`, :func:`translates`, :func:`monitors`,
-:func:`optimizes_itself`, :func:`shows_positives` and :func:`has_spaces`, not with
+:func:`optimizes_itself`, :func:`shows_positives`, :func:`has_spaces` and :func:`classifies`, not with
 ``isinstance(method, Encodes)``: from Python 3.12 on, a runtime Protocol looks attributes up
 statically (``inspect.getattr_static``), which does not see an ``nn.Module``'s submodules (they
 live in ``_modules`` and are found by ``__getattr__``), so ``isinstance(method, Encodes)`` is False
@@ -91,6 +94,11 @@ class HasSpaces(Protocol):
     def embedding_spaces(self, x) -> dict: ...
 
 
+@runtime_checkable
+class Classifies(Protocol):
+    def classify(self, x) -> torch.Tensor: ...
+
+
 def optimizes_itself(method_or_class) -> bool:
     """Whether a method (or its class) makes its own optimisation steps."""
     return bool(getattr(method_or_class, "manual_optimization", False))
@@ -124,3 +132,8 @@ def shows_positives(method) -> bool:
 def has_spaces(method) -> bool:
     """Whether a method embeds into several named spaces (:class:`HasSpaces`)."""
     return callable(getattr(method, "embedding_spaces", None))
+
+
+def classifies(method) -> bool:
+    """Whether a method is itself a classifier of images in [0, 1] (:class:`Classifies`)."""
+    return callable(getattr(method, "classify", None))

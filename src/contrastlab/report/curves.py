@@ -96,3 +96,31 @@ def plot_curves(metrics: Sequence[Mapping], path) -> bool:
             ax.legend(fontsize=8)
     atomic_save(path, lambda tmp: fig.savefig(tmp, format="png"))
     return True
+
+
+def plot_accuracy_vs_eps(curves: Mapping[str, Sequence[Mapping]], path, norm: str = "linf") -> bool:
+    """Accuracy against the attack's radius, one line per (classifier, attack): ``curves`` maps a
+    classifier's name to its points ``{"eps", "pgd", "fgsm"?}`` (``eval robust``'s ``curve``).
+    Returns False (and writes nothing) when no curve has a point."""
+    from matplotlib.figure import Figure
+
+    lines = []
+    for name, points in curves.items():
+        pts = sorted((p for p in points if to_float(p.get("eps")) is not None), key=lambda p: p["eps"])
+        for attack in ("pgd", "fgsm"):
+            xy = [(p["eps"] * 255, 100 * p[attack]) for p in pts if to_float(p.get(attack)) is not None]
+            if xy:
+                lines.append((f"{name}, {attack.upper()}", xy, "-" if attack == "pgd" else "--"))
+    if not lines:
+        return False
+    fig = Figure(figsize=(5.0, 3.6), dpi=100, layout="constrained")
+    ax = fig.subplots()
+    for label, xy, style in lines:
+        ax.plot([x for x, _ in xy], [y for _, y in xy], style, marker="o", markersize=4, linewidth=1.4, label=label)
+    ax.set_xlabel(f"eps ({norm}, x 1/255)")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylim(0, 100)
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    atomic_save(path, lambda tmp: fig.savefig(tmp, format="png"))
+    return True

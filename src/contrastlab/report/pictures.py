@@ -154,3 +154,35 @@ def mask_picture(images, truths, preds, palette: Sequence[int], row_names: Seque
             canvas[y0 : y0 + ch, x0 : x0 + cw] = tile.repeat(scale, 0).repeat(scale, 1)
     names = list(row_names) if row_names is not None else [f"#{r}" for r in range(n)]
     return {"grid": canvas, "row_centres": [t + ch // 2 for t in tops], "row_names": names}
+
+
+def perturbation_tile(clean, adv, eps: float) -> Tensor:
+    """The perturbation ``adv - clean`` magnified to fill [0, 1]: ``0.5 + (adv - clean) / (2 eps)``
+    (mid grey = unchanged, black / white = -eps / +eps in that channel), float (3, H, W)."""
+    d = as_tensor(adv).detach().cpu().float() - as_tensor(clean).detach().cpu().float()
+    scale = eps if eps > 0 else max(float(d.abs().max()), 1e-12)
+    return (0.5 + d / (2 * scale)).clamp(0, 1)
+
+
+def adversarial_picture(clean, adv, eps: float, row_names: Sequence[str] | None = None) -> dict:
+    """Clean images beside their adversarial versions and the perturbation magnified
+    (:func:`perturbation_tile`): one row per image, small images enlarged without smoothing to
+    about 64 pixels. Returns ``{"grid", "row_centres", "row_names"}`` for :func:`save_picture`."""
+    n = len(clean)
+    if not n or len(adv) != n:
+        raise ValueError(f"adversarial_picture: {len(clean)} clean and {len(adv)} adversarial images")
+    h, w = int(clean[0].shape[-2]), int(clean[0].shape[-1])
+    scale = max(1, math.ceil(64 / max(h, w)))
+    ch, cw, pad = h * scale, w * scale, 4
+    canvas = np.full((n * (ch + pad) + pad, 3 * (cw + pad) + pad, 3), 255, dtype=np.uint8)
+    tops = []
+    for r in range(n):
+        tiles = [as_tensor(clean[r]).float(), as_tensor(adv[r]).float(), perturbation_tile(clean[r], adv[r], eps)]
+        y0 = pad + r * (ch + pad)
+        tops.append(y0)
+        for c, t in enumerate(tiles):
+            img = (t.detach().cpu().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
+            x0 = pad + c * (cw + pad)
+            canvas[y0 : y0 + ch, x0 : x0 + cw] = img.repeat(scale, 0).repeat(scale, 1)
+    names = list(row_names) if row_names is not None else [f"#{r}" for r in range(n)]
+    return {"grid": canvas, "row_centres": [t + ch // 2 for t in tops], "row_names": names}

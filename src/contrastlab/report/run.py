@@ -49,6 +49,7 @@ def build_run_report(run_dir: Path, device=None, n_embed: int = 2000, embedding_
     seg = seg_figure(run_dir, evals, run_dir / "report")
     if seg is not None:
         figures.append(seg)
+    figures.extend(robust_figures(run_dir, evals, run_dir / "report"))
     metrics = read_metrics_csv(run_dir / "metrics.csv") if (run_dir / "metrics.csv").exists() else []
     title = f"contrastlab: {cfg.method['name']} on {cfg.data.name} (step {ckpt['step']})"
     return write_report(run_dir, metrics, embeddings={"feats": fte, "labels": yte, "class_names": names},
@@ -160,6 +161,55 @@ def seg_figure(run_dir: Path, evals: dict, img_dir: Path, n_shown: int = 6) -> t
                f"on the test split, {r.get('epochs')} epochs): each row a test scene, its true mask, the probe's "
                f"predicted mask; colours of the PASCAL VOC palette by class index ({legend}; 255, ignored: beige).")  # fmt: skip
     return ("Dense probe: predicted masks", "seg_masks.png", caption)
+
+
+def robust_figures(run_dir: Path, evals: dict, img_dir: Path, n_shown: int = 8) -> list[tuple[str, str, str]]:
+    """The "Robustness" sections, when ``eval.json`` holds an ``eval robust`` result of the run's own
+    features: its attacked test images (clean | adversarial | perturbation magnified, from the
+    examples file it kept) written to ``img_dir/adversarial.png``, and accuracy against eps
+    (``img_dir/robust_curve.png``). Empty when there is no such result (nothing is recomputed)."""
+    from .curves import plot_accuracy_vs_eps
+    from .pictures import adversarial_picture, save_picture
+
+    r = next((v for k, v in evals.items() if k.startswith("robust/") and k.endswith("/model") and isinstance(v, dict)),
+             None)  # fmt: skip
+    if r is None:
+        return []
+    out = []
+    path = run_dir / str(r["examples"]) if r.get("examples") else None
+    if path is not None and path.is_file():
+        try:
+            ex = torch.load(path, weights_only=True)
+            clean, adv = ex["clean"][:n_shown], ex["adv"][:n_shown]
+            names_of = ex.get("class_names") or []
+
+            def name(c):
+                c = int(c)
+                return str(names_of[c]) if c < len(names_of) else str(c)
+
+            rows = [f"{name(y)}: {name(p)} -> {name(q)}" for y, p, q in
+                    zip(ex["labels"][:n_shown], ex["pred_clean"][:n_shown], ex["pred_adv"][:n_shown])]  # fmt: skip
+            img_dir.mkdir(parents=True, exist_ok=True)
+            save_picture(adversarial_picture(clean, adv, float(ex["eps"]), rows), img_dir / "adversarial.png")
+            eps = float(ex["eps"])
+            out.append(("Robustness: adversarial examples", "adversarial.png",
+                        f"Test images attacked by PGD-{ex['steps']} ({ex['norm']}, eps {eps * 255:.3g}/255) against the "
+                        f"{r.get('classifier', 'linear probe')}: the clean image, the adversarial one, and the perturbation "
+                        f"magnified (grey = unchanged, black / white = -eps / +eps per channel). Each row: true label: "
+                        f"prediction on the clean image -> on the adversarial one."))  # fmt: skip
+        except Exception as e:  # an unreadable or older file: say so rather than fail the report
+            out.append(("Robustness: adversarial examples", "", f"{path.name} could not be read ({type(e).__name__}); "
+                        f"rerun contrastlab eval robust {run_dir}."))  # fmt: skip
+    curves = {str(r.get("classifier", "linear probe")): r.get("curve") or []}
+    if isinstance(r.get("robust_linear"), dict):
+        curves["robust linear eval"] = r["robust_linear"].get("curve") or []
+    img_dir.mkdir(parents=True, exist_ok=True)
+    if plot_accuracy_vs_eps(curves, img_dir / "robust_curve.png", r.get("norm", "linf")):
+        out.append(("Robustness: accuracy against eps", "robust_curve.png",
+                    f"Test accuracy under PGD-{r.get('steps')} (solid) and FGSM (dashed) against the attack's radius "
+                    f"({r.get('n_test')} test images; eps 0 is the clean accuracy): clean {_pct(r.get('top1'))}, PGD at "
+                    f"the first eps {_pct(r.get('pgd_top1'))}."))  # fmt: skip
+    return out
 
 
 def _pct(v) -> str:
