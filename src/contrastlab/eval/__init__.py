@@ -55,7 +55,7 @@ def _default(value: ast.expr | None) -> str:
         value = value.args[0]
     if value is None or isinstance(value, ast.Call):
         return "?"
-    s = ast.unparse(value)
+    s = ast.unparse(value).replace(" ", "")  # ``8 / 255`` -> ``8/255``: one word in the list
     return s[1:-1] if isinstance(value, ast.Constant) and isinstance(value.value, str) else s
 
 
