@@ -23,6 +23,8 @@ REGISTRY = {
     "pixpro": "contrastlab.methods.pixpro:PixPro",
     "pixcontrast": "contrastlab.methods.pixpro:PixPro",
     "detco": "contrastlab.methods.detco:DetCo",
+    "stylegan2": "contrastlab.methods.stylegan2:StyleGAN2",
+    "labels4free": "contrastlab.methods.labels4free:Labels4Free",
 }
 
 
