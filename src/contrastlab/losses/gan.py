@@ -48,5 +48,6 @@ def r1_penalty(real_pred: torch.Tensor, real_images: torch.Tensor) -> torch.Tens
     for ``real_images`` that require grad and their scores ``real_pred`` (any shape, summed).
     The caller weights it by gamma / 2 (times the interval of lazy regularisation). The graph is
     kept (``create_graph``) so the penalty can be differentiated with respect to D's weights."""
-    (grad,) = torch.autograd.grad(real_pred.float().sum(), real_images, create_graph=True)
-    return grad.float().pow(2).reshape(grad.shape[0], -1).sum(1).mean()
+    dt = torch.promote_types(real_pred.dtype, torch.float32)  # float32 at least (bf16 autocast), float64 kept
+    (grad,) = torch.autograd.grad(real_pred.to(dt).sum(), real_images, create_graph=True)
+    return grad.to(dt).pow(2).reshape(grad.shape[0], -1).sum(1).mean()

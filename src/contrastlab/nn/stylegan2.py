@@ -147,7 +147,8 @@ def modulated_conv2d(x: torch.Tensor, weight: torch.Tensor, styles: torch.Tensor
     else:
         out = F.conv2d(x, weight.to(x.dtype), padding=padding)
     if demodulate:
-        d = torch.rsqrt(styles.float().pow(2) @ weight.float().pow(2).sum(dim=(2, 3)).t() + 1e-8)  # (B, O)
+        dt = torch.promote_types(styles.dtype, torch.float32)  # at least float32 (bf16 autocast)
+        d = torch.rsqrt(styles.to(dt).pow(2) @ weight.to(dt).pow(2).sum(dim=(2, 3)).t() + 1e-8)  # (B, O)
         out = out * d[:, :, None, None].to(out.dtype)
     return out
 
