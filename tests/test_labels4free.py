@@ -166,6 +166,10 @@ def test_the_recipe_trains_end_to_end_and_eval_masks_scores_it(public_generator,
     assert abs(r["centred_box"]["fg_iou"] - inter / union) < 1e-9
     assert (out / "masks_overlay.png").is_file() and r["examples"] == "masks_overlay.png"
     assert json.load(open(out / "eval.json"))  # kept beside the run
+    # the report shows the sample grids and the mask overlays
+    assert main(["report", str(out)]) == 0
+    assert (out / "report" / "samples_masks.png").is_file() and (out / "report" / "samples_latest.png").is_file()
+    assert "Masks on real test scenes" in (out / "report.html").read_text()
 
 
 def test_config_errors_are_one_line(public_generator, capsys):
