@@ -51,10 +51,10 @@ class MasksOptions:
     """The options of ``contrastlab eval masks RUN [key=value ...]``."""
 
     n_generated: int = option(2000, ge=1)  # generated images (with their masks) the segmenter learns from
-    steps: int = option(600, ge=1)  # segmenter training steps
+    steps: int = option(400, ge=1)  # segmenter training steps
     batch_size: int = option(64, ge=1)
     lr: float = option(0.003, gt=0)  # Adam
-    width: int = option(32, ge=1)  # segmenter channels
+    width: int = option(16, ge=1)  # segmenter channels
     box_fraction: float = option(0.5, gt=0, le=1)  # side of the centred-box baseline / image side
     supervised_reference: bool = True  # also train the segmenter on the real training masks (upper reference)
     n_examples: int = option(8, ge=0)  # overlays drawn in RUN/masks_overlay.png
