@@ -65,9 +65,6 @@ class Labels4FreeConfig(GeneratorOptions):
     @classmethod
     def check(cls, cfg) -> None:
         m = cfg.method
-        if not m.get("generator_checkpoint"):
-            raise ConfigError("method.generator_checkpoint is required: a StyleGAN2 checkpoint in the public format "
-                              "(contrastlab train stylegan2 writes RUN/stylegan2.pt)")  # fmt: skip
         cls.check_size(m, cfg.data.image_size, "method")
         levels = int(m["size"]).bit_length() - 3  # resolutions 8 .. size
         if m["alpha_levels"] > levels:
@@ -85,6 +82,9 @@ class Labels4Free(nn.Module):
     def __init__(self, cfg):
         super().__init__()
         self.cfg = m = self.Config(**cfg.method)
+        if not m.generator_checkpoint:  # checked when the run starts (a recipe loads without it: the full-scale ones)
+            raise ConfigError("method.generator_checkpoint is required: a StyleGAN2 checkpoint in the public format "
+                              "(contrastlab train stylegan2 writes RUN/stylegan2.pt)")  # fmt: skip
         self.G = build_generator(m)
         self.D = build_discriminator(m)
         load_stylegan2(m.generator_checkpoint, self.G, self.D if m.use_pretrained_d else None)
