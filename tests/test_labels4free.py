@@ -172,16 +172,16 @@ def test_the_recipe_trains_end_to_end_and_eval_masks_scores_it(public_generator,
     assert "Masks on real test scenes" in (out / "report.html").read_text()
 
 
-def test_config_errors_are_one_line(public_generator, capsys):
-    assert main(["train", "labels4free", *TINY_L4F, "method.generator_checkpoint=null", "trainer.max_steps=1"]) != 0
+def test_config_errors_are_one_line(public_generator, capsys, tmp_path):
+    assert main(["train", "labels4free", *TINY_L4F, "method.generator_checkpoint=null", "trainer.max_steps=1", f"trainer.out_dir={tmp_path / 'run'}"]) != 0
     err = capsys.readouterr().err.strip()
     assert "method.generator_checkpoint is required" in err and "\n" not in err
     assert main(["train", "labels4free", *TINY_L4F, f"method.generator_checkpoint={public_generator}",
-                 "method.alpha_levels=4", "trainer.max_steps=1"]) != 0  # fmt: skip
+                 "method.alpha_levels=4", "trainer.max_steps=1", f"trainer.out_dir={tmp_path / 'run'}"]) != 0  # fmt: skip
     err = capsys.readouterr().err.strip()
     assert "alpha_levels <= 2" in err and "\n" not in err
     assert main(["train", "labels4free", *TINY_L4F, f"method.generator_checkpoint={public_generator}",
-                 "method.channel_multiplier=2", "method.max_channels=64", "trainer.max_steps=1"]) != 0  # fmt: skip
+                 "method.channel_multiplier=2", "method.max_channels=64", "trainer.max_steps=1", f"trainer.out_dir={tmp_path / 'run'}"]) != 0  # fmt: skip
     err = capsys.readouterr().err.strip()
     assert "g_ema key" in err and "channel multiplier" in err and "\n" not in err
 
