@@ -43,6 +43,12 @@ Measures, on synthetic 32 px uint8 data on the device (no download):
   attack, three views in one pass) at the same batch with the SimCLR row's network and optimiser,
   interleaved with the SimCLR row's library step: images/s, peak memory, time vs SimCLR (median of
   per-round ratios, quartiles);
+- the issue-19 generator at the same batch and 32 px: a StyleGAN2 step (the `stylegan2/digits` step at
+  config-F widths: style_dim 512, an 8-layer mapping, 512 channels; lazy R1 one step in 16, style mixing
+  0.9) and a Labels4Free step on that generator (`labels4free/digits` at the same widths, on a
+  checkpoint written with fresh weights: four frozen-generator passes, the alpha network, D and R1),
+  interleaved: images/s, peak memory, Labels4Free time vs the StyleGAN2 step; --tiny keeps the
+  presets' small widths;
 - an end-to-end ``fit`` of the SimCLR digits preset on the device (trainer, kNN monitor,
   checkpoint), its time and kNN accuracy.
 images/s counts training images (a batch of B images is 2B views), as the trainer's log does.
@@ -252,6 +258,46 @@ def main(argv=None):
     res["rocl_per_round_s"] = {n: [round(x, 6) for x in t] for n, t in tr.items()}
     print(f"RoCL (7 attack steps), ResNet-18: {res['rocl_img_per_s']:.0f} img/s vs SimCLR {res['rocl_simclr_img_per_s']:.0f}; "
           f"time vs SimCLR {res['rocl_ratio_vs_simclr_time']:.3f}", flush=True)  # fmt: skip
+    # the issue-19 generator: a StyleGAN2 step and a Labels4Free step on it, at config-F widths (--tiny: the presets')
+    widths = [] if a.tiny else ["method.style_dim=512", "method.n_mlp=8", "method.channel_multiplier=2",
+                                "method.max_channels=512", "method.channel_base=16384"]  # fmt: skip
+    gan_common = [f"trainer.accelerator={dev}", f"optim.batch_size={a.batch}", "data.image_size=32", *widths]
+    count = {"stylegan2": [0], "labels4free": [0]}
+
+    def advancing(name):  # the step number advances: lazy R1 one step in 16, as in training
+        def extra():
+            count[name][0] += 1
+            return {"step": count[name][0]}
+
+        return extra
+
+    from contrastlab.config import load_config as _load
+    from contrastlab.methods.stylegan2 import StyleGAN2Config, build_discriminator, build_generator
+    from contrastlab.nn.stylegan2 import save_stylegan2
+
+    with tempfile.TemporaryDirectory() as gd:
+        torch.manual_seed(0)
+        gcfg = StyleGAN2Config(**_load("stylegan2", widths).method)
+        gen = build_generator(gcfg)
+        save_stylegan2(Path(gd) / "g.pt", gen, gen, build_discriminator(gcfg), gen.mean_latent(256))
+        del gen
+        sg = make_step("stylegan2/digits", images, gan_common, channels_last=False, accelerator=dev, precision=precision,
+                       extra=advancing("stylegan2"))  # fmt: skip
+        l4f = make_step("labels4free/digits", images, [*gan_common, f"method.generator_checkpoint={Path(gd) / 'g.pt'}"],
+                        channels_last=False, accelerator=dev, precision=precision, extra=advancing("labels4free"))  # fmt: skip
+    gan = {"stylegan2": sg, "labels4free": l4f}
+    for n, f in gan.items():
+        res[f"{n}_peak_mem_gib"] = peak_memory(f, dev)
+    tg = interleaved(gan, max(3, a.rounds // 4), a.reps, warmup=1, sync=sync)
+    gmed = {n: statistics.median(t) for n, t in tg.items()}
+    res["stylegan2_img_per_s"] = round(a.batch / gmed["stylegan2"], 1)
+    res["labels4free_img_per_s"] = round(a.batch / gmed["labels4free"], 1)
+    res["gan_median_ms"] = {n: round(1000 * v, 3) for n, v in gmed.items()}
+    res["labels4free_ratio_vs_stylegan2_time"] = round(median_ratio(tg, "labels4free", "stylegan2"), 4)
+    res["gan_per_round_s"] = {n: [round(x, 6) for x in t] for n, t in tg.items()}
+    print(f"StyleGAN2 32 px ({'preset' if a.tiny else 'config-F'} widths): {res['stylegan2_img_per_s']:.0f} img/s; "
+          f"Labels4Free on it: {res['labels4free_img_per_s']:.0f} img/s "
+          f"({res['labels4free_ratio_vs_stylegan2_time']:.3f}x the StyleGAN2 step)", flush=True)  # fmt: skip
 
     sync = sync or (lambda: None)
     rebuild = []

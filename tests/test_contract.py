@@ -26,7 +26,33 @@ TINY = {
     "pixcontrast": ("pixcontrast", ["model.width=4", "model.depth=1"]),
     "detco": ("detco", ["model.width=4", "model.depth=1", "method.queue_size=64"]),
     "rocl": ("rocl", ["model.width=4", "model.depth=1"]),
+    "stylegan2": ("stylegan2", ["method.style_dim=8", "method.n_mlp=1", "method.max_channels=4"]),
+    "labels4free": ("labels4free", ["method.style_dim=8", "method.n_mlp=1", "method.max_channels=4",
+                                    "method.truncation_samples=8"]),  # + a generator checkpoint (_generator_file)
 }
+GENERATORS = ("stylegan2", "labels4free")  # own optimisers and monitor, no encoder, no translator
+
+
+def _generator_file():
+    """A public-format checkpoint of the tiny stylegan2 generator above (labels4free's generator_checkpoint)."""
+    import tempfile
+    from pathlib import Path
+
+    from contrastlab.methods.stylegan2 import StyleGAN2Config, build_discriminator, build_generator
+    from contrastlab.nn.stylegan2 import save_stylegan2
+
+    path = Path(tempfile.mkdtemp(prefix="contract-")) / "g.pt"
+    c = StyleGAN2Config(**load_config("stylegan2", TINY["stylegan2"][1]).method)
+    g = build_generator(c)
+    save_stylegan2(path, g, g, build_discriminator(c), g.mean_latent(8))
+    return str(path)
+
+
+def _build(name):
+    recipe, overrides = TINY[name]
+    if name == "labels4free":
+        overrides = [*overrides, f"method.generator_checkpoint={_generator_file()}"]
+    return build_method(load_config(recipe, overrides))
 
 
 def test_every_registered_method_is_covered_here():
@@ -35,16 +61,19 @@ def test_every_registered_method_is_covered_here():
 
 @pytest.mark.parametrize("name", sorted(TINY))
 def test_each_method_meets_the_contract(name):
-    recipe, overrides = TINY[name]
-    method = build_method(load_config(recipe, overrides))
+    method = _build(name)
     assert isinstance(method, Method) and method_class(name).Config is type(method).Config
     is_gan = name in ("cut", "dclgan", "simdcl")
+    generator = name in GENERATORS
     assert translates(method) == is_gan
-    assert encodes(method) == (not is_gan)
-    assert isinstance(method, OptimizesItself) == optimizes_itself(method) == is_gan
+    assert encodes(method) == (not is_gan and not generator)
+    assert isinstance(method, OptimizesItself) == optimizes_itself(method) == (is_gan or generator)
     if is_gan:
         assert set(method.translators()) <= {"AtoB", "BtoA"} and "AtoB" in method.translators()
-    assert not monitors(method)  # none has its own monitor today: each uses a protocol's
+    if generator:  # sample grids (and the public checkpoint) from their own monitor
+        assert monitors(method)
+        return
+    assert not monitors(method)  # the others use a protocol's monitor
     assert not classifies(method)  # none of these is a classifier (adversarial fine-tuning is)
     expected = protocol("translation" if is_gan else "knn").monitor
     assert monitor_for(method) is expected
@@ -63,8 +92,7 @@ def test_the_checks_hold_under_static_attribute_lookup(name, monkeypatch):
     nn.Module's submodules: ``isinstance(method, Encodes)`` is then False for every method, and
     ``eval knn`` refused every run as "image translation" (seen on the GPU machine's Python 3.12).
     Here typing's attribute test is made static as in 3.12; the contract's checks must not change."""
-    recipe, overrides = TINY[name]
-    method = build_method(load_config(recipe, overrides))
+    method = _build(name)
     before = (encodes(method), translates(method), monitors(method), optimizes_itself(method))
     monkeypatch.setattr(typing, "hasattr", _static_hasattr, raising=False)  # 3.11's check calls hasattr
     if "encoder" in method._modules:  # a submodule (LooC's encoder is a property, which static lookup sees)

@@ -38,6 +38,9 @@ FOLDERS = {  # image folders, by recipe: the data set the recipe is written for
     "looc/imagenet100": 126_689, "looc_pp/imagenet100": 126_689,  # ImageNet-100 (CMC's 100 classes) train
     "pixpro/imagenet": 1_281_167,  # ImageNet-1K train
     "detco/imagenet": 1_281_167,  # ImageNet-1K train
+    "stylegan2/ffhq256": 70_000, "labels4free/ffhq": 70_000,  # FFHQ
+    # LSUN object classes (about; only the epoch length depends on it)
+    "labels4free/lsun_car": 5_520_756, "labels4free/lsun_cat": 1_657_266, "labels4free/lsun_horse": 2_000_340,
 }
 PAIRS = {"horse2zebra": 1_334}  # an unpaired epoch is max(|A|, |B|) = max(1,067 horses, 1,334 zebras)
 

@@ -28,6 +28,7 @@ PROTOCOLS = {
     "seg": "contrastlab.eval.seg",
     "translation": "contrastlab.eval.translation",
     "robust": "contrastlab.eval.robust",
+    "masks": "contrastlab.eval.masks",
 }
 
 

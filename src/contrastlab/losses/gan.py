@@ -40,3 +40,14 @@ def gan_loss(pred: torch.Tensor, target_real: bool, mode: str, for_discriminator
     if mode == "hinge":
         return F.relu(1.0 - pred).mean() if target_real else F.relu(1.0 + pred).mean()
     return F.softplus(-pred).mean() if target_real else F.softplus(pred).mean()
+
+
+def r1_penalty(real_pred: torch.Tensor, real_images: torch.Tensor) -> torch.Tensor:
+    """R1 gradient penalty (Mescheder, Geiger and Nowozin, ICML 2018), as StyleGAN2 uses it:
+    mean over the batch of ||d D(x) / d x||^2 (the squared gradient summed over a sample's pixels),
+    for ``real_images`` that require grad and their scores ``real_pred`` (any shape, summed).
+    The caller weights it by gamma / 2 (times the interval of lazy regularisation). The graph is
+    kept (``create_graph``) so the penalty can be differentiated with respect to D's weights."""
+    dt = torch.promote_types(real_pred.dtype, torch.float32)  # float32 at least (bf16 autocast), float64 kept
+    (grad,) = torch.autograd.grad(real_pred.to(dt).sum(), real_images, create_graph=True)
+    return grad.to(dt).pow(2).reshape(grad.shape[0], -1).sum(1).mean()

@@ -24,6 +24,8 @@ REGISTRY = {
     "pixcontrast": "contrastlab.methods.pixpro:PixPro",
     "detco": "contrastlab.methods.detco:DetCo",
     "rocl": "contrastlab.methods.rocl:RoCL",
+    "stylegan2": "contrastlab.methods.stylegan2:StyleGAN2",
+    "labels4free": "contrastlab.methods.labels4free:Labels4Free",
 }
 
 

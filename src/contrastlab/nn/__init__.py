@@ -1,3 +1,4 @@
+from .alpha_network import AlphaNetwork
 from .bank import MemoryBank, bank_dots
 from .backbones import Encoder, InputNorm, SmallCNN, TimmBackbone, TorchvisionResNet, build_backbone
 from .graph import KNNGraph, reachable
@@ -7,8 +8,10 @@ from .propagation import PixelPropagation, propagation_weights
 from .neighbours import topk_neighbours
 from .pruning import PrunedBranch, magnitude_masks
 from .queue import Queue
+from .stylegan2 import StyleGAN2Discriminator, StyleGAN2Generator, load_stylegan2, save_stylegan2
 
 __all__ = ["Encoder", "InputNorm", "SmallCNN", "TimmBackbone", "TorchvisionResNet", "build_backbone", "MLPHead", "ConvMLPHead", "magnitude_masks",
            "PrunedBranch", "Queue", "frozen_copy", "momentum_update", "set_requires_grad", "topk_neighbours",
            "MemoryBank", "bank_dots", "KNNGraph", "reachable", "cosine_momentum",
-           "PixelPropagation", "propagation_weights"]
+           "PixelPropagation", "propagation_weights",
+           "AlphaNetwork", "StyleGAN2Generator", "StyleGAN2Discriminator", "load_stylegan2", "save_stylegan2"]

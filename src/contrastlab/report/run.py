@@ -28,6 +28,8 @@ def build_run_report(run_dir: Path, device=None, n_embed: int = 2000, embedding_
     cfg, method, ckpt = load_run(str(run_dir), [])
     if translates(method):
         return _translation_report(run_dir, cfg, ckpt)
+    if not hasattr(method, "encoder"):  # generators (StyleGAN2, Labels4Free): sample grids, mask overlays
+        return _generator_report(run_dir, cfg, ckpt)
     device = device or torch.device("cpu")
     encoder = method.encoder.to(device)
     train, test = build_datasets(cfg.data)
@@ -277,4 +279,48 @@ def _translation_report(run_dir: Path, cfg, ckpt) -> Path:
     metrics = read_metrics_csv(run_dir / "metrics.csv") if (run_dir / "metrics.csv").exists() else []
     title = f"contrastlab: {cfg.method['name']} on {cfg.data.name} (step {ckpt['step']})"
     summary, evals = _read_results(run_dir)
+    return write_report(run_dir, metrics, title=title, summary=summary, evaluations=evals, figures=figures)
+
+
+GENERATOR_ROWS = {"stylegan2": "samples of the EMA generator on fixed z",
+                  "labels4free": "rows: the foreground image (truncated), the background branch, the mask of the EMA alpha "
+                                 "network, the composite"}  # fmt: skip
+
+
+def _generator_report(run_dir: Path, cfg, ckpt) -> Path:
+    """Curves, the first and latest sample grids of a generator run and, when ``contrastlab eval masks``
+    has run, its mask overlays with the scores."""
+    from PIL import Image
+
+    from ..files import atomic_save
+    from . import read_metrics_csv, write_report
+
+    img_dir = run_dir / "report"
+    img_dir.mkdir(parents=True, exist_ok=True)
+    summary, evals = _read_results(run_dir)
+    grids = sorted((run_dir / "samples").glob("step_*.png"))
+    shown = [("first", grids[0])] if len(grids) > 1 else []
+    shown += [("latest", grids[-1])] if grids else []
+    r = evals.get("masks/mask/labels4free")
+    if isinstance(r, dict) and r.get("examples") and (run_dir / str(r["examples"])).is_file():
+        shown.append(("masks", run_dir / str(r["examples"])))
+    figures = []
+    for label, path in shown:
+        im = Image.open(path)
+        scale = max(1, round(800 / im.width))  # small images: enlarge without smoothing
+        big = im.resize((im.width * scale, im.height * scale), Image.NEAREST)
+        atomic_save(img_dir / f"samples_{label}.png", lambda tmp, big=big: big.save(tmp, format="PNG"))
+        if label == "masks":
+            s = {k: r[k]["fg_iou"] for k in ("labels4free", "all_foreground", "centred_box", "supervised") if k in r}
+            scores = ", ".join(f"{k} {fmt(v)}" for k, v in s.items())
+            figures.append(("Masks on real test scenes", "samples_masks.png",
+                            f"Rows: real test scenes; their true masks; the masks of the segmenter trained on Labels4Free's "
+                            f"masks of generated images (red); generated images; their Labels4Free masks. Foreground IoU "
+                            f"(eval masks): {scores}."))  # fmt: skip
+        else:
+            step = int(path.stem.split("_")[1])
+            figures.append((f"Samples at step {step}", f"samples_{label}.png",
+                            GENERATOR_ROWS.get(cfg.method["name"], "generated samples") + "."))  # fmt: skip
+    metrics = read_metrics_csv(run_dir / "metrics.csv") if (run_dir / "metrics.csv").exists() else []
+    title = f"contrastlab: {cfg.method['name']} on {cfg.data.name} (step {ckpt['step']})"
     return write_report(run_dir, metrics, title=title, summary=summary, evaluations=evals, figures=figures)
