@@ -23,6 +23,10 @@ REGISTRY = {
     "pixpro": "contrastlab.methods.pixpro:PixPro",
     "pixcontrast": "contrastlab.methods.pixpro:PixPro",
     "detco": "contrastlab.methods.detco:DetCo",
+    "adv_rotation": "contrastlab.methods.adv_pretext:AdvPretext",
+    "adv_jigsaw": "contrastlab.methods.adv_pretext:AdvPretext",
+    "adv_ensemble": "contrastlab.methods.adv_pretext:AdvPretext",
+    "adv_finetune": "contrastlab.methods.adv_pretext:AdvFinetune",
 }
 
 
