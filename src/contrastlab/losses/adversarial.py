@@ -21,12 +21,17 @@ import torch.nn.functional as F
 __all__ = ["clean_adversarial_ce", "gradient_diversity"]
 
 
+def _at_least_fp32(t: torch.Tensor) -> torch.Tensor:
+    """float32 for half-precision tensors (bf16 / fp16 runs); float32 and float64 kept."""
+    return t.float() if t.dtype in (torch.float16, torch.bfloat16) else t
+
+
 def clean_adversarial_ce(logits_clean: torch.Tensor, logits_adv: torch.Tensor, labels: torch.Tensor,
                          adv_weight: float = 0.5) -> torch.Tensor:
     """``adv_weight * CE(logits_adv, y) + (1 - adv_weight) * CE(logits_clean, y)`` (means over the batch)."""
-    loss = adv_weight * F.cross_entropy(logits_adv.float(), labels)
+    loss = adv_weight * F.cross_entropy(_at_least_fp32(logits_adv), labels)
     if adv_weight < 1:
-        loss = loss + (1 - adv_weight) * F.cross_entropy(logits_clean.float(), labels)
+        loss = loss + (1 - adv_weight) * F.cross_entropy(_at_least_fp32(logits_clean), labels)
     return loss
 
 
@@ -38,7 +43,8 @@ def gradient_diversity(grads: Sequence[torch.Tensor], jitter: float = 1e-5, eps:
         raise ValueError(f"gradient_diversity needs the gradients of at least 2 tasks, got {len(grads)}")
     cols = []
     for g in grads:
-        g = g.flatten(1).float()
+        g = g.flatten(1)
+        g = _at_least_fp32(g)
         cols.append(g / (g.norm(dim=1, keepdim=True) + eps))
     G = torch.stack(cols, dim=2)  # (B, D, T)
     gram = G.transpose(1, 2) @ G + jitter * torch.eye(len(grads), device=G.device, dtype=G.dtype)
