@@ -23,7 +23,12 @@ TINY = {
     "pixpro": ("pixpro", ["model.width=4", "model.depth=1"]),
     "pixcontrast": ("pixcontrast", ["model.width=4", "model.depth=1"]),
     "detco": ("detco", ["model.width=4", "model.depth=1", "method.queue_size=64"]),
+    "adv_rotation": ("adv_rotation", ["model.width=4", "model.depth=1"]),
+    "adv_jigsaw": ("adv_jigsaw", ["model.width=4", "model.depth=1"]),
+    "adv_ensemble": ("adv_ensemble", ["model.width=4", "model.depth=1"]),
+    "adv_finetune": ("adv_finetune", ["model.width=4", "model.depth=1"]),
 }
+OWN_MONITOR = {"adv_finetune"}  # its clean / PGD accuracy check
 
 
 def test_every_registered_method_is_covered_here():
@@ -41,9 +46,10 @@ def test_each_method_meets_the_contract(name):
     assert isinstance(method, OptimizesItself) == optimizes_itself(method) == is_gan
     if is_gan:
         assert set(method.translators()) <= {"AtoB", "BtoA"} and "AtoB" in method.translators()
-    assert not monitors(method)  # none has its own monitor today: each uses a protocol's
-    expected = protocol("translation" if is_gan else "knn").monitor
-    assert monitor_for(method) is expected
+    assert monitors(method) == (name in OWN_MONITOR)  # the others use a protocol's
+    if name not in OWN_MONITOR:
+        expected = protocol("translation" if is_gan else "knn").monitor
+        assert monitor_for(method) is expected
 
 
 _MISSING = object()
