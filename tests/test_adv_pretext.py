@@ -143,11 +143,13 @@ def test_the_permutation_set_is_distinct_deterministic_and_far_apart():
 
 def test_the_jigsaw_task_labels_what_it_shuffles():
     perms = jigsaw_permutations(10, 2)
-    x = torch.rand(64, 3, 8, 8, generator=torch.Generator().manual_seed(0))
-    out, y = jigsaw_task(x, perms, 2, identity_p=0.5, generator=torch.Generator().manual_seed(1))
-    for i in range(64):
+    x = torch.rand(400, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    out, y = jigsaw_task(x, perms, 2, identity_p=0.2, generator=torch.Generator().manual_seed(1))
+    for i in range(400):
         assert torch.equal(out[i], _shuffle_loop(x[i], perms[y[i]], 2))
-    assert (y == 0).float().mean() > 0.3  # half set to the identity, plus its 1/10 share of the rest
+    # 20% set to the identity, plus its 1/10 share of the rest: 0.28 expected (std 0.022 over 400 images)
+    assert 0.2 < (y == 0).float().mean() < 0.36
+    assert len(set(y.tolist())) == 10
 
 
 @pytest.mark.parametrize("n,grid", [(1, 4), (40000, 2)])
