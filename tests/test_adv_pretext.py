@@ -378,3 +378,26 @@ def test_recipe_trains_end_to_end(recipe, tiny, tmp_path, capsys):
     if recipe == "adv_finetune":
         final = rows[-1]
         assert 0 <= float(final["clean_acc"]) <= 1 and 0 <= float(final["pgd20_acc"]) <= float(final["clean_acc"]) + 0.05
+
+
+def test_the_ensemble_attack_ascends_the_losses_plus_the_diversity(tiny):
+    """diversity_in_attack (the official PGD_attack_3module): the attack's objective is the sum of the tasks'
+    losses + lambda * div of their input gradients; PGD on it runs (double backward) inside the ball."""
+    torch.manual_seed(0)
+    m = build_method(load_config("adv_ensemble", tiny + ["method.diversity_in_attack=true"]))
+    inputs, labels = m.pretext(m.views(_batch()["images"], torch.Generator().manual_seed(0)),
+                               torch.Generator().manual_seed(1))  # fmt: skip
+    xs = torch.stack(inputs).requires_grad_(True)
+    got = float(m.attack_loss(labels)(xs).detach())
+    ces, grads = [], []
+    for t, xi, y in zip(m.tasks, inputs, labels):
+        xi = xi.clone().requires_grad_(True)
+        z = m.heads[t](m.encoder(xi))
+        ce = torch.nn.functional.cross_entropy(z, y)
+        grads.append(torch.autograd.grad(ce, xi)[0].double())
+        ces.append(_ce_loop(z.detach().double(), y))
+    assert got == pytest.approx(sum(ces) + 0.1 * _diversity_loop(grads), rel=1e-4)
+    with adv.attacking(m):
+        x_adv = adv.pgd(m.attack_loss(labels), xs.detach(), 8 / 255, 2 / 255, 2)
+    assert (x_adv - xs.detach()).abs().max() <= 8 / 255 + 1e-6
+    assert all(p.grad is None for p in m.parameters())
