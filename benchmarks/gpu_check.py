@@ -49,6 +49,11 @@ Measures, on synthetic 32 px uint8 data on the device (no download):
   checkpoint written with fresh weights: four frozen-generator passes, the alpha network, D and R1),
   interleaved: images/s, peak memory, Labels4Free time vs the StyleGAN2 step; --tiny keeps the
   presets' small widths;
+- the issue-17 adversarial family at the same batch and 32 px, with the SimCLR row's network and optimiser,
+  interleaved with the same MoCo step: adversarial rotation pre-training (the `adv_rotation/cifar10` step: PGD-10
+  on the rotation loss with BatchNorm in eval mode, then 0.5 / 0.5 clean and adversarial CE) and adversarial
+  fine-tuning (the `adv_finetune/cifar10` step: PGD-10 on the labels of a stand-in labelled set, CE of the
+  adversarial images): images/s, peak memory, time vs MoCo (medians of per-round ratios, with quartiles);
 - an end-to-end ``fit`` of the SimCLR digits preset on the device (trainer, kNN monitor,
   checkpoint), its time and kNN accuracy.
 images/s counts training images (a batch of B images is 2B views), as the trainer's log does.
@@ -298,6 +303,31 @@ def main(argv=None):
     print(f"StyleGAN2 32 px ({'preset' if a.tiny else 'config-F'} widths): {res['stylegan2_img_per_s']:.0f} img/s; "
           f"Labels4Free on it: {res['labels4free_img_per_s']:.0f} img/s "
           f"({res['labels4free_ratio_vs_stylegan2_time']:.3f}x the StyleGAN2 step)", flush=True)  # fmt: skip
+    # adversarial self-supervised pre-training and fine-tuning (issue 17, Chen et al. CVPR 2020) at the same batch and
+    # 32 px with the SimCLR row's network and optimiser: the adv_rotation/cifar10 step (10-step PGD on the rotation
+    # loss, then clean + adversarial CE) and the adv_finetune/cifar10 step (10-step PGD on the labels, CE of the
+    # adversarial images; labels of a stand-in training set, batches of distinct rows), interleaved with MoCo
+    adv_common = common + ["data.image_size=32"]
+    adv_rot = make_step("adv_rotation/cifar10", images, adv_common, accelerator=dev, precision=precision)
+    ft_order = EpochOrder(a.bank_rows, a.batch, lambda index: images(), device=dev)
+    adv_ft = make_step("adv_finetune/cifar10", ft_order.images, adv_common, accelerator=dev, precision=precision,
+                       train_set=SizedRows(a.bank_rows), extra=ft_order.extra)  # fmt: skip
+    advf = {"moco": moco, "adv_rotation": adv_rot, "adv_finetune": adv_ft}
+    for n in ("adv_rotation", "adv_finetune"):
+        res[f"{n}_peak_mem_gib"] = peak_memory(advf[n], dev)
+    ta = interleaved(advf, max(3, a.rounds // 4), a.reps, warmup=1, sync=sync)
+    amed = {n: statistics.median(t) for n, t in ta.items()}
+    for n in ("adv_rotation", "adv_finetune"):
+        res[f"{n}_img_per_s"] = round(a.batch / amed[n], 1)
+    res["adv_moco_img_per_s"] = round(a.batch / amed["moco"], 1)
+    res["adv_median_ms"] = {n: round(1000 * v, 3) for n, v in amed.items()}
+    res["adv_ratio_vs_moco_time"] = {n: round(median_ratio(ta, n, "moco"), 4) for n in ("adv_rotation", "adv_finetune")}
+    res["adv_quartiles_vs_moco"] = {n: ratio_quartiles(ta, n, "moco") for n in ("adv_rotation", "adv_finetune")}
+    res["adv_per_round_s"] = {n: [round(x, 6) for x in t] for n, t in ta.items()}
+    print(f"adversarial, 32 px, ResNet-18 (CIFAR stem), PGD-10: MoCo v2 {res['adv_moco_img_per_s']:.0f} img/s; adv "
+          f"rotation pre-training {res['adv_rotation_img_per_s']:.0f} img/s; adv fine-tuning "
+          f"{res['adv_finetune_img_per_s']:.0f} img/s; time vs MoCo: {res['adv_ratio_vs_moco_time']['adv_rotation']:.3f}, "
+          f"{res['adv_ratio_vs_moco_time']['adv_finetune']:.3f}", flush=True)  # fmt: skip
 
     sync = sync or (lambda: None)
     rebuild = []

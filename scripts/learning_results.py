@@ -13,7 +13,8 @@ DCLGAN's choices at the same steps), looc (MoCo vs LooC vs LooC++: linear probes
 colour, rotation and quarter turn), invp (InvP vs lambda = 0: kNN and the discovered positives'
 precision over training, kept from each run's metrics.csv), dense (SimCLR, MoCo, PixPro, DetCo:
 kNN and the dense linear probe's mIoU), robust (SimCLR vs RoCL: eval robust's clean / PGD-20
-accuracy of a linear probe and robust linear evaluation).
+accuracy of a linear probe and robust linear evaluation), adv_finetune (adversarial fine-tuning from adversarial
+rotation pre-training vs random weights, full vs partial: clean and PGD-20 accuracy of the fine-tuning's own check).
 
 In an override, ``{seed}`` stands for the run's seed: the sdclr_cifar tables train subset k with
 seed k (``data.long_tail_split={seed}``, seeds 1..5), so their summary is the five-subset average;
@@ -191,6 +192,22 @@ TABLES["robust"] = (
     [("SimCLR", "simclr", ["optim.batch_size=64", "trainer.max_steps=300", "trainer.knn_every=100"]),
      ("RoCL", "rocl", [])],
     [("robust", ROBUST_EVAL)], [0, 1, 2])
+# Adversarial fine-tuning (issue 17, Chen et al., CVPR 2020) on the digit label: from the adv_rotation preset's
+# encoder vs from random weights, all layers vs the last stage and the classifier (partial). Evaluated by the
+# fine-tuning method's own end-of-training check (clean and PGD-20 l_inf 8/255 accuracy on 1,000 test scenes, the
+# values of the train command's JSON line), not by `eval robust` (another branch). {runs}: this table's run folder.
+ADV_PARTIAL = "method.trainable=[encoder.backbone.features.9,encoder.backbone.features.10,classifier]"
+ADV_INIT = "method.init_from={runs}/adv_rotation-pretrain-s{seed}"
+TABLES["adv_finetune"] = (
+    "adversarial fine-tuning (PGD, 300 steps) on the digit label from adversarial rotation pre-training (300 steps) "
+    "vs from random weights, full vs partial (last stage + classifier): clean and PGD-20 accuracy (eps 8/255)",
+    [("pretrain", "adv_rotation", []),
+     ("AT random init, full", "adv_finetune", []), ("AT random init, partial", "adv_finetune", [ADV_PARTIAL]),
+     ("AT from adv rotation, full", "adv_finetune", [ADV_INIT]),
+     ("AT from adv rotation, partial", "adv_finetune", [ADV_INIT, ADV_PARTIAL])],
+    [], [0])
+# values of the train command's JSON line kept as a table's evaluation "training check"
+TRAIN_METRICS = {"adv_finetune": ("clean_acc", "pgd20_acc")}
 # columns of a run's metrics.csv kept with each run of a table (the curves its docs plot)
 CURVES = {"invp": ("pos_precision", "hard_pos_precision", "knn_top1", "loss")}
 
@@ -316,6 +333,7 @@ def main(argv=None):
                 print(f"{key}: recorded at {res['runs'][key]['commit']} (same training code), skipped", flush=True)
                 continue
             run_dir = ROOT / a.runs_dir / a.table / f"{recipe.replace('/', '-')}-{name.replace(' ', '').replace('/', '-')}-s{seed}"
+            overrides = [o.replace("{runs}", str(ROOT / a.runs_dir / a.table)) for o in overrides]
             train = ["train", recipe, *with_seed([*overrides, *a.overrides], seed), f"seed={seed}",
                      f"trainer.out_dir={run_dir}", "trainer.progress=false", f"trainer.threads={a.threads}",
                      "trainer.overwrite=true"]  # fmt: skip
@@ -324,6 +342,8 @@ def main(argv=None):
             entry = {"commit": commit, "recipe": recipe, "overrides": with_seed(overrides, seed), "seed": seed,
                      "train_command": "contrastlab " + " ".join(train),
                      "train_seconds": tr.get("train_seconds"), "steps": tr.get("step"), "device": tr.get("device"), "evals": {}}  # fmt: skip
+            if a.table in TRAIN_METRICS and any(k in tr for k in TRAIN_METRICS[a.table]):
+                entry["evals"]["training check"] = {k: tr[k] for k in TRAIN_METRICS[a.table] if k in tr}
             for protocol, opts, *only in evals:
                 if only and name not in only[0]:
                     continue  # an evaluation for some rows only (e.g. LooC++'s view of a LooC run)

@@ -10,7 +10,8 @@ def test_every_recipe_loads():
     for name in names:
         cfg = load_config(name)
         assert cfg.method["name"] in ("simclr", "moco", "cut", "dclgan", "simdcl", "looc", "looc_pp", "invp", "pixpro",
-                                      "pixcontrast", "detco", "rocl", "stylegan2", "labels4free")
+                                      "pixcontrast", "detco", "rocl", "stylegan2", "labels4free", "adv_rotation",
+                                      "adv_jigsaw", "adv_ensemble", "adv_finetune")
         # the recipe's folder names its method (named seed methods are recipes over the core's axes)
         assert name.split("/")[0] == cfg.method["name"] or cfg.method["name"] in ("simclr", "moco")
 

@@ -29,7 +29,12 @@ TINY = {
     "stylegan2": ("stylegan2", ["method.style_dim=8", "method.n_mlp=1", "method.max_channels=4"]),
     "labels4free": ("labels4free", ["method.style_dim=8", "method.n_mlp=1", "method.max_channels=4",
                                     "method.truncation_samples=8"]),  # + a generator checkpoint (_generator_file)
+    "adv_rotation": ("adv_rotation", ["model.width=4", "model.depth=1"]),
+    "adv_jigsaw": ("adv_jigsaw", ["model.width=4", "model.depth=1"]),
+    "adv_ensemble": ("adv_ensemble", ["model.width=4", "model.depth=1"]),
+    "adv_finetune": ("adv_finetune", ["model.width=4", "model.depth=1"]),
 }
+OWN_MONITOR = {"adv_finetune"}  # its clean / PGD accuracy check
 GENERATORS = ("stylegan2", "labels4free")  # own optimisers and monitor, no encoder, no translator
 
 
@@ -73,10 +78,11 @@ def test_each_method_meets_the_contract(name):
     if generator:  # sample grids (and the public checkpoint) from their own monitor
         assert monitors(method)
         return
-    assert not monitors(method)  # the others use a protocol's monitor
-    assert not classifies(method)  # none of these is a classifier (adversarial fine-tuning is)
-    expected = protocol("translation" if is_gan else "knn").monitor
-    assert monitor_for(method) is expected
+    assert monitors(method) == (name in OWN_MONITOR)  # the others use a protocol's
+    assert classifies(method) == (name == "adv_finetune")  # the one classifier (attacked directly by eval robust)
+    if name not in OWN_MONITOR:
+        expected = protocol("translation" if is_gan else "knn").monitor
+        assert monitor_for(method) is expected
 
 
 _MISSING = object()

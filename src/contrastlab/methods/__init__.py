@@ -26,6 +26,10 @@ REGISTRY = {
     "rocl": "contrastlab.methods.rocl:RoCL",
     "stylegan2": "contrastlab.methods.stylegan2:StyleGAN2",
     "labels4free": "contrastlab.methods.labels4free:Labels4Free",
+    "adv_rotation": "contrastlab.methods.adv_pretext:AdvPretext",
+    "adv_jigsaw": "contrastlab.methods.adv_pretext:AdvPretext",
+    "adv_ensemble": "contrastlab.methods.adv_pretext:AdvPretext",
+    "adv_finetune": "contrastlab.methods.adv_pretext:AdvFinetune",
 }
 
 
