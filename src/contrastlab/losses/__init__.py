@@ -5,7 +5,9 @@ from .dense import pixel_consistency_loss, pixel_info_nce, pooled_cosine_loss, p
 from .negatives import debiased_info_nce, debiased_nt_xent, mochi_negatives
 from .gan import gan_loss
 from .patch_nce import patch_nce
+from .segmentation import dice_ce_loss, episode_weighted_ce, soft_dice_loss
 
 __all__ = ["nt_xent", "info_nce", "leave_one_out_info_nce", "debiased_nt_xent", "debiased_info_nce", "mochi_negatives",
            "patch_nce", "gan_loss", "background_instance_loss", "invariance_loss", "positive_pixel_mask",
-           "pixel_consistency_loss", "pixel_info_nce", "pooled_cosine_loss"]
+           "pixel_consistency_loss", "pixel_info_nce", "pooled_cosine_loss",
+           "soft_dice_loss", "dice_ce_loss", "episode_weighted_ce"]

@@ -23,6 +23,9 @@ REGISTRY = {
     "pixpro": "contrastlab.methods.pixpro:PixPro",
     "pixcontrast": "contrastlab.methods.pixpro:PixPro",
     "detco": "contrastlab.methods.detco:DetCo",
+    "cwt_stage1": "contrastlab.methods.cwt:CWTStage1",
+    "cwt": "contrastlab.methods.cwt:CWT",
+    "rpnet": "contrastlab.methods.rpnet:RPNet",
 }
 
 
