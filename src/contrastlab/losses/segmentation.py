@@ -40,7 +40,7 @@ def episode_weighted_ce(logits: torch.Tensor, target: torch.Tensor, ignore_index
     t = torch.where(valid, target, 0)
     fg = ((t == 1) & valid).flatten(1).sum(1).clamp(min=1)
     bg = ((t == 0) & valid).flatten(1).sum(1).clamp(min=1)
-    w1 = (bg / fg).to(logits.dtype).view(-1, *([1] * (target.dim() - 1)))
+    w1 = (bg.to(logits.dtype) / fg.to(logits.dtype)).view(-1, *([1] * (target.dim() - 1)))
     w = torch.where(t == 1, w1, torch.ones_like(w1)) * valid.to(logits.dtype)
     nll = -logits.log_softmax(dim=2).gather(2, t.unsqueeze(2)).squeeze(2)
     per_episode = (w * nll).flatten(1).sum(1) / w.flatten(1).sum(1).clamp(min=1e-12)

@@ -1,0 +1,192 @@
+"""CWT (issue 18): the classifier weight transformer against a hand computation with fixed weights,
+the class-weighted CE against a loop, the per-episode classifier fit, the frozen stage-1 network,
+and training of both stages via the real trainer."""
+import math
+
+import pytest
+import torch
+
+from contrastlab.config import from_dict
+from contrastlab.losses import episode_weighted_ce
+from contrastlab.methods import build_method
+from contrastlab.nn import ClassifierWeightTransformer, PSPNet, PyramidPooling
+
+
+def hand_transformer(t, w, f):
+    """LayerNorm(W + FC(concat_h softmax(W P_h (F P_h)^T / sqrt(d)) F P_h)), loops, float64."""
+    b, p, d = w.shape
+    pix = f.flatten(2).transpose(1, 2)  # (B, N, d)
+    n, heads = pix.shape[1], t.heads
+    P = t.proj.weight.detach().double()  # (heads d, d): row j of head h is P[h d + j]
+    out = torch.zeros(b, p, d, dtype=torch.float64)
+    for i in range(b):
+        for k in range(p):
+            cat = []
+            for h in range(heads):
+                rows = P[h * d:(h + 1) * d]
+                q = [sum(float(rows[j, c]) * float(w[i, k, c]) for c in range(d)) for j in range(d)]
+                keys = [[sum(float(rows[j, c]) * float(pix[i, m, c]) for c in range(d)) for j in range(d)] for m in range(n)]
+                s = [sum(q[j] * keys[m][j] for j in range(d)) / math.sqrt(d) for m in range(n)]
+                z = max(s)
+                e = [math.exp(v - z) for v in s]
+                a = [v / sum(e) for v in e]
+                cat += [sum(a[m] * keys[m][j] for m in range(n)) for j in range(d)]
+            fc = [sum(float(t.fc.weight[j, c]) * cat[c] for c in range(heads * d)) + float(t.fc.bias[j]) for j in range(d)]
+            r = [float(w[i, k, j]) + fc[j] for j in range(d)]
+            mu = sum(r) / d
+            var = sum((v - mu) ** 2 for v in r) / d
+            for j in range(d):
+                out[i, k, j] = (r[j] - mu) / math.sqrt(var + t.norm.eps) * float(t.norm.weight[j]) + float(t.norm.bias[j])
+    return out
+
+
+@pytest.mark.parametrize("heads", [1, 3])
+def test_weight_transformer_matches_a_hand_computation_with_fixed_weights(heads):
+    torch.manual_seed(heads)
+    t = ClassifierWeightTransformer(4, heads=heads, dropout=0.5, attn_dropout=0.1).double().eval()
+    with torch.no_grad():  # a non-trivial LayerNorm affine
+        t.norm.weight.uniform_(0.5, 1.5)
+        t.norm.bias.uniform_(-0.3, 0.3)
+    w = torch.randn(2, 2, 4, dtype=torch.float64)
+    f = torch.randn(2, 4, 2, 3, dtype=torch.float64)
+    with torch.no_grad():
+        got = t(w, f)
+        want = hand_transformer(t, w, f)
+    assert got.shape == (2, 2, 4)
+    torch.testing.assert_close(got, want)
+
+
+def test_weight_transformer_is_residual_with_layer_norm():
+    """With the FC zeroed the update is LayerNorm(W) exactly; dropout is active only in training."""
+    t = ClassifierWeightTransformer(6, heads=2).double()
+    with torch.no_grad():
+        t.fc.weight.zero_()
+        t.fc.bias.zero_()
+    w = torch.randn(3, 2, 6, dtype=torch.float64)
+    got = t.eval()(w, torch.randn(3, 6, 4, 4, dtype=torch.float64))
+    torch.testing.assert_close(got, torch.nn.functional.layer_norm(w, (6,), eps=t.norm.eps))
+    t.train()
+    f = torch.randn(3, 6, 4, 4, dtype=torch.float64)
+    with torch.no_grad():
+        t.fc.bias.fill_(1.0)
+        outs = {tuple(t(w, f).flatten()[:4].tolist()) for _ in range(3)}
+    assert len(outs) > 1  # training draws dropout masks
+
+
+def loop_weighted_ce(logits, target, ignore=255):
+    total = 0.0
+    for e in range(logits.shape[0]):
+        vals = [int(v) for v in target[e].flatten() if int(v) != ignore]
+        fg, bg = max(sum(v == 1 for v in vals), 1), max(sum(v == 0 for v in vals), 1)
+        wts = [1.0, bg / fg]
+        num = den = 0.0
+        for n in range(logits.shape[1]):
+            for y in range(logits.shape[3]):
+                for x in range(logits.shape[4]):
+                    t = int(target[e, n, y, x])
+                    if t == ignore:
+                        continue
+                    z = [float(logits[e, n, j, y, x]) for j in range(2)]
+                    lse = max(z) + math.log(sum(math.exp(v - max(z)) for v in z))
+                    num += wts[t] * (lse - z[t])
+                    den += wts[t]
+        total += num / den
+    return total
+
+
+def test_episode_weighted_ce_matches_a_loop_and_pytorchs_weighted_mean():
+    g = torch.Generator().manual_seed(3)
+    logits = torch.randn(3, 2, 2, 4, 5, dtype=torch.float64, generator=g)
+    target = (torch.rand(3, 2, 4, 5, generator=g) > 0.7).long()
+    target[0, 0, 0] = 255
+    target[2] = 0  # an episode without foreground: weight n_bg / 1
+    got = episode_weighted_ce(logits, target)
+    assert abs(float(got) - loop_weighted_ce(logits, target)) < 1e-10
+    assert abs(float(episode_weighted_ce(logits, target, reduction="mean")) - float(got) / 3) < 1e-12
+    t1 = target[1].flatten()
+    w = torch.tensor([1.0, float((t1 == 0).sum()) / float((t1 == 1).sum())], dtype=torch.float64)
+    ref = torch.nn.functional.cross_entropy(logits[1], target[1], weight=w, ignore_index=255)
+    assert abs(float(episode_weighted_ce(logits[1:2], target[1:2])) - float(ref)) < 1e-12
+
+
+def test_pyramid_pooling_concatenates_the_map_and_its_pooled_bins():
+    ppm = PyramidPooling(8, (1, 2)).eval()
+    x = torch.randn(2, 8, 5, 5)
+    y = ppm(x)
+    assert y.shape == (2, 16, 5, 5) and torch.equal(y[:, :8], x)
+    # the bin-1 branch is constant over the map
+    assert torch.allclose(y[:, 8:12], y[:, 8:12, :1, :1].expand(-1, -1, 5, 5))
+
+
+# --------------------------------------------------------------------------- the method
+def cwt_cfg(**method):
+    m = {"name": "cwt", "bottleneck_dim": 8, "heads": 2, "adapt_steps": 30, "classifier_lr": 0.5} | method
+    return from_dict({"method": m, "data": {"name": "digits"}, "model": {"backbone": "small_cnn", "width": 4},
+                      "trainer": {"max_steps": 2}})  # fmt: skip
+
+
+def episode_batch(e=2, k=1, size=32, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    masks = torch.zeros(e, k, size, size, dtype=torch.long)
+    masks[..., 8:20, 10:24] = 1
+    masks[..., 0, :] = 255
+    images = torch.rand(e, k, 3, size, size, generator=g) * 0.3
+    images[:, :, 0] += masks.float() * 0.7  # the class is a red square
+    q = torch.rand(e, 3, size, size, generator=g) * 0.3
+    qm = torch.zeros(e, size, size, dtype=torch.long)
+    qm[:, 12:26, 4:16] = 1
+    q[:, 0] += qm.float() * 0.7
+    return {"support_images": images, "support_masks": masks, "query_image": q, "query_mask": qm}
+
+
+def test_the_per_episode_classifier_fit_lowers_its_support_loss_and_each_episode_fits_alone():
+    torch.manual_seed(0)
+    m = build_method(cwt_cfg(adapt_steps=50, classifier_lr=0.5))
+    g = torch.Generator().manual_seed(4)
+    masks = (torch.rand(3, 2, 8, 8, generator=g) > 0.7).long()
+    masks[0, 0, 0] = 255
+    direction = torch.randn(8, generator=g)
+    f_s = torch.randn(3, 2, 8, 8, 8, generator=g) * 0.3 + (masks == 1).float()[:, :, None] * direction[:, None, None]
+
+    def support_loss(w):
+        logits = torch.einsum("epd,ekdhw->ekphw", w, f_s)
+        return float(episode_weighted_ce(logits, masks))
+
+    m.cfg.adapt_steps = 0
+    start = support_loss(m.fit_classifiers(f_s, masks, torch.Generator().manual_seed(5)))
+    m.cfg.adapt_steps = 50
+    w = m.fit_classifiers(f_s, masks, torch.Generator().manual_seed(5))
+    assert w.shape == (3, 2, 8) and not w.requires_grad
+    assert support_loss(w) < 0.5 * start
+    # episode 1's weights follow its own loss only: other episodes' masks do not change them
+    other = masks.clone()
+    other[0] = 1 - other[0].clamp(max=1)
+    other[2] = 0
+    w2 = m.fit_classifiers(f_s, other, torch.Generator().manual_seed(5))
+    torch.testing.assert_close(w2[1], w[1])
+    assert not torch.allclose(w2[0], w[0])
+
+
+def test_only_the_transformer_trains_and_the_network_stays_in_eval_mode():
+    torch.manual_seed(0)
+    m = build_method(cwt_cfg()).train()
+    assert not m.net.training and m.transformer.training
+    out = m(episode_batch())
+    out["loss"].backward()
+    assert torch.isfinite(out["loss"])
+    assert all(p.grad is None and not p.requires_grad for p in m.net.parameters())
+    assert all(p.grad is not None for p in m.transformer.parameters())
+    m.eval()
+    with torch.no_grad():
+        b = episode_batch(k=2)
+        logits = m.segment_episode(b["support_images"], b["support_masks"], b["query_image"])
+    assert logits.shape == (2, 2, 32, 32)
+
+
+def test_bad_options_fail_with_one_line():
+    from contrastlab.errors import ConfigError
+
+    for key, val, match in [("heads", 0, "heads"), ("bins", [], "bin sizes"), ("classifier_lr", 0, "classifier_lr")]:
+        with pytest.raises(ConfigError, match=match) as e:
+            cwt_cfg(**{key: val})
+        assert "\n" not in str(e.value)
