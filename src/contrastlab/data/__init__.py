@@ -28,6 +28,7 @@ DATASETS = {
     "voc": "contrastlab.data.voc:voc_datasets",
     "digit_domains": "contrastlab.data.unpaired:digit_domains_datasets",
     "unpaired": "contrastlab.data.unpaired:folder_datasets",
+    "organs": "contrastlab.data.episodes:organ_datasets",
 }
 # sets whose items are pairs of unpaired domains (translation), not labelled images
 DOMAIN_SETS = ("digit_domains", "unpaired")

@@ -30,9 +30,11 @@ Optional parts, each a Protocol of its own:
     pairs (InvP), or None while it has found none; the report frames them by label.
     :class:`HasSpaces`: ``embedding_spaces(x) -> {name: (B, d)}``, one embedding per space
     (LooC's heads); the report shows each space's nearest neighbours side by side.
+    :class:`SegmentsEpisodes`: ``segment_episode(support_images, support_masks, query_image) ->
+    logits (B, 2, H, W)``, a few-shot segmenter of 1-way K-shot episodes (``eval fewshot``).
 
 Check a method with :func:`encodes`, :func:`translates`, :func:`monitors`,
-:func:`optimizes_itself`, :func:`shows_positives` and :func:`has_spaces`, not with
+:func:`optimizes_itself`, :func:`shows_positives`, :func:`has_spaces` and :func:`segments_episodes`, not with
 ``isinstance(method, Encodes)``: from Python 3.12 on, a runtime Protocol looks attributes up
 statically (``inspect.getattr_static``), which does not see an ``nn.Module``'s submodules (they
 live in ``_modules`` and are found by ``__getattr__``), so ``isinstance(method, Encodes)`` is False
@@ -124,3 +126,21 @@ def shows_positives(method) -> bool:
 def has_spaces(method) -> bool:
     """Whether a method embeds into several named spaces (:class:`HasSpaces`)."""
     return callable(getattr(method, "embedding_spaces", None))
+
+
+@runtime_checkable
+class SegmentsEpisodes(Protocol):
+    """A few-shot segmenter (``contrastlab eval fewshot``): ``segment_episode(support_images,
+    support_masks, query_image) -> logits (B, 2, H, W)`` for the batch layout of
+    :mod:`contrastlab.data.episodes`: support_images float (B, K, 3, H, W) in [0, 1], support_masks
+    long (B, K, H, W) with 1 = the episode's class, 0 = other, 255 = ignore, query_image float
+    (B, 3, H, W) in [0, 1], all on the method's device; channel 0 of the logits is background,
+    channel 1 the episode's class, at the query's size (H, W). Called in eval mode under
+    ``torch.no_grad``; the prediction is the argmax over the two channels."""
+
+    def segment_episode(self, support_images, support_masks, query_image) -> torch.Tensor: ...
+
+
+def segments_episodes(method) -> bool:
+    """Whether a method segments few-shot episodes (:class:`SegmentsEpisodes`)."""
+    return callable(getattr(method, "segment_episode", None))
