@@ -27,19 +27,24 @@ run is evaluated without the stage-1 folder.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
 from ..checkpoint import load_checkpoint, load_weights
+from ..data.episodes import IGNORE, source_of
 from ..errors import ConfigError, UserError
 from ..fields import option
 from ..losses.segmentation import episode_weighted_ce
 from ..nn.segmentation import PSPNet
 from ..nn.weight_transformer import ClassifierWeightTransformer
 from .common import build_encoder
+from .episodic import episode_batch
+
+
+NET_KEYS = ("backbone", "width", "depth", "cifar_stem", "norm")  # the model keys that shape the stage-1 network
 
 
 def _bins_ok(v):
@@ -48,7 +53,11 @@ def _bins_ok(v):
 
 @dataclass
 class SegNetConfig:
-    """The stage-1 network (both stages build it from the same keys)."""
+    """The stage-1 network (both stages build it from the same keys) and the data's fold."""
+
+    fold: int = option(0, ge=0, doc="the fold whose classes are novel (trained on the others)")
+    folds: Optional[int] = option(None, ge=1, doc="folds of the data's classes (null: the set's default)")
+    episode_seed: int = option(0, unbounded="any integer seed")
 
     bins: tuple = option((1, 2, 3, 6), check=_bins_ok, doc="the pyramid pooling's bin sizes")
     bottleneck_dim: int = option(512, ge=1, doc="d: channels of the features the classifiers see")
@@ -70,6 +79,7 @@ class CWTConfig(SegNetConfig):
     attn_dropout: float = option(0.1, ge=0, lt=1, doc="dropout of the attention weights")
     adapt_steps: int = option(200, ge=0, doc="SGD steps of the per-episode classifier on the support")
     classifier_lr: float = option(0.1, gt=0, doc="learning rate of the per-episode classifier")
+    shots: int = option(1, ge=1, doc="support images of each meta-training episode")
 
 
 def _images(x):
@@ -80,37 +90,44 @@ class CWTStage1(nn.Module):
     """Stage 1: the segmentation network on the base classes (cross-entropy, 255 ignored)."""
 
     Config = CWTStage1Config
+    monitor_protocol = "fewshot"
 
     def __init__(self, cfg):
         super().__init__()
         self.cfg = c = self.Config(**cfg.method)
         self.net = PSPNet(build_encoder(cfg.model), c.num_classes, c.bins, c.bottleneck_dim, c.decoder_dropout)
-        self._masks = None
-
-    def monitor(self, train_set, test_set, run_dir, step, device) -> dict:
-        """No periodic check: ``contrastlab eval fewshot RUN`` evaluates a run."""
-        return {}
+        self.base = None
 
     def setup_data(self, train_set) -> None:
-        """Keeps the training set's masks (the batches carry images and their indices)."""
-        masks = getattr(train_set, "masks", None)
-        if masks is None:
-            raise UserError(f"{getattr(train_set, 'name', 'the training set')} has no masks: cwt_stage1 trains on a "
-                            "segmentation set (the base-class view of an episode source)")  # fmt: skip
-        names = getattr(train_set, "mask_classes", None)
-        if names is not None and len(names) != self.cfg.num_classes:
-            raise ConfigError(f"method.num_classes={self.cfg.num_classes} but the training masks have {len(names)} "
-                              f"classes ({', '.join(map(str, names))}); set method.num_classes={len(names)}")  # fmt: skip
-        self._masks = masks
+        """The base-class view of the training set (fold ``method.fold``: its classes are recoded
+        1 .. C, the novel ones background); the steps draw their images from it."""
+        base = source_of(train_set, self.cfg.folds).base_view(self.cfg.fold)
+        if len(base.mask_classes) != self.cfg.num_classes:
+            raise ConfigError(f"method.num_classes={self.cfg.num_classes} but fold {self.cfg.fold} of "
+                              f"{getattr(train_set, 'name', 'the training set')} has {len(base.mask_classes)} classes with "
+                              f"the background; set method.num_classes={len(base.mask_classes)}")  # fmt: skip
+        self.base = base
+
+    def draw(self, step: int, b: int):
+        """The images and masks of a step: epoch e of the base view is a permutation seeded by
+        (episode_seed, e), step s takes its s-th slice of b (a function of the step alone)."""
+        n = len(self.base)
+        per_epoch = max(n // b, 1)
+        epoch, i = divmod(step, per_epoch)
+        perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.cfg.episode_seed * 7_777 + epoch))
+        idx = perm[i * b:(i + 1) * b]
+        return self.base.images[idx], self.base.masks[idx].long()
 
     def forward(self, batch: dict) -> dict:
-        masks = batch.get("masks")
-        if masks is None:
-            if self._masks is None:
-                raise UserError("cwt_stage1 needs the masks of its batch: a segmentation training set (setup_data)")
-            masks = self._masks[batch["index"].cpu()].to(batch["images"].device)
-        logits = self.net(_images(batch["images"]))
-        loss = F.cross_entropy(logits, masks.long(), ignore_index=255)
+        if "masks" in batch:
+            images, masks = batch["images"], batch["masks"]
+        else:
+            if self.base is None:
+                raise RuntimeError("cwt_stage1 trains on the base-class view of its training set: call setup_data first")
+            images, masks = self.draw(int(batch.get("step", 0)), batch["images"].shape[0])
+        dev = batch["images"].device
+        logits = self.net(_images(images.to(dev)))
+        loss = F.cross_entropy(logits, masks.to(dev).long(), ignore_index=IGNORE)
         return {"loss": loss}
 
 
@@ -118,27 +135,29 @@ class CWT(nn.Module):
     """Stage 2: the frozen stage-1 network, per-episode classifiers and the weight transformer."""
 
     Config = CWTConfig
+    monitor_protocol = "fewshot"
 
     def __init__(self, cfg):
         super().__init__()
         self.cfg = c = self.Config(**cfg.method)
         self.net = PSPNet(build_encoder(cfg.model), None, c.bins, c.bottleneck_dim, c.decoder_dropout)
+        self.model_keys = {k: getattr(cfg.model, k) for k in NET_KEYS}
         self.net.requires_grad_(False)
         self.transformer = ClassifierWeightTransformer(c.bottleneck_dim, c.heads, c.dropout, c.attn_dropout)
         self.net.eval()
+        self.episodes = None  # the base-class episode sampler, from setup_data
 
     def train(self, mode: bool = True):
         super().train(mode)
         self.net.eval()  # frozen: BatchNorm statistics and dropout stay those of stage 1
         return self
 
-    def monitor(self, train_set, test_set, run_dir, step, device) -> dict:
-        """No periodic check: ``contrastlab eval fewshot RUN`` evaluates a run."""
-        return {}
-
     def setup_data(self, train_set) -> None:
-        """Loads the stage-1 network named by ``method.stage1`` (training only; evaluation loads this
-        run's own checkpoint, which holds it). Its classifier is dropped."""
+        """The base-class episodes of the training set (fold ``method.fold``), and the stage-1 network
+        named by ``method.stage1``, its classifier dropped (training only: evaluation loads this
+        run's own checkpoint, which holds the network)."""
+        self.episodes = source_of(train_set, self.cfg.folds).base_episodes(self.cfg.fold, self.cfg.shots,
+                                                                           seed=self.cfg.episode_seed)  # fmt: skip
         if not self.cfg.stage1:
             return
         ckpt = load_checkpoint(self.cfg.stage1)
@@ -146,6 +165,11 @@ class CWT(nn.Module):
         if trained != "cwt_stage1":
             raise UserError(f"method.stage1={self.cfg.stage1} is a {trained} run, not a cwt_stage1 run; "
                             "name the folder of `contrastlab train cwt_stage1`")  # fmt: skip
+        theirs = {k: ckpt["config"].get("model", {}).get(k) for k in NET_KEYS}
+        differ = [f"model.{k}={theirs[k]} there, {v} here" for k, v in self.model_keys.items() if theirs[k] != v]
+        if differ:
+            raise UserError(f"method.stage1={self.cfg.stage1} built another network ({'; '.join(differ)}); "
+                            "give this recipe the stage-1 run's model section")  # fmt: skip
         state = {k[len("net."):]: v for k, v in ckpt["model"].items()
                  if k.startswith("net.") and not k.startswith("net.classifier.")}  # fmt: skip
         load_weights(self.net, state, self.cfg.stage1)
@@ -188,7 +212,10 @@ class CWT(nn.Module):
         return self.query_logits(support_images, support_masks, query_image)
 
     def forward(self, batch: dict) -> dict:
-        logits = self.query_logits(batch["support_images"], batch["support_masks"], batch["query_image"],
-                                   batch.get("generator"))  # fmt: skip
-        loss = episode_weighted_ce(logits.unsqueeze(1), batch["query_mask"].long().unsqueeze(1), reduction="mean")
+        """One meta-training step on ``optim.batch_size`` base-class episodes (episode ``step * B + b``
+        of the sampler), or on the episodes of ``batch`` when it holds them."""
+        ep = episode_batch(self.episodes, batch, "cwt")
+        logits = self.query_logits(ep["support_images"], ep["support_masks"], ep["query_image"], batch.get("generator"))
+        loss = episode_weighted_ce(logits.unsqueeze(1), ep["query_mask"].long().unsqueeze(1), reduction="mean")
         return {"loss": loss}
+

@@ -23,17 +23,19 @@ b = conv(f * (1 - m)) in a (2 radius + 1)^2 window, over sqrt(C), then conv1x1([
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Literal
+from typing import Literal, Optional
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from ..data.episodes import source_of
 from ..fields import option
 from ..losses.segmentation import dice_ce_loss
 from ..nn.prototypes import cosine_logits, masked_average_pool
 from ..nn.relation import ContextRelationEncoder
 from ..nn.segmentation import UNetFeatures
+from .episodic import episode_batch
 
 
 def _widths_ok(v):
@@ -43,6 +45,10 @@ def _widths_ok(v):
 @dataclass
 class RPNetConfig:
     name: Literal["rpnet"] = "rpnet"
+    fold: int = option(0, ge=0, doc="the fold whose classes are novel (trained on the others)")
+    folds: Optional[int] = option(None, ge=1, doc="folds of the data's classes (null: the set's default)")
+    shots: int = option(1, ge=1, doc="support images of each training episode")
+    episode_seed: int = option(0, unbounded="any integer seed")
     widths: tuple = option((64, 128, 256, 512, 1024), check=_widths_ok, doc="the U-Net's channels per level")
     radius: int = option(5, ge=0, doc="the CRE's correlation window radius (5: 11 x 11)")
     cre_channels: int = option(64, ge=1, doc="channels of the CRE's output")
@@ -55,16 +61,19 @@ class RPNetConfig:
 
 class RPNet(nn.Module):
     Config = RPNetConfig
+    monitor_protocol = "fewshot"  # the periodic check: mIoU of novel-class episodes (eval/fewshot.py)
 
     def __init__(self, cfg):
         super().__init__()
         self.cfg = c = self.Config(**cfg.method)
         self.unet = UNetFeatures(c.widths, norm=cfg.model.norm)
         self.cre = ContextRelationEncoder(self.unet.feature_dim, c.radius, c.cre_channels)
+        self.episodes = None  # the base-class episode sampler, from setup_data
 
-    def monitor(self, train_set, test_set, run_dir, step, device) -> dict:
-        """No periodic check: ``contrastlab eval fewshot RUN`` evaluates a run."""
-        return {}
+    def setup_data(self, train_set) -> None:
+        """The base-class episodes of the training set (fold ``method.fold``)."""
+        self.episodes = source_of(train_set, self.cfg.folds).base_episodes(self.cfg.fold, self.cfg.shots,
+                                                                           seed=self.cfg.episode_seed)  # fmt: skip
 
     def pooled(self, mask):
         """(B, H, W) in [0, 1] -> (B, 1, H / 4, W / 4), the share of each feature cell."""
@@ -125,12 +134,15 @@ class RPNet(nn.Module):
         return F.cross_entropy(sl[keep], target[keep], ignore_index=255)
 
     def forward(self, batch: dict) -> dict:
-        out = self.episode(batch["support_images"], batch["support_masks"], batch["query_image"], self.cfg.t_train)
-        loss_seg = dice_ce_loss(out["logits"], batch["query_mask"].long())
+        """One training step on ``optim.batch_size`` base-class episodes (episode ``step * B + b`` of
+        the sampler), or on the episodes of ``batch`` when it holds them."""
+        ep = episode_batch(self.episodes, batch, "rpnet")
+        out = self.episode(ep["support_images"], ep["support_masks"], ep["query_image"], self.cfg.t_train)
+        loss_seg = dice_ce_loss(out["logits"], ep["query_mask"].long())
         res = {"loss_seg": loss_seg.detach()}
         loss = loss_seg
         if self.cfg.align_weight > 0:
-            loss_align = self.align_loss(out, batch["support_masks"])
+            loss_align = self.align_loss(out, ep["support_masks"])
             loss = loss + self.cfg.align_weight * loss_align
             res["loss_align"] = loss_align.detach()
         res["loss"] = loss

@@ -7,7 +7,6 @@ from .propagation import PixelPropagation, propagation_weights
 from .neighbours import topk_neighbours
 from .pruning import PrunedBranch, magnitude_masks
 from .queue import Queue
-from .prototypes import cosine_logits, masked_average_pool
 from .relation import ContextRelationEncoder, local_correlation
 from .segmentation import PSPNet, PyramidPooling, UNetFeatures
 from .weight_transformer import ClassifierWeightTransformer
@@ -15,5 +14,5 @@ from .weight_transformer import ClassifierWeightTransformer
 __all__ = ["Encoder", "InputNorm", "SmallCNN", "TimmBackbone", "TorchvisionResNet", "build_backbone", "MLPHead", "ConvMLPHead", "magnitude_masks",
            "PrunedBranch", "Queue", "frozen_copy", "momentum_update", "set_requires_grad", "topk_neighbours",
            "MemoryBank", "bank_dots", "KNNGraph", "reachable", "cosine_momentum",
-           "PixelPropagation", "propagation_weights", "cosine_logits", "masked_average_pool", "ContextRelationEncoder",
+           "PixelPropagation", "propagation_weights", "ContextRelationEncoder",
            "local_correlation", "PSPNet", "PyramidPooling", "UNetFeatures", "ClassifierWeightTransformer"]
