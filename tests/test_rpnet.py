@@ -69,7 +69,6 @@ def test_masked_average_pooling_matches_a_loop():
         for c in range(4):
             num = sum(float(f[i, c, y, x]) * float(m[i, y, x]) for y in range(5) for x in range(6))
             assert abs(float(got[i, c]) - num / den) < 1e-10
-    torch.testing.assert_close(masked_average_pool(f, m.unsqueeze(1)), got)
 
 
 def test_cosine_logits_match_a_loop():

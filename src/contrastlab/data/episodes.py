@@ -51,7 +51,7 @@ from .base import TensorImageSet
 IGNORE = 255
 
 __all__ = ["IGNORE", "EpisodeSource", "EpisodeSampler", "episode_generator", "block_folds", "interleaved_folds",
-           "binary_mask", "digit_episode_source", "organ_slices", "OrganSpec", "ORGAN_CLASSES", "episode_source"]
+           "binary_mask", "digit_episode_source", "folds_of", "source_of", "organ_slices", "OrganSpec", "ORGAN_CLASSES", "episode_source"]
 
 
 # --------------------------------------------------------------------------- folds
@@ -254,6 +254,26 @@ def episode_source(image_set, folds: list[list[int]], min_pixels: int = 1) -> Ep
                          min_pixels=min_pixels, where=getattr(image_set, "where", ""))  # fmt: skip
 
 
+def folds_of(image_set, n_folds: int | None = None) -> list[list[int]]:
+    """The class folds of an image set with masks: its ``fold_scheme`` (``blocks``: PASCAL-5i's
+    consecutive classes, the default; ``interleaved``: COCO-20i's) into ``n_folds`` folds (default:
+    the set's ``default_folds``, else 2) of its classes ``1 .. len(mask_classes) - 1``."""
+    names = getattr(image_set, "mask_classes", None)
+    if names is None:
+        raise UserError(f"{getattr(image_set, 'name', 'the data set')} names no mask classes; few-shot folds need them")
+    n = n_folds or getattr(image_set, "default_folds", 2)
+    scheme = getattr(image_set, "fold_scheme", "blocks")
+    make = interleaved_folds if scheme == "interleaved" else block_folds
+    return make(len(names) - 1, n)
+
+
+def source_of(image_set, n_folds: int | None = None, min_pixels: int = 1) -> EpisodeSource:
+    """The episode source of any image set with masks, folded by :func:`folds_of`."""
+    if getattr(image_set, "masks", None) is None:
+        episode_source(image_set, [])  # the one-line error
+    return episode_source(image_set, folds_of(image_set, n_folds), min_pixels)
+
+
 def digit_episode_source(image_set, n_folds: int = 2) -> EpisodeSource:
     """The digit scenes' masks as an episode source: each digit a class (class id ``1 + digit``,
     named by the digit), folds of consecutive digits: 2 folds (default: fold 0 = digits 0-4,
@@ -338,7 +358,7 @@ def organ_slices(spec: OrganSpec | None = None, n_folds: int = 4) -> tuple[Tenso
     label = torch.where(counts.amax(1) > 0, counts.argmax(1) + 1, torch.zeros(len(masks), dtype=torch.long))
     out = TensorImageSet(images.contiguous(), {"label": label, "volume": volumes}, {"label": list(ORGAN_CLASSES)},
                          name=f"organs-seed{spec.seed}", masks=masks, mask_classes=ORGAN_CLASSES)  # fmt: skip
-    out.volumes = volumes
+    out.volumes, out.default_folds, out.fold_scheme = volumes, n_folds, "blocks"
     return out, torch.tensor(block_folds(len(ORGAN_CLASSES) - 1, n_folds))
 
 

@@ -27,6 +27,7 @@ PROTOCOLS = {
     "linear_sgd": "contrastlab.eval.linear_sgd",
     "seg": "contrastlab.eval.seg",
     "translation": "contrastlab.eval.translation",
+    "fewshot": "contrastlab.eval.fewshot",
 }
 
 

@@ -23,6 +23,7 @@ REGISTRY = {
     "pixpro": "contrastlab.methods.pixpro:PixPro",
     "pixcontrast": "contrastlab.methods.pixpro:PixPro",
     "detco": "contrastlab.methods.detco:DetCo",
+    "protoseg": "contrastlab.methods.protoseg:ProtoSeg",
     "cwt_stage1": "contrastlab.methods.cwt:CWTStage1",
     "cwt": "contrastlab.methods.cwt:CWT",
     "rpnet": "contrastlab.methods.rpnet:RPNet",

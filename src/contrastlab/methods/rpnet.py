@@ -32,7 +32,7 @@ import torch.nn.functional as F
 from ..data.episodes import source_of
 from ..fields import option
 from ..losses.segmentation import dice_ce_loss
-from ..nn.prototypes import cosine_logits, masked_average_pool
+from ..nn.prototypes import cosine_logits, episode_prototypes, masked_average_pool
 from ..nn.relation import ContextRelationEncoder
 from ..nn.segmentation import UNetFeatures
 from .episodic import episode_batch
@@ -79,32 +79,22 @@ class RPNet(nn.Module):
         """(B, H, W) in [0, 1] -> (B, 1, H / 4, W / 4), the share of each feature cell."""
         return F.avg_pool2d(mask.unsqueeze(1).float(), self.unet.scale)
 
-    def prototypes(self, f_s, fg, bg):
-        """f_s (E, K, C, h, w), fg / bg (E, K, H, W) -> (E, 2, C): [background, foreground], each
-        averaged over the shots (features upsampled to the masks, as the official getFeatures)."""
-        e, k = fg.shape[:2]
-        up = F.interpolate(f_s.flatten(0, 1), fg.shape[-2:], mode="bilinear")
-        p_fg = masked_average_pool(up, fg.flatten(0, 1)).view(e, k, -1).mean(1)
-        p_bg = masked_average_pool(up, bg.flatten(0, 1)).view(e, k, -1).mean(1)
-        return torch.stack([p_bg, p_fg], dim=1)
-
     def episode(self, support_images, support_masks, query_image, steps: int) -> dict:
         """-> {"logits": the last step's (E, 2, H, W), "steps": each step's logits, "support": S,
         "query": the last Q, "prototypes": (E, 2, C)}."""
         e, k = support_images.shape[:2]
         size = query_image.shape[-2:]
         fg = (support_masks == 1).float()
-        bg = (support_masks == 0).float()
         f_s = self.unet(support_images.flatten(0, 1))
         f_q = self.unet(query_image)
         if self.cfg.init_mask == "support":
             q = (fg.mean(1) > 0.5).float()
         else:
-            raw = self.prototypes(f_s.view(e, k, *f_s.shape[1:]), fg, bg)
+            raw = episode_prototypes(f_s.view(e, k, *f_s.shape[1:]), support_masks)
             init = F.interpolate(cosine_logits(f_q, raw, self.cfg.scale), size, mode="bilinear")
             q = (init.softmax(1)[:, 1] > 0.5).float().detach()
         s = self.cre(f_s, self.pooled(fg.flatten(0, 1)))
-        protos = self.prototypes(s.view(e, k, *s.shape[1:]), fg, bg)
+        protos = episode_prototypes(s.view(e, k, *s.shape[1:]), support_masks)
         steps_out = []
         for _ in range(steps):
             qf = self.cre(f_q, self.pooled(q))
