@@ -190,3 +190,68 @@ def test_bad_options_fail_with_one_line():
         with pytest.raises(ConfigError, match=match) as e:
             cwt_cfg(**{key: val})
         assert "\n" not in str(e.value)
+
+
+# --------------------------------------------------------------------------- the real trainer
+TINY_FS = ["data.n_train=200", "data.n_test=100", "model.width=4", "trainer.threads=1", "trainer.log_every=1",
+           "trainer.knn_every=0"]  # fmt: skip
+
+
+def _train(args, capsys):
+    from contrastlab.cli import main
+
+    assert main(["train", *args]) == 0, capsys.readouterr().err[-2000:]
+
+
+def test_both_stages_train_via_the_trainer_and_stage2_leaves_the_stage1_network_bit_identical(tmp_path, capsys):
+    import json
+
+    from contrastlab.checkpoint import load_checkpoint
+    from contrastlab.cli import main
+    from contrastlab.config import load_config
+
+    s1, s2 = tmp_path / "s1", tmp_path / "s2"
+    _train(["cwt_stage1", *TINY_FS, "method.bottleneck_dim=8", "optim.batch_size=8", "trainer.max_steps=3",
+            f"trainer.out_dir={s1}"], capsys)  # fmt: skip
+    stage2 = [*TINY_FS, "method.bottleneck_dim=8", "method.adapt_steps=5", "optim.batch_size=2", "trainer.max_steps=3",
+              f"method.stage1={s1}"]  # fmt: skip
+    _train(["cwt", *stage2, f"trainer.out_dir={s2}"], capsys)
+    one, two = load_checkpoint(s1)["model"], load_checkpoint(s2)["model"]
+    frozen = [k for k in one if k.startswith("net.") and not k.startswith("net.classifier.")]
+    assert frozen and set(frozen) == {k for k in two if k.startswith("net.")}
+    for k in frozen:  # weights and BatchNorm statistics, bit for bit
+        assert torch.equal(one[k], two[k]), k
+    assert not any(torch.equal(one[k], torch.zeros_like(one[k])) for k in frozen if k.endswith("conv.weight"))
+    # the transformer trained: its weights left their initial values
+    torch.manual_seed(0)
+    init = build_method(load_config("cwt", stage2)).state_dict()
+    assert any(not torch.equal(init[k], two[k]) for k in two if k.startswith("transformer."))
+    rows = (s2 / "metrics.csv").read_text().splitlines()
+    assert len(rows) >= 4 and all(math.isfinite(float(r.split(",")[1])) for r in rows[1:4])
+    capsys.readouterr()
+    assert main(["eval", "fewshot", str(s2), "episodes=4", "batch_size=2", "n_examples=0"]) == 0
+    r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert r["segmenter"] == "cwt" and 0 <= r["miou"] <= 1 and r["episodes"] == 4
+
+
+def test_stage2_refuses_a_run_that_is_not_stage1_and_another_network_with_one_line(tmp_path, capsys):
+    from contrastlab.cli import main
+
+    s1 = tmp_path / "s1"
+    _train(["cwt_stage1", *TINY_FS, "method.bottleneck_dim=8", "optim.batch_size=8", "trainer.max_steps=1",
+            f"trainer.out_dir={s1}"], capsys)  # fmt: skip
+    capsys.readouterr()
+    common = [*TINY_FS, "method.bottleneck_dim=8", "method.adapt_steps=1", "optim.batch_size=2", "trainer.max_steps=1"]
+    assert main(["train", "cwt", *common, "model.width=6", f"method.stage1={s1}", f"trainer.out_dir={tmp_path / 'a'}"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "model.width=4 there, 6 here" in err[-1]
+    assert main(["train", "cwt", *common, f"method.stage1={tmp_path / 'none'}", f"trainer.out_dir={tmp_path / 'b'}"]) != 0
+    assert "does not exist" in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_stage1_refuses_a_class_count_that_is_not_the_datas_with_one_line(tmp_path, capsys):
+    from contrastlab.cli import main
+
+    assert main(["train", "cwt_stage1", *TINY_FS, "method.num_classes=4", "optim.batch_size=8", "trainer.max_steps=1",
+                 f"trainer.out_dir={tmp_path / 'x'}"]) != 0  # fmt: skip
+    assert "set method.num_classes=6" in capsys.readouterr().err.strip().splitlines()[-1]

@@ -190,3 +190,35 @@ def test_bad_options_fail_with_one_line():
         with pytest.raises(ConfigError, match=match) as e:
             tiny_cfg(**{key: val})
         assert "\n" not in str(e.value)
+
+
+# --------------------------------------------------------------------------- the real trainer
+@pytest.mark.parametrize("recipe,extra", [("rpnet", ["data.n_train=200", "data.n_test=100"]), ("rpnet/organs", [])])
+def test_trains_via_the_trainer_and_evaluates_with_eval_fewshot(recipe, extra, tmp_path, capsys):
+    import csv
+    import json
+
+    from contrastlab.checkpoint import load_checkpoint
+    from contrastlab.cli import main
+    from contrastlab.config import load_config
+
+    out = tmp_path / "run"
+    args = [*extra, "method.widths=[4,4,8,8,8]", "method.radius=1", "method.cre_channels=8", "method.t_train=2",
+            "optim.batch_size=2", "trainer.max_steps=3", "trainer.log_every=1", "trainer.threads=1",
+            "trainer.knn_every=0", f"trainer.out_dir={out}"]  # fmt: skip
+    assert main(["train", recipe, *args]) == 0, capsys.readouterr().err[-2000:]
+    with open(out / "metrics.csv", newline="") as f:
+        rows = [r for r in csv.DictReader(f) if r["loss"]]
+    assert len(rows) == 3 and all(math.isfinite(float(r["loss"])) for r in rows)
+    assert {"loss_seg", "loss_align"} <= set(rows[0])
+    torch.manual_seed(0)
+    init = build_method(load_config(recipe, args)).state_dict()
+    trained = load_checkpoint(out)["model"]
+    assert any(not torch.equal(init[k], trained[k]) for k in trained if k.startswith("cre."))
+    assert any(not torch.equal(init[k], trained[k]) for k in trained if k.startswith("unet."))
+    capsys.readouterr()
+    assert main(["eval", "fewshot", str(out), "episodes=4", "batch_size=2", "n_examples=0"]) == 0
+    r = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert r["segmenter"] == "rpnet" and 0 <= r["miou"] <= 1
+    if recipe == "rpnet/organs":
+        assert 0 <= r["dice"] <= 1 and r["novel_classes"] == ["liver"]
