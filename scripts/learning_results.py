@@ -12,7 +12,8 @@ digit accuracy of the translations), dclgan_official (DCLGAN's digits preset vs 
 DCLGAN's choices at the same steps), looc (MoCo vs LooC vs LooC++: linear probes of the digit,
 colour, rotation and quarter turn), invp (InvP vs lambda = 0: kNN and the discovered positives'
 precision over training, kept from each run's metrics.csv), dense (SimCLR, MoCo, PixPro, DetCo:
-kNN and the dense linear probe's mIoU).
+kNN and the dense linear probe's mIoU), fewshot (prototype baseline vs CWT vs RP-Net: mIoU on
+the digit episodes, Dice on the synthetic organs with RP-Net's T = 1 vs 10).
 
 In an override, ``{seed}`` stands for the run's seed: the sdclr_cifar tables train subset k with
 seed k (``data.long_tail_split={seed}``, seeds 1..5), so their summary is the five-subset average;
@@ -180,6 +181,26 @@ TABLES["dense"] = (
     [*DENSE_EVALS, *[(p, [*o, f"features={f}"], ("SimCLR",)) for f in ("random", "pixels") for p, o in DENSE_EVALS
                      if p == "seg"]],
     [0, 1, 2])
+# Few-shot segmentation (issue 18): on the digit episodes (fold 0: digits 0-4 novel, test split, 1000 episodes, 1- and
+# 5-shot) the prototype baseline (protoseg) vs CWT (stage 1, then stage 2 from it) vs RP-Net: mIoU and FB-IoU; on the
+# synthetic organ slices (fold 0: the liver novel) the baseline and RP-Net with T = 10 and T = 1 refinement steps at test
+# (two RP-Net rows: t_test changes nothing in training, so both train the same network): Dice per volume.
+FEWSHOT_EVALS = ("Prototype baseline", "CWT", "RP-Net")
+FEWSHOT_ORGANS = ["data.name=organs", "data.label=label"]
+TABLES["fewshot"] = (
+    "few-shot segmentation: prototype baseline vs CWT vs RP-Net on the digit episodes (novel digits 0-4, 1000 episodes, "
+    "1- and 5-shot: mIoU, FB-IoU), and on the synthetic organ slices (liver novel) the baseline and RP-Net with T = 10 vs "
+    "T = 1 refinement steps at test (Dice per volume)",
+    [("Prototype baseline", "protoseg", []),
+     ("CWT stage 1", "cwt_stage1", []),
+     ("CWT", "cwt", ["method.stage1=runs/results/fewshot/cwt_stage1-CWTstage1-s{seed}"]),
+     ("RP-Net", "rpnet", []),
+     ("Prototype baseline organs", "protoseg", FEWSHOT_ORGANS),
+     ("RP-Net organs T=10", "rpnet/organs", ["method.t_test=10"]),
+     ("RP-Net organs T=1", "rpnet/organs", ["method.t_test=1"])],
+    [("fewshot", ["shots=1"], FEWSHOT_EVALS), ("fewshot", ["shots=5"], FEWSHOT_EVALS),
+     ("fewshot", ["shots=1"], ("Prototype baseline organs", "RP-Net organs T=10", "RP-Net organs T=1"))],
+    [0])
 # columns of a run's metrics.csv kept with each run of a table (the curves its docs plot)
 CURVES = {"invp": ("pos_precision", "hard_pos_precision", "knn_top1", "loss")}
 
@@ -241,7 +262,7 @@ def _scalar_metrics(protocol: str, r: dict) -> dict:
                         out[f"{d}.{k}"] = v
         return out
     names = {"top1": "top1", "top5": "top5", "many": "many", "medium": "medium", "few": "few", "std": "per_class_std",
-             "group_std": "group_std", "miou": "miou", "pixel_acc": "pixel_acc"}  # fmt: skip
+             "group_std": "group_std", "miou": "miou", "pixel_acc": "pixel_acc", "fb_iou": "fb_iou", "dice": "dice"}  # fmt: skip
     return {names[k]: v for k, v in r.items() if k in names and isinstance(v, (int, float))}
 
 
