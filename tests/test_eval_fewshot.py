@@ -147,15 +147,18 @@ def test_protoseg_loss_is_query_ce_plus_alignment(tiny):
     q_loss = F.cross_entropy(logits, q_mask, ignore_index=255)
     pred = logits.argmax(1)
     qp = torch.stack([masked_average_pool(fq, (pred == j).float()) for j in range(2)], 1)  # (B, 2, C)
-    align = 0.0
-    n_valid = 0
-    for j in range(2):
-        sl = F.interpolate(20 * torch.stack([F.cosine_similarity(fs[:, j], qp[:, i, :, None, None], dim=1) for i in range(2)], 1),
-                           size=(32, 32), mode="bilinear", align_corners=False)  # fmt: skip
-        nll = F.cross_entropy(sl, s_mask[:, j], ignore_index=255, reduction="sum")
-        align = align + nll
-        n_valid += int((s_mask[:, j] != 255).sum())
-    want = q_loss + align / n_valid
+    per_episode, kept = [], []
+    for e in range(b):
+        shots = []
+        for j in range(2):
+            sl = F.interpolate(20 * torch.stack([F.cosine_similarity(fs[e : e + 1, j], qp[e : e + 1, i, :, None, None], dim=1)
+                                                 for i in range(2)], 1), size=(32, 32), mode="bilinear", align_corners=False)  # fmt: skip
+            shots.append(F.cross_entropy(sl, s_mask[e : e + 1, j], ignore_index=255))
+        per_episode.append(sum(shots) / 2)
+        kept.append(bool((pred[e] == 1).any()))
+    assert any(kept)
+    align = sum(v for v, keep in zip(per_episode, kept) if keep) / sum(kept)
+    want = q_loss + align
     assert float(out["loss"].detach()) == pytest.approx(float(want.detach()), rel=1e-4)
     assert float(out["query_loss"]) == pytest.approx(float(q_loss.detach()), rel=1e-4)
 

@@ -10,8 +10,11 @@ Training on the base classes of ``fold`` (meta-training, PANet section 3): each 
 (episode ``step * B + b`` of the sequence ``seed``: a function of the step alone) and minimises
 the query's cross-entropy (pixels valued 255 ignored) plus ``align_weight`` times PANet's
 prototype alignment loss (PAR: prototypes from the query under its predicted mask segment the
-supports, cross-entropy against the support masks). With ``align_weight=0`` the loss is the
-query's cross-entropy alone.
+supports, cross-entropy against the support masks: each support's mean over its pixels, the mean
+over the shots, the mean over the episodes whose query has some predicted foreground, as PANet's
+``models/fewshot.py`` ``alignLoss``). With ``align_weight=0`` the loss is the query's cross-entropy
+alone. The official code draws one episode a step (batch 1); here a step's episodes share the
+mean.
 
 Without training, the same segmenter runs on any run's frozen encoder
 (``contrastlab eval fewshot RUN`` on a SimCLR / MoCo / PixPro run)."""
@@ -85,7 +88,12 @@ class ProtoSeg(nn.Module):
             pred = logits.argmax(1).detach()
             q_protos = episode_prototypes(fq[:, None], pred[:, None])  # (B, 2, C)
             s_logits = seg.logits(fs, q_protos.repeat_interleave(k, 0), s_img.shape[-2:])
-            align = F.cross_entropy(s_logits, s_mask.flatten(0, 1), ignore_index=IGNORE)
+            nll = F.cross_entropy(s_logits, s_mask.flatten(0, 1), ignore_index=IGNORE, reduction="none")
+            valid = (s_mask.flatten(0, 1) != IGNORE).flatten(1).sum(1).clamp_min(1)
+            per_shot = nll.flatten(1).sum(1) / valid  # each support's mean, as the official code's per-shot CE
+            per_episode = per_shot.view(b, k).mean(1)
+            keep = (pred == 1).flatten(1).any(1)  # episodes whose query has no predicted foreground are skipped
+            align = (per_episode * keep).sum() / keep.sum().clamp_min(1)
             out["loss"] = query_loss + self.cfg.align_weight * align
             out["align_loss"] = align.detach()
         with torch.no_grad():
