@@ -237,6 +237,13 @@ def test_baseline_on_a_simclr_encoder_and_organs(tiny, tmp_path, capsys):
     r = _last_json(capsys)
     assert r["novel_classes"] == ["left_kidney"] and r["data"] == "organs"
     assert 0 <= r["dice"] <= 1 and r["per_volume_dice"] and all(k.endswith("/left_kidney") for k in r["per_volume_dice"])
+    # encoder_from: ProtoSeg's meta-training starts from the SimCLR run's encoder
+    from contrastlab.checkpoint import load_checkpoint
+
+    _, method = _protoseg(tiny, f"method.encoder_from={out}")
+    state = load_checkpoint(out)["model"]
+    for k, v in method.encoder.state_dict().items():
+        assert torch.equal(v, state[f"encoder.{k}"]), k
 
 
 def test_eval_errors_are_one_line(tiny, tmp_path, capsys):
