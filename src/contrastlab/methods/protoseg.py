@@ -10,11 +10,15 @@ Training on the base classes of ``fold`` (meta-training, PANet section 3): each 
 (episode ``step * B + b`` of the sequence ``seed``: a function of the step alone) and minimises
 the query's cross-entropy (pixels valued 255 ignored) plus ``align_weight`` times PANet's
 prototype alignment loss (PAR: prototypes from the query under its predicted mask segment the
-supports, cross-entropy against the support masks). With ``align_weight=0`` the loss is the
-query's cross-entropy alone.
+supports, cross-entropy against the support masks: each support's mean over its pixels, the mean
+over the shots, the mean over the episodes whose query has some predicted foreground, as PANet's
+``models/fewshot.py`` ``alignLoss``). With ``align_weight=0`` the loss is the query's cross-entropy
+alone. The official code draws one episode a step (batch 1); here a step's episodes share the
+mean.
 
 Without training, the same segmenter runs on any run's frozen encoder
-(``contrastlab eval fewshot RUN`` on a SimCLR / MoCo / PixPro run)."""
+(``contrastlab eval fewshot RUN`` on a SimCLR / MoCo / PixPro run); ``encoder_from=RUN`` starts the
+meta-training from such a run's encoder."""
 from __future__ import annotations
 
 from dataclasses import dataclass
@@ -25,7 +29,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 from ..data.episodes import IGNORE, source_of
-from ..errors import ConfigError
+from ..errors import ConfigError, UserError
 from ..fields import option
 from ..nn.prototypes import PrototypeSegmenter, episode_prototypes
 from .common import build_encoder
@@ -41,6 +45,9 @@ class ProtoSegConfig:
     stage: int = option(-1, ge=-1, le=3, doc="the encoder stage whose map is used (-1: the final map)")
     align_weight: float = option(1.0, ge=0, doc="weight of PANet's prototype alignment loss (PAR)")
     episode_seed: int = option(0, unbounded="any integer seed")
+    # a run (folder or checkpoint) whose encoder initialises this one before training (e.g. a SimCLR / MoCo /
+    # PixPro run of the same model section): meta-training starts from self-supervised features; null: random init
+    encoder_from: Optional[str] = None
 
     @classmethod
     def check(cls, cfg) -> None:
@@ -61,8 +68,20 @@ class ProtoSeg(nn.Module):
         self.episodes = None  # the base-class episode sampler, from setup_data
 
     def setup_data(self, train_set) -> None:
+        if self.cfg.encoder_from:
+            self.load_encoder(self.cfg.encoder_from)
         source = source_of(train_set, self.cfg.folds)
         self.episodes = source.base_episodes(self.cfg.fold, self.cfg.shots, seed=self.cfg.episode_seed)
+
+    def load_encoder(self, path: str) -> None:
+        """The ``encoder.*`` weights of another run's checkpoint (strict: the same ``model:`` section)."""
+        from ..checkpoint import load_checkpoint, load_weights
+
+        state = load_checkpoint(path)["model"]
+        enc = {k[len("encoder."):]: v for k, v in state.items() if k.startswith("encoder.")}
+        if not enc:
+            raise UserError(f"method.encoder_from={path}: that run has no encoder weights (a translation run?)")
+        load_weights(self.encoder, enc, path)
 
     def segment_episode(self, support_images, support_masks, query_image):
         return self.segmenter.segment_episode(support_images, support_masks, query_image)
@@ -85,7 +104,12 @@ class ProtoSeg(nn.Module):
             pred = logits.argmax(1).detach()
             q_protos = episode_prototypes(fq[:, None], pred[:, None])  # (B, 2, C)
             s_logits = seg.logits(fs, q_protos.repeat_interleave(k, 0), s_img.shape[-2:])
-            align = F.cross_entropy(s_logits, s_mask.flatten(0, 1), ignore_index=IGNORE)
+            nll = F.cross_entropy(s_logits, s_mask.flatten(0, 1), ignore_index=IGNORE, reduction="none")
+            valid = (s_mask.flatten(0, 1) != IGNORE).flatten(1).sum(1).clamp_min(1)
+            per_shot = nll.flatten(1).sum(1) / valid  # each support's mean, as the official code's per-shot CE
+            per_episode = per_shot.view(b, k).mean(1)
+            keep = (pred == 1).flatten(1).any(1)  # episodes whose query has no predicted foreground are skipped
+            align = (per_episode * keep).sum() / keep.sum().clamp_min(1)
             out["loss"] = query_loss + self.cfg.align_weight * align
             out["align_loss"] = align.detach()
         with torch.no_grad():
