@@ -255,3 +255,41 @@ def test_stage1_refuses_a_class_count_that_is_not_the_datas_with_one_line(tmp_pa
     assert main(["train", "cwt_stage1", *TINY_FS, "method.num_classes=4", "optim.batch_size=8", "trainer.max_steps=1",
                  f"trainer.out_dir={tmp_path / 'x'}"]) != 0  # fmt: skip
     assert "set method.num_classes=6" in capsys.readouterr().err.strip().splitlines()[-1]
+
+
+def test_stage1_steps_draw_the_base_view_and_minimise_its_cross_entropy():
+    from contrastlab.config import load_config
+    from contrastlab.data import build_datasets
+    from contrastlab.data.episodes import source_of
+
+    cfg = load_config("cwt_stage1", ["data.n_train=120", "data.n_test=40", "model.width=4", "method.bottleneck_dim=8",
+                                     "trainer.max_steps=2"])  # fmt: skip
+    train, _ = build_datasets(cfg.data)
+    m = build_method(cfg).eval()
+    m.setup_data(train)
+    base = source_of(train).base_view(0)
+    images, masks = m.draw(3, 4)
+    perm = torch.randperm(len(base), generator=torch.Generator().manual_seed(0 * 7_777 + 3 // (len(base) // 4)))
+    idx = perm[(3 % (len(base) // 4)) * 4:(3 % (len(base) // 4)) * 4 + 4]
+    assert torch.equal(images, base.images[idx]) and torch.equal(masks, base.masks[idx].long())
+    assert set(masks.unique().tolist()) <= set(range(6)) | {255}
+    with torch.no_grad():
+        out = m({"images": images, "masks": masks})
+        ref = torch.nn.functional.cross_entropy(m.net(images.float() / 255), masks, ignore_index=255)
+        drawn = m({"images": torch.zeros(4, 3, 32, 32, dtype=torch.uint8), "step": 3})
+    assert torch.allclose(out["loss"], ref) and torch.allclose(drawn["loss"], ref)
+
+
+def test_a_training_step_takes_the_samplers_episodes_of_its_step():
+    from contrastlab.methods.episodic import episode_batch
+
+    class Sampler:
+        def batch(self, indices):
+            return {"query_image": torch.tensor(list(indices), dtype=torch.float)}
+
+    got = episode_batch(Sampler(), {"images": torch.zeros(3, 3, 4, 4), "step": 5}, "x")
+    assert got["query_image"].tolist() == [15.0, 16.0, 17.0]
+    own = {"support_images": torch.zeros(1)}
+    assert episode_batch(None, own, "x") is own
+    with pytest.raises(RuntimeError, match="setup_data"):
+        episode_batch(None, {"images": torch.zeros(1, 3, 4, 4)}, "x")

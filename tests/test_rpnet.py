@@ -222,3 +222,38 @@ def test_trains_via_the_trainer_and_evaluates_with_eval_fewshot(recipe, extra, t
     assert r["segmenter"] == "rpnet" and 0 <= r["miou"] <= 1
     if recipe == "rpnet/organs":
         assert 0 <= r["dice"] <= 1 and r["novel_classes"] == ["liver"]
+
+
+def test_align_loss_matches_an_episode_by_episode_recomputation():
+    """PANet's alignment: prototypes of the last Q under the predicted query mask (argmax at Q's size), 20 x cosine
+    on each support's S, CE against the support masks, over the episodes whose prediction has foreground."""
+    import torch.nn.functional as F
+
+    torch.manual_seed(1)
+    m = build_method(tiny_cfg()).double().eval()
+    b = episode_batch(e=3, k=2)
+    b = {k: (v.double() if v.is_floating_point() else v) for k, v in b.items()}
+    with torch.no_grad():
+        out = m.episode(b["support_images"], b["support_masks"], b["query_image"], 2)
+        got = m.align_loss(out, b["support_masks"])
+    q, s = out["query"], out["support"].view(3, 2, *out["support"].shape[1:])
+    pred = F.interpolate(out["logits"], q.shape[-2:], mode="bilinear").argmax(1)
+    num, den = 0.0, 0
+    for e in range(3):
+        if not (pred[e] == 1).any():
+            continue
+        protos = []
+        for j in (0, 1):
+            w = (pred[e] == j).double()
+            protos.append((q[e] * w).sum((1, 2)) / (w.sum() + 1e-5))
+        for k in range(2):
+            up = F.interpolate(torch.stack([20 * F.cosine_similarity(s[e, k], p[:, None, None], dim=0) for p in protos])[None],
+                               (16, 16), mode="bilinear")[0]
+            for y in range(16):
+                for x in range(16):
+                    t = int(b["support_masks"][e, k, y, x])
+                    if t == 255:
+                        continue
+                    num += float(torch.logsumexp(up[:, y, x], 0) - up[t, y, x])
+                    den += 1
+    assert den > 0 and abs(float(got) - num / den) < 1e-6
