@@ -293,3 +293,30 @@ def test_a_training_step_takes_the_samplers_episodes_of_its_step():
     assert episode_batch(None, own, "x") is own
     with pytest.raises(RuntimeError, match="setup_data"):
         episode_batch(None, {"images": torch.zeros(1, 3, 4, 4)}, "x")
+
+
+def test_pspnet_features_and_logits_sizes():
+    from contrastlab.nn import Encoder, SmallCNN
+
+    net = PSPNet(Encoder(SmallCNN(4)), 5, (1, 2), 8).eval()
+    x = torch.rand(2, 3, 32, 32)
+    assert net.features(x).shape == (2, 8, 4, 4) and net(x).shape == (2, 5, 32, 32)
+    with pytest.raises(RuntimeError, match="no classifier"):
+        PSPNet(Encoder(SmallCNN(4)), None, (1, 2), 8)(x)
+
+
+def test_query_logits_are_the_updated_weights_on_the_normalised_query_features():
+    import torch.nn.functional as F
+
+    torch.manual_seed(0)
+    m = build_method(cwt_cfg(adapt_steps=0)).eval()
+    b = episode_batch()
+    with torch.no_grad():
+        got = m.query_logits(b["support_images"], b["support_masks"], b["query_image"], torch.Generator().manual_seed(3))
+        w0 = (torch.rand(2, 2, 8, generator=torch.Generator().manual_seed(3)) * 2 - 1) * 8 ** -0.5
+        f_q = m.net.features(b["query_image"])
+        f_q = f_q / f_q.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        w = m.transformer(w0, f_q)
+        want = torch.stack([torch.stack([(w[e, p][:, None, None] * f_q[e]).sum(0) for p in range(2)]) for e in range(2)])
+        want = F.interpolate(want, (32, 32), mode="bilinear", align_corners=True)
+    torch.testing.assert_close(got, want)
