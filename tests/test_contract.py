@@ -9,7 +9,7 @@ import inspect
 import typing
 
 from contrastlab.methods.contract import (Encodes, Method, Monitors, OptimizesItself, Translates, encodes, monitors,
-                                          optimizes_itself, translates)
+                                          optimizes_itself, segments_episodes, translates)
 
 TINY = {
     "simclr": ("simclr", ["model.width=4", "model.depth=1"]),
@@ -23,7 +23,13 @@ TINY = {
     "pixpro": ("pixpro", ["model.width=4", "model.depth=1"]),
     "pixcontrast": ("pixcontrast", ["model.width=4", "model.depth=1"]),
     "detco": ("detco", ["model.width=4", "model.depth=1", "method.queue_size=64"]),
+    "protoseg": ("protoseg", ["model.width=4", "model.depth=1"]),
+    "cwt_stage1": ("cwt_stage1", ["model.width=4", "method.bottleneck_dim=8"]),
+    "cwt": ("cwt", ["model.width=4", "method.bottleneck_dim=8", "method.heads=1"]),
+    "rpnet": ("rpnet", ["method.widths=[4,4,8,8,8]", "method.cre_channels=8"]),
 }
+FEWSHOT = ("protoseg", "cwt_stage1", "cwt", "rpnet")
+NO_ENCODER = ("cwt_stage1", "cwt", "rpnet")  # segmentation networks, no pooled encoder for kNN / linear probes  # methods that segment few-shot episodes (and are monitored by eval fewshot)
 
 
 def test_every_registered_method_is_covered_here():
@@ -37,12 +43,13 @@ def test_each_method_meets_the_contract(name):
     assert isinstance(method, Method) and method_class(name).Config is type(method).Config
     is_gan = name in ("cut", "dclgan", "simdcl")
     assert translates(method) == is_gan
-    assert encodes(method) == (not is_gan)
+    assert encodes(method) == (not is_gan and name not in NO_ENCODER)
     assert isinstance(method, OptimizesItself) == optimizes_itself(method) == is_gan
     if is_gan:
         assert set(method.translators()) <= {"AtoB", "BtoA"} and "AtoB" in method.translators()
     assert not monitors(method)  # none has its own monitor today: each uses a protocol's
-    expected = protocol("translation" if is_gan else "knn").monitor
+    assert segments_episodes(method) == (name in FEWSHOT)
+    expected = protocol("translation" if is_gan else "fewshot" if name in FEWSHOT else "knn").monitor
     assert monitor_for(method) is expected
 
 
@@ -61,11 +68,12 @@ def test_the_checks_hold_under_static_attribute_lookup(name, monkeypatch):
     Here typing's attribute test is made static as in 3.12; the contract's checks must not change."""
     recipe, overrides = TINY[name]
     method = build_method(load_config(recipe, overrides))
-    before = (encodes(method), translates(method), monitors(method), optimizes_itself(method))
+    before = (encodes(method), translates(method), monitors(method), optimizes_itself(method), segments_episodes(method))
     monkeypatch.setattr(typing, "hasattr", _static_hasattr, raising=False)  # 3.11's check calls hasattr
     if "encoder" in method._modules:  # a submodule (LooC's encoder is a property, which static lookup sees)
         assert not isinstance(method, Encodes)  # what 3.12 does (and why the checks are functions)
-    assert (encodes(method), translates(method), monitors(method), optimizes_itself(method)) == before
+    assert (encodes(method), translates(method), monitors(method), optimizes_itself(method),
+            segments_episodes(method)) == before
 
 
 def test_a_method_with_its_own_monitor_gets_it():

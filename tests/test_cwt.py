@@ -278,6 +278,17 @@ def test_stage1_steps_draw_the_base_view_and_minimise_its_cross_entropy():
         ref = torch.nn.functional.cross_entropy(m.net(images.float() / 255), masks, ignore_index=255)
         drawn = m({"images": torch.zeros(4, 3, 32, 32, dtype=torch.uint8), "step": 3})
     assert torch.allclose(out["loss"], ref) and torch.allclose(drawn["loss"], ref)
+    # stage 1 alone segments episodes as a prototype segmenter of its features
+    sup, smask = images[:2].unsqueeze(1).float() / 255, (masks[:2] == 1).long().unsqueeze(1)
+    with torch.no_grad():
+        logits = m.segment_episode(sup, smask, images[2:].float() / 255)
+        f = m.net.features(images.float() / 255)
+    fg = torch.nn.functional.interpolate(f[:2], (32, 32), mode="bilinear")
+    w = smask[:, 0, None].float()
+    proto = (fg * w).sum((2, 3)) / (w.sum((2, 3)) + 1e-5)
+    cos = torch.nn.functional.cosine_similarity(f[2:], proto[:, :, None, None], dim=1)
+    want = torch.nn.functional.interpolate((20 * cos)[:, None], (32, 32), mode="bilinear")[:, 0]
+    assert logits.shape == (2, 2, 32, 32) and torch.allclose(logits[:, 1], want, atol=1e-5)
 
 
 def test_a_training_step_takes_the_samplers_episodes_of_its_step():

@@ -256,3 +256,56 @@ def test_eval_errors_are_one_line(tiny, tmp_path, capsys):
         assert main(["eval", "fewshot", str(out), "episodes=5", *args]) != 0
         err = capsys.readouterr().err.strip()
         assert text in err and len(err.splitlines()) == 1, err
+
+
+def _colour_source():
+    """Each class a colour of its own: class c's pixels are (c / 8, 1 - c / 8, 0.5), background black."""
+    from contrastlab.data.episodes import EpisodeSource
+
+    n, s = 12, 8
+    g = torch.Generator().manual_seed(4)
+    masks = torch.zeros(n, s, s, dtype=torch.uint8)
+    for i in range(n):
+        c = 1 + i % 3
+        y, x = (int(v) for v in torch.randint(0, s - 3, (2,), generator=g))
+        masks[i, y : y + 3, x : x + 3] = c
+    masks[:, 0, 0] = 255
+    col = torch.zeros(4, 3)
+    for c in range(1, 4):
+        col[c] = torch.tensor([c / 8, 1 - c / 8, 0.5])
+    images = (col[masks.long().clamp(max=3)].permute(0, 3, 1, 2) * 255).round().to(torch.uint8)
+    return EpisodeSource(images, masks, ["bg", "a", "b", "c"], [[1], [2], [3]], name="colours")
+
+
+def test_evaluate_episodes_scores_a_perfect_and_an_inverted_segmenter():
+    from contrastlab.eval.fewshot import evaluate_episodes
+
+    src = _colour_source()
+    sampler = src.sampler([1, 2, 3], 2, seed=0)
+    scores, ex = evaluate_episodes(PrototypeSegmenter(_Pixels()), sampler, 12, batch_size=5, keep=3)
+    r = scores.result()
+    assert r["miou"] == pytest.approx(1.0) and r["fb_iou"] == pytest.approx(1.0)
+    assert ex["pred"].shape == (3, 8, 8) and torch.equal(ex["query_index"], sampler.batch(range(3))["query_index"])
+
+    class Inverted(torch.nn.Module):
+        def segment_episode(self, s, m, q):
+            return -PrototypeSegmenter(_Pixels()).segment_episode(s, m, q)
+
+    r = evaluate_episodes(Inverted(), sampler, 12, batch_size=5)[0].result()
+    # every class pixel predicted background; black pixels (cosine 0 to both prototypes: a tie) stay background
+    assert r["miou"] == pytest.approx(0.0) and r["fg_iou"] == pytest.approx(0.0) and r["fb_iou"] < 0.5
+
+
+def test_episode_picture_tints_the_masks():
+    from contrastlab.report.pictures import episode_picture, overlay
+
+    img = torch.full((3, 4, 4), 100, dtype=torch.uint8)
+    m = torch.zeros(4, 4, dtype=torch.long)
+    m[1, 1], m[0, 0] = 1, 255
+    o = overlay(img, m)
+    assert o.shape == (4, 4, 3) and o[2, 2].tolist() == [100, 100, 100]
+    assert o[1, 1, 0] > 100 and o[1, 1, 1] < 100  # red tint
+    assert o[0, 0].tolist() == [130, 130, 130]  # ignore: halfway to grey 160
+    pic = episode_picture(img[None, None].expand(2, 3, 3, 4, 4), m[None, None].expand(2, 3, 4, 4), img[None].expand(2, 3, 4, 4),
+                          m[None].expand(2, 4, 4), m[None].expand(2, 4, 4), row_names=["a", "b"])  # fmt: skip
+    assert pic["grid"].shape[0] == 2 * (64 + 4) + 4 and pic["row_names"] == ["a", "b"]

@@ -101,8 +101,9 @@ def evaluate_episodes(segmenter, sampler, n_episodes: int, batch_size: int = 50,
                                 f"expected (B, 2, H, W) = {(b, 2, h, w)}")  # fmt: skip
             pred = logits.argmax(1).cpu()
             scores.add(pred, ep["query_mask"], ep["class_id"], ep["volume"] if has_volumes else None)
-            if len(kept) < keep:
-                kept.append({**{k: v[: keep - len(kept)] for k, v in ep.items()}, "pred": pred[: keep - len(kept)]})
+            n_kept = sum(len(e["pred"]) for e in kept)
+            if n_kept < keep:
+                kept.append({**{k: v[: keep - n_kept] for k, v in ep.items()}, "pred": pred[: keep - n_kept]})
     finally:
         segmenter.train(was)
     examples = None

@@ -38,6 +38,7 @@ from ..data.episodes import IGNORE, source_of
 from ..errors import ConfigError, UserError
 from ..fields import option
 from ..losses.segmentation import episode_weighted_ce
+from ..nn.prototypes import cosine_logits, episode_prototypes
 from ..nn.segmentation import PSPNet
 from ..nn.weight_transformer import ClassifierWeightTransformer
 from .common import build_encoder
@@ -107,6 +108,14 @@ class CWTStage1(nn.Module):
                               f"{getattr(train_set, 'name', 'the training set')} has {len(base.mask_classes)} classes with "
                               f"the background; set method.num_classes={len(base.mask_classes)}")  # fmt: skip
         self.base = base
+
+    def segment_episode(self, support_images, support_masks, query_image) -> torch.Tensor:
+        """Stage 1 alone, as a prototype segmenter of its features (masked average pooling, 20 x cosine):
+        the reference that stage 2's classifiers and transformer improve on (``eval fewshot`` on a stage-1 run)."""
+        e, k = support_images.shape[:2]
+        f = self.net.features(torch.cat([support_images.flatten(0, 1), query_image])).float()
+        protos = episode_prototypes(f[: e * k].unflatten(0, (e, k)), support_masks)
+        return F.interpolate(cosine_logits(f[e * k:], protos), query_image.shape[-2:], mode="bilinear")
 
     def draw(self, step: int, b: int):
         """The images and masks of a step: epoch e of the base view is a permutation seeded by
