@@ -10,7 +10,7 @@ def test_every_recipe_loads():
     for name in names:
         cfg = load_config(name)
         assert cfg.method["name"] in ("simclr", "moco", "cut", "dclgan", "simdcl", "looc", "looc_pp", "invp", "pixpro",
-                                      "pixcontrast", "detco")
+                                      "pixcontrast", "detco", "protoseg")
         # the recipe's folder names its method (named seed methods are recipes over the core's axes)
         assert name.split("/")[0] == cfg.method["name"] or cfg.method["name"] in ("simclr", "moco")
 
