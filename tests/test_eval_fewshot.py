@@ -311,7 +311,7 @@ def test_episode_picture_tints_the_masks():
     m = torch.zeros(4, 4, dtype=torch.long)
     m[1, 1], m[0, 0] = 1, 255
     o = overlay(img, m)
-    assert o.shape == (4, 4, 3) and o[2, 2].tolist() == [100, 100, 100]
+    assert o.shape == (4, 4, 3) and o[2, 2].tolist() == [35, 35, 35]  # outside the mask: dimmed
     assert o[1, 1, 0] > 100 and o[1, 1, 1] < 100  # red tint
     assert o[0, 0].tolist() == [130, 130, 130]  # ignore: halfway to grey 160
     pic = episode_picture(img[None, None].expand(2, 3, 3, 4, 4), m[None, None].expand(2, 3, 4, 4), img[None].expand(2, 3, 4, 4),
