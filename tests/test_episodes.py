@@ -359,3 +359,12 @@ def test_medical_errors_name_the_file(tmp_path):
     np.save(tmp_path / "label_2.npy", np.zeros((12, 12, 6)))
     with pytest.raises(UserError, match="image_3.nii is not a NIfTI-1 file"):
         build_datasets(_dcfg("slices", tmp_path))
+
+
+def test_pixel_counts_over_several_chunks():
+    g = torch.Generator().manual_seed(0)
+    m = torch.randint(0, 4, (600, 5, 5), generator=g).to(torch.uint8)
+    m[:, 0, 0] = 255
+    src = EpisodeSource(torch.zeros(600, 3, 5, 5, dtype=torch.uint8), m, ["a", "b", "c", "d"], [[1], [2], [3]])
+    for i in (0, 255, 256, 599):
+        assert src.pixel_counts[i].tolist() == [sum(int(v == c) for v in m[i].flatten().tolist()) for c in range(4)]

@@ -112,13 +112,14 @@ class EpisodeSource:
         self.name, self.files, self.where = name, files, where or name
         self.volumes = None if volumes is None else torch.as_tensor(volumes, dtype=torch.long)
         self.min_pixels = int(min_pixels)
-        # pixels of each class in each image: (N, C + 1)
-        m = self.masks.long().flatten(1)
-        m = torch.where(m == IGNORE, self.n_classes + 1, m)
-        if m.numel() and int(m.max()) > self.n_classes + 1:
-            raise ValueError(f"mask values above {self.n_classes} (other than {IGNORE})")
-        counts = torch.zeros(m.shape[0], self.n_classes + 2, dtype=torch.long)
-        counts.scatter_add_(1, m, torch.ones_like(m))
+        # pixels of each class in each image: (N, C + 1), counted 256 images at a time (bounded memory)
+        counts = torch.zeros(self.masks.shape[0], self.n_classes + 2, dtype=torch.long)
+        for s in range(0, self.masks.shape[0], 256):
+            m = self.masks[s : s + 256].long().flatten(1)
+            m = torch.where(m == IGNORE, self.n_classes + 1, m)
+            if m.numel() and int(m.max()) > self.n_classes + 1:
+                raise ValueError(f"mask values above {self.n_classes} (other than {IGNORE})")
+            counts[s : s + 256].scatter_add_(1, m, torch.ones_like(m))
         self.pixel_counts = counts[:, : self.n_classes + 1]
 
     def __len__(self):
