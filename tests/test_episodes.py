@@ -207,7 +207,8 @@ def test_pascal5i_layout_reads_masks_folds_and_episodes(tmp_path):
     assert src.novel_classes(1) == [6, 7, 8, 9, 10]
     ep = src.sampler([6], 2, seed=0).batch(range(3))  # class 6 (bus) has 3 images: 2 supports + 1 query
     assert (ep["class_id"] == 6).all() and int((ep["query_mask"] == 255).sum()) == 3 * 12
-    base = src.base_view(1)  # fold 1 novel: class 6 -> background; base [1..5, 11..20] -> 1..15 (20 -> 15)
+    assert torch.equal(src.base_view(1).masks, src.base_view(1, novel="ignore").masks)  # the default
+    base = src.base_view(1, novel="background")  # fold 1 novel: class 6 -> 0; base [1..5, 11..20] -> 1..15 (20 -> 15)
     for j, i in enumerate(base.labels["index"].tolist()):
         orig = src.masks[i]
         assert (base.masks[j][orig == 6] == 0).all() and (base.masks[j][orig == 20] == 15).all()

@@ -28,11 +28,13 @@ A batch of episodes (:meth:`EpisodeSampler.batch`) is the layout every few-shot 
 
 The base-class view (:meth:`EpisodeSource.base_view`) re-codes the masks for stage-1 training on
 fold ``i``: base classes become ``1 .. len(base)`` in increasing class-id order, 255 stays 255,
-and the novel classes become background (0) by default (``novel="background"``), as in the
-training data of PFENet / RePRI / CWT, where the novel objects stay in the training images and are
-labelled background (the images are not removed); ``novel="ignore"`` marks them 255 instead, so
-that no loss pushes a novel object towards background (a stricter variant: the network then never
-sees the novel pixels as anything). Images without any base-class pixel are dropped from the view.
+and the novel classes become ignore (255) by default (``novel="ignore"``), as in the stage-1
+training data of RePRI, on whose code CWT's is built (CWT's README; mboudiaf/RePRI-for-Few-Shot-Segmentation,
+``src/dataset/dataset.py`` lines 144-159: the classes of an image outside the training class list are
+set to 255): the novel objects stay in the training images, but no loss pushes them towards
+background, so that the network has not learnt to suppress the classes it is tested on.
+``novel="background"`` labels them 0 instead (the network then learns them as background, which
+the few-shot literature counts as a leak of the novel classes into training). Images without any base-class pixel are dropped from the view.
 
 Embedded sources: :func:`digit_episode_source` (the digit scenes' masks, each digit a class,
 folds of digits) and :func:`organ_slices` (a synthetic "organ" set of 2-D slices through
@@ -165,10 +167,10 @@ class EpisodeSource:
         """Meta-training episodes: the base classes of ``fold``."""
         return EpisodeSampler(self, self.base_classes(fold), shots, seed)
 
-    def base_view(self, fold: int, novel: str = "background") -> TensorImageSet:
+    def base_view(self, fold: int, novel: str = "ignore") -> TensorImageSet:
         """The images with at least one base-class pixel, masks re-coded to the base classes of
-        ``fold`` (``1 .. len(base)``; novel classes to 0 or, ``novel="ignore"``, 255; see the module
-        docstring). ``mask_classes``: background and the base classes' names; ``index`` label: the
+        ``fold`` (``1 .. len(base)``; novel classes to 255 or, ``novel="background"``, 0; see the
+        module docstring). ``mask_classes``: background and the base classes' names; ``index`` label: the
         image's index in the source."""
         if novel not in ("background", "ignore"):
             raise UserError(f"novel={novel!r}: novel classes become 'background' or 'ignore'")
