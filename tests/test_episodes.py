@@ -207,7 +207,8 @@ def test_pascal5i_layout_reads_masks_folds_and_episodes(tmp_path):
     assert src.novel_classes(1) == [6, 7, 8, 9, 10]
     ep = src.sampler([6], 2, seed=0).batch(range(3))  # class 6 (bus) has 3 images: 2 supports + 1 query
     assert (ep["class_id"] == 6).all() and int((ep["query_mask"] == 255).sum()) == 3 * 12
-    base = src.base_view(1)  # fold 1 novel: class 6 -> background; base [1..5, 11..20] -> 1..15 (20 -> 15)
+    assert torch.equal(src.base_view(1).masks, src.base_view(1, novel="ignore").masks)  # the default
+    base = src.base_view(1, novel="background")  # fold 1 novel: class 6 -> 0; base [1..5, 11..20] -> 1..15 (20 -> 15)
     for j, i in enumerate(base.labels["index"].tolist()):
         orig = src.masks[i]
         assert (base.masks[j][orig == 6] == 0).all() and (base.masks[j][orig == 20] == 15).all()
@@ -359,3 +360,12 @@ def test_medical_errors_name_the_file(tmp_path):
     np.save(tmp_path / "label_2.npy", np.zeros((12, 12, 6)))
     with pytest.raises(UserError, match="image_3.nii is not a NIfTI-1 file"):
         build_datasets(_dcfg("slices", tmp_path))
+
+
+def test_pixel_counts_over_several_chunks():
+    g = torch.Generator().manual_seed(0)
+    m = torch.randint(0, 4, (600, 5, 5), generator=g).to(torch.uint8)
+    m[:, 0, 0] = 255
+    src = EpisodeSource(torch.zeros(600, 3, 5, 5, dtype=torch.uint8), m, ["a", "b", "c", "d"], [[1], [2], [3]])
+    for i in (0, 255, 256, 599):
+        assert src.pixel_counts[i].tolist() == [sum(int(v == c) for v in m[i].flatten().tolist()) for c in range(4)]

@@ -216,9 +216,17 @@ def test_recipe_trains_and_evaluates_1_and_5_shot(tiny, tmp_path, capsys):
     assert r5["shots"] == 5 and r5["variant"] == "5shot/fold0"
     evals = json.loads((out / "eval.json").read_text())
     assert {"fewshot/mask/model/1shot/fold0", "fewshot/mask/model/5shot/fold0"} <= set(evals)
-    # the same seed gives the same episodes and the same numbers
+    # the same seed gives the same episodes and the same numbers; the kept episodes are those of the seed
     assert main(["eval", "fewshot", str(out), "episodes=30", "shots=1"]) == 0
     assert _last_json(capsys)["miou"] == r1["miou"]
+    from contrastlab.data.episodes import source_of
+
+    test_set = build_datasets(load_config("protoseg", tiny).data)[1]
+    for seed in (0, 3):
+        assert main(["eval", "fewshot", str(out), "episodes=8", "shots=1", f"seed={seed}", "n_examples=4"]) == 0
+        kept = torch.load(out / _last_json(capsys)["examples"], weights_only=True)
+        want = source_of(test_set).novel_episodes(0, 1, seed=seed).batch(range(4))
+        assert torch.equal(kept["query_index"], want["query_index"]) and torch.equal(kept["support_index"], want["support_index"])
     # the report draws the kept episodes
     from contrastlab.report.run import fewshot_figure
 
@@ -303,7 +311,7 @@ def test_episode_picture_tints_the_masks():
     m = torch.zeros(4, 4, dtype=torch.long)
     m[1, 1], m[0, 0] = 1, 255
     o = overlay(img, m)
-    assert o.shape == (4, 4, 3) and o[2, 2].tolist() == [100, 100, 100]
+    assert o.shape == (4, 4, 3) and o[2, 2].tolist() == [35, 35, 35]  # outside the mask: dimmed
     assert o[1, 1, 0] > 100 and o[1, 1, 1] < 100  # red tint
     assert o[0, 0].tolist() == [130, 130, 130]  # ignore: halfway to grey 160
     pic = episode_picture(img[None, None].expand(2, 3, 3, 4, 4), m[None, None].expand(2, 3, 4, 4), img[None].expand(2, 3, 4, 4),

@@ -28,11 +28,13 @@ A batch of episodes (:meth:`EpisodeSampler.batch`) is the layout every few-shot 
 
 The base-class view (:meth:`EpisodeSource.base_view`) re-codes the masks for stage-1 training on
 fold ``i``: base classes become ``1 .. len(base)`` in increasing class-id order, 255 stays 255,
-and the novel classes become background (0) by default (``novel="background"``), as in the
-training data of PFENet / RePRI / CWT, where the novel objects stay in the training images and are
-labelled background (the images are not removed); ``novel="ignore"`` marks them 255 instead, so
-that no loss pushes a novel object towards background (a stricter variant: the network then never
-sees the novel pixels as anything). Images without any base-class pixel are dropped from the view.
+and the novel classes become ignore (255) by default (``novel="ignore"``), as in the stage-1
+training data of RePRI, on whose code CWT's is built (CWT's README; mboudiaf/RePRI-for-Few-Shot-Segmentation,
+``src/dataset/dataset.py`` lines 144-159: the classes of an image outside the training class list are
+set to 255): the novel objects stay in the training images, but no loss pushes them towards
+background, so that the network has not learnt to suppress the classes it is tested on.
+``novel="background"`` labels them 0 instead (the network then learns them as background, which
+the few-shot literature counts as a leak of the novel classes into training). Images without any base-class pixel are dropped from the view.
 
 Embedded sources: :func:`digit_episode_source` (the digit scenes' masks, each digit a class,
 folds of digits) and :func:`organ_slices` (a synthetic "organ" set of 2-D slices through
@@ -112,13 +114,14 @@ class EpisodeSource:
         self.name, self.files, self.where = name, files, where or name
         self.volumes = None if volumes is None else torch.as_tensor(volumes, dtype=torch.long)
         self.min_pixels = int(min_pixels)
-        # pixels of each class in each image: (N, C + 1)
-        m = self.masks.long().flatten(1)
-        m = torch.where(m == IGNORE, self.n_classes + 1, m)
-        if m.numel() and int(m.max()) > self.n_classes + 1:
-            raise ValueError(f"mask values above {self.n_classes} (other than {IGNORE})")
-        counts = torch.zeros(m.shape[0], self.n_classes + 2, dtype=torch.long)
-        counts.scatter_add_(1, m, torch.ones_like(m))
+        # pixels of each class in each image: (N, C + 1), counted 256 images at a time (bounded memory)
+        counts = torch.zeros(self.masks.shape[0], self.n_classes + 2, dtype=torch.long)
+        for s in range(0, self.masks.shape[0], 256):
+            m = self.masks[s : s + 256].long().flatten(1)
+            m = torch.where(m == IGNORE, self.n_classes + 1, m)
+            if m.numel() and int(m.max()) > self.n_classes + 1:
+                raise ValueError(f"mask values above {self.n_classes} (other than {IGNORE})")
+            counts[s : s + 256].scatter_add_(1, m, torch.ones_like(m))
         self.pixel_counts = counts[:, : self.n_classes + 1]
 
     def __len__(self):
@@ -164,10 +167,10 @@ class EpisodeSource:
         """Meta-training episodes: the base classes of ``fold``."""
         return EpisodeSampler(self, self.base_classes(fold), shots, seed)
 
-    def base_view(self, fold: int, novel: str = "background") -> TensorImageSet:
+    def base_view(self, fold: int, novel: str = "ignore") -> TensorImageSet:
         """The images with at least one base-class pixel, masks re-coded to the base classes of
-        ``fold`` (``1 .. len(base)``; novel classes to 0 or, ``novel="ignore"``, 255; see the module
-        docstring). ``mask_classes``: background and the base classes' names; ``index`` label: the
+        ``fold`` (``1 .. len(base)``; novel classes to 255 or, ``novel="background"``, 0; see the
+        module docstring). ``mask_classes``: background and the base classes' names; ``index`` label: the
         image's index in the source."""
         if novel not in ("background", "ignore"):
             raise UserError(f"novel={novel!r}: novel classes become 'background' or 'ignore'")

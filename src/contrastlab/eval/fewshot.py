@@ -183,7 +183,8 @@ def _keep_examples(checkpoint, variant: str, features: str, ex: dict, names: dic
             "support_masks": ex["support_masks"].to(torch.uint8),
             "query_image": (ex["query_image"] * 255).round().to(torch.uint8),
             "query_mask": ex["query_mask"].to(torch.uint8), "pred": ex["pred"].to(torch.uint8),
-            "class_id": ex["class_id"], "class_names": [names[int(c)] for c in ex["class_id"]]}  # fmt: skip
+            "class_id": ex["class_id"], "query_index": ex["query_index"], "support_index": ex["support_index"],
+            "class_names": [names[int(c)] for c in ex["class_id"]]}  # fmt: skip
     try:
         atomic_save(run_dir / name, lambda tmp: torch.save(blob, tmp), kept="the previous examples are kept")
     except UserError as e:

@@ -101,7 +101,7 @@ class CWTStage1(nn.Module):
 
     def setup_data(self, train_set) -> None:
         """The base-class view of the training set (fold ``method.fold``: its classes are recoded
-        1 .. C, the novel ones background); the steps draw their images from it."""
+        1 .. C, the novel ones as ``EpisodeSource.base_view`` codes them); the steps draw their images from it."""
         base = source_of(train_set, self.cfg.folds).base_view(self.cfg.fold)
         if len(base.mask_classes) != self.cfg.num_classes:
             raise ConfigError(f"method.num_classes={self.cfg.num_classes} but fold {self.cfg.fold} of "

@@ -156,23 +156,25 @@ def mask_picture(images, truths, preds, palette: Sequence[int], row_names: Seque
     return {"grid": canvas, "row_centres": [t + ch // 2 for t in tops], "row_names": names}
 
 
-def overlay(image, mask, colour=(255, 40, 40), alpha: float = 0.55) -> np.ndarray:
+def overlay(image, mask, colour=(255, 40, 40), alpha: float = 0.55, dim: float = 0.35) -> np.ndarray:
     """An (H, W, 3) uint8 picture of ``image`` (uint8 (3, H, W) or float in [0, 1]) with the pixels
-    where ``mask == 1`` tinted by ``colour`` (``alpha`` of it) and those where ``mask == 255``
+    where ``mask == 1`` tinted by ``colour`` (``alpha`` of it), the others dimmed to ``dim`` of their
+    brightness (so that the mask's shape shows on colourful images) and those where ``mask == 255``
     (ignored) greyed."""
     img = as_tensor(image).detach().cpu()
     img = img if img.dtype == torch.uint8 else (img.float().clamp(0, 1) * 255).round().to(torch.uint8)
     out = img.permute(1, 2, 0).numpy().astype(np.float32)
     m = as_tensor(mask).cpu().long().numpy()
     out[m == 1] = (1 - alpha) * out[m == 1] + alpha * np.asarray(colour, dtype=np.float32)
+    out[m == 0] = dim * out[m == 0]
     out[m == 255] = 0.5 * out[m == 255] + 0.5 * 160
     return out.round().clip(0, 255).astype(np.uint8)
 
 
 def episode_picture(support_images, support_masks, query_images, query_masks, preds,
                     row_names: Sequence[str] | None = None) -> dict:  # fmt: skip
-    """Few-shot episodes, one row each: the K support images with their masks (red), the query with its
-    true mask (green) and with the predicted mask (red); small images enlarged without smoothing to
+    """Few-shot episodes, one row each: the K support images with their masks (red; the rest dimmed), the
+    query with its true mask (green) and with the predicted mask (red); small images enlarged without smoothing to
     about 64 pixels. ``support_images`` (E, K, 3, H, W), ``support_masks`` (E, K, H, W), ``query_images``
     (E, 3, H, W), ``query_masks`` / ``preds`` (E, H, W). Returns the dict of :func:`save_picture`."""
     n = len(query_images)

@@ -196,8 +196,8 @@ def fewshot_figure(run_dir: Path, evals: dict, img_dir: Path, n_shown: int = 6) 
     save_picture(episode_picture(*picture_args, row_names=names), img_dir / "fewshot_episodes.png")
     caption = (f"{r.get('shots')}-shot episodes of the novel classes of fold {r.get('fold')} ({key}: mIoU "
                f"{_pct(r.get('miou'))}, FB-IoU {_pct(r.get('fb_iou'))} over {r.get('episodes')} episodes, "
-               f"{r.get('segmenter')}): each row the support images with their masks (red), the query with its "
-               "true mask (green) and with the predicted mask (red); ignored pixels grey. The row's IoU is the "
+               f"{r.get('segmenter')}): each row the support images with their masks (red, the rest dimmed), the query "
+               "with its true mask (green) and with the predicted mask (red); ignored pixels grey. The row's IoU is the "
                "episode's own.")  # fmt: skip
     return (title, "fewshot_episodes.png", caption)
 
