@@ -54,6 +54,9 @@ Measures, on synthetic 32 px uint8 data on the device (no download):
   on the rotation loss with BatchNorm in eval mode, then 0.5 / 0.5 clean and adversarial CE) and adversarial
   fine-tuning (the `adv_finetune/cifar10` step: PGD-10 on the labels of a stand-in labelled set, CE of the
   adversarial images): images/s, peak memory, time vs MoCo (medians of per-round ratios, with quartiles);
+- issue 18's few-shot family through ``fit`` at the same precision: CWT meta-training (the cwt/digits step
+  on a stage-1 network fitted for 100 steps) and RP-Net training (rpnet/digits), --fewshot-steps steps of 8
+  episodes each (default 40: 320 episodes), episodes/s and the closing 100-episode mIoU;
 - an end-to-end ``fit`` of the SimCLR digits preset on the device (trainer, kNN monitor,
   checkpoint), its time and kNN accuracy.
 images/s counts training images (a batch of B images is 2B views), as the trainer's log does.
@@ -115,11 +118,13 @@ def main(argv=None):
     ap.add_argument("--fit-steps", type=int, default=800)
     ap.add_argument("--bank-rows", type=int, default=50_000, help="InvP's training set (bank and graph rows)")
     ap.add_argument("--out", default=None, help="default results/gpu_check_<device name>.json")
+    ap.add_argument("--fewshot-steps", type=int, default=40, help="steps of the few-shot rows (8 episodes each)")
     a = ap.parse_args(argv)
     if a.dry_run:
         a.device, a.tiny = "cpu", True
     if a.tiny:
         a.batch, a.rounds, a.reps, a.fit_steps, a.bank_rows = 8, 2, 2, 3, 512
+        a.fewshot_steps = 2
     dev = a.device
     if dev == "cuda" and not torch.cuda.is_available():
         sys.exit("gpu_check: no CUDA device (use --device cpu --tiny to check the script on the CPU)")
@@ -357,6 +362,8 @@ def main(argv=None):
     from contrastlab.config import load_config
     from contrastlab.engine.trainer import fit
 
+    fewshot_episodes(res, dev, precision, a.fewshot_steps, a.tiny)
+
     with tempfile.TemporaryDirectory() as d:
         t = time.time()
         # --tiny: no warm-up (the preset's 20 warm-up steps are refused in a 3-step run)
@@ -368,6 +375,34 @@ def main(argv=None):
         res["digits_simclr_fit_s"] = round(time.time() - t, 1)
         res["digits_simclr_fit_knn_top1"] = r.metrics.get("knn_top1")
     emit(res, out)
+
+
+def fewshot_episodes(res, dev, precision, steps, tiny):
+    """Issue 18's rows: CWT meta-training (stage 2 of the cwt/digits recipe on a stage-1 network fitted for a
+    few steps first, 100 classifier steps per episode) and RP-Net training (rpnet/digits: T = 4 in training),
+    each ``steps`` trainer steps of 8 base-class episodes through ``fit`` at the given precision, then the
+    trainer's closing few-shot check (100 novel-class episodes, T = 10): episodes/s of training and mIoU."""
+    from contrastlab.config import load_config
+    from contrastlab.engine.trainer import fit
+
+    base = [f"trainer.accelerator={dev}", f"trainer.precision={precision}", "trainer.progress=false", "trainer.knn_every=0"]
+    small = ["data.n_train=500", "data.n_test=200"] if tiny else []
+    with tempfile.TemporaryDirectory() as d:
+        s1 = f"{d}/cwt_stage1"
+        fit(load_config("cwt_stage1", [*base, *small, f"trainer.max_steps={2 if tiny else 100}", f"trainer.out_dir={s1}"]))
+        for name, recipe, extra in (("cwt", "cwt", [f"method.stage1={s1}"]), ("rpnet", "rpnet", [])):
+            cfg = load_config(recipe, [*base, *small, *extra, f"trainer.max_steps={steps}", f"trainer.out_dir={d}/{name}"])
+            t = time.time()
+            r = fit(cfg)
+            secs = time.time() - t
+            res[f"{name}_episodes"] = steps * cfg.optim.batch_size
+            res[f"{name}_train_s"] = r.metrics.get("train_seconds")
+            res[f"{name}_episodes_per_s"] = round(res[f"{name}_episodes"] / max(r.metrics.get("train_seconds") or secs, 1e-9), 1)
+            res[f"{name}_fit_wall_s"] = round(secs, 1)
+            res[f"{name}_fewshot_miou_100_episodes"] = r.metrics.get("fewshot_miou")
+            print(f"{name}: {res[f'{name}_episodes']} episodes, {res[f'{name}_episodes_per_s']} episodes/s of training "
+                  f"({res[f'{name}_fit_wall_s']} s with set-up and the closing 100-episode check: mIoU "
+                  f"{res[f'{name}_fewshot_miou_100_episodes']})", flush=True)  # fmt: skip
 
 
 if __name__ == "__main__":

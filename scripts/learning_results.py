@@ -13,8 +13,10 @@ DCLGAN's choices at the same steps), looc (MoCo vs LooC vs LooC++: linear probes
 colour, rotation and quarter turn), invp (InvP vs lambda = 0: kNN and the discovered positives'
 precision over training, kept from each run's metrics.csv), dense (SimCLR, MoCo, PixPro, DetCo:
 kNN and the dense linear probe's mIoU), robust (SimCLR vs RoCL: eval robust's clean / PGD-20
-accuracy of a linear probe and robust linear evaluation), adv_finetune (adversarial fine-tuning from adversarial
-rotation pre-training vs random weights, full vs partial: clean and PGD-20 accuracy of the fine-tuning's own check).
+accuracy of a linear probe and robust linear evaluation), adv_finetune (adversarial fine-tuning from
+adversarial rotation pre-training vs random weights, full vs partial: clean and PGD-20 accuracy of the
+fine-tuning's own check), fewshot (prototype baseline vs CWT vs RP-Net: mIoU on the digit episodes,
+Dice on the synthetic organs with RP-Net's T = 1 vs 10).
 
 In an override, ``{seed}`` stands for the run's seed: the sdclr_cifar tables train subset k with
 seed k (``data.long_tail_split={seed}``, seeds 1..5), so their summary is the five-subset average;
@@ -208,6 +210,26 @@ TABLES["adv_finetune"] = (
     [], [0])
 # values of the train command's JSON line kept as a table's evaluation "training check"
 TRAIN_METRICS = {"adv_finetune": ("clean_acc", "pgd20_acc")}
+# Few-shot segmentation (issue 18): on the digit episodes (fold 0: digits 0-4 novel, test split, 1000 episodes, 1- and
+# 5-shot) the prototype baseline (protoseg) vs CWT (stage 1, then stage 2 from it) vs RP-Net: mIoU and FB-IoU; on the
+# synthetic organ slices (fold 0: the liver novel) the baseline and RP-Net with T = 10 and T = 1 refinement steps at test
+# (two RP-Net rows: t_test changes nothing in training, so both train the same network): Dice per volume.
+FEWSHOT_EVALS = ("Prototype baseline", "CWT", "RP-Net")
+FEWSHOT_ORGANS = ["data.name=organs", "data.label=label"]
+TABLES["fewshot"] = (
+    "few-shot segmentation: prototype baseline vs CWT vs RP-Net on the digit episodes (novel digits 0-4, 1000 episodes, "
+    "1- and 5-shot: mIoU, FB-IoU), and on the synthetic organ slices (liver novel) the baseline and RP-Net with T = 10 vs "
+    "T = 1 refinement steps at test (Dice per volume)",
+    [("Prototype baseline", "protoseg", []),
+     ("CWT stage 1", "cwt_stage1", []),
+     ("CWT", "cwt", ["method.stage1=runs/results/fewshot/cwt_stage1-CWTstage1-s{seed}"]),
+     ("RP-Net", "rpnet", []),
+     ("Prototype baseline organs", "protoseg", FEWSHOT_ORGANS),
+     ("RP-Net organs T=10", "rpnet/organs", ["method.t_test=10"]),
+     ("RP-Net organs T=1", "rpnet/organs", ["method.t_test=1"])],
+    [("fewshot", ["shots=1"], FEWSHOT_EVALS), ("fewshot", ["shots=5"], FEWSHOT_EVALS),
+     ("fewshot", ["shots=1"], ("Prototype baseline organs", "RP-Net organs T=10", "RP-Net organs T=1"))],
+    [0])
 # columns of a run's metrics.csv kept with each run of a table (the curves its docs plot)
 CURVES = {"invp": ("pos_precision", "hard_pos_precision", "knn_top1", "loss")}
 
@@ -273,7 +295,7 @@ def _scalar_metrics(protocol: str, r: dict) -> dict:
         return {p + k: v for p, d in parts for k, v in d.items()
                 if k in ("top1", "pgd_top1", "fgsm_top1", "robust_linear_top1") and isinstance(v, (int, float))}
     names = {"top1": "top1", "top5": "top5", "many": "many", "medium": "medium", "few": "few", "std": "per_class_std",
-             "group_std": "group_std", "miou": "miou", "pixel_acc": "pixel_acc"}  # fmt: skip
+             "group_std": "group_std", "miou": "miou", "pixel_acc": "pixel_acc", "fb_iou": "fb_iou", "dice": "dice"}  # fmt: skip
     return {names[k]: v for k, v in r.items() if k in names and isinstance(v, (int, float))}
 
 

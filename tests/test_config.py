@@ -11,7 +11,7 @@ def test_every_recipe_loads():
         cfg = load_config(name)
         assert cfg.method["name"] in ("simclr", "moco", "cut", "dclgan", "simdcl", "looc", "looc_pp", "invp", "pixpro",
                                       "pixcontrast", "detco", "rocl", "stylegan2", "labels4free", "adv_rotation",
-                                      "adv_jigsaw", "adv_ensemble", "adv_finetune")
+                                      "adv_jigsaw", "adv_ensemble", "adv_finetune", "protoseg", "cwt_stage1", "cwt", "rpnet")
         # the recipe's folder names its method (named seed methods are recipes over the core's axes)
         assert name.split("/")[0] == cfg.method["name"] or cfg.method["name"] in ("simclr", "moco")
 

@@ -11,7 +11,7 @@ import typing
 import torch
 
 from contrastlab.methods.contract import (Classifies, Encodes, Method, Monitors, OptimizesItself, Translates, classifies,
-                                          encodes, monitors, optimizes_itself, translates)
+                                          encodes, monitors, optimizes_itself, segments_episodes, translates)
 
 TINY = {
     "simclr": ("simclr", ["model.width=4", "model.depth=1"]),
@@ -33,7 +33,13 @@ TINY = {
     "adv_jigsaw": ("adv_jigsaw", ["model.width=4", "model.depth=1"]),
     "adv_ensemble": ("adv_ensemble", ["model.width=4", "model.depth=1"]),
     "adv_finetune": ("adv_finetune", ["model.width=4", "model.depth=1"]),
+    "protoseg": ("protoseg", ["model.width=4", "model.depth=1"]),
+    "cwt_stage1": ("cwt_stage1", ["model.width=4", "method.bottleneck_dim=8"]),
+    "cwt": ("cwt", ["model.width=4", "method.bottleneck_dim=8", "method.heads=1"]),
+    "rpnet": ("rpnet", ["method.widths=[4,4,8,8,8]", "method.cre_channels=8"]),
 }
+FEWSHOT = ("protoseg", "cwt_stage1", "cwt", "rpnet")
+NO_ENCODER = ("cwt_stage1", "cwt", "rpnet")  # segmentation networks, no pooled encoder for kNN / linear probes  # methods that segment few-shot episodes (and are monitored by eval fewshot)
 OWN_MONITOR = {"adv_finetune"}  # its clean / PGD accuracy check
 GENERATORS = ("stylegan2", "labels4free")  # own optimisers and monitor, no encoder, no translator
 
@@ -71,17 +77,18 @@ def test_each_method_meets_the_contract(name):
     is_gan = name in ("cut", "dclgan", "simdcl")
     generator = name in GENERATORS
     assert translates(method) == is_gan
-    assert encodes(method) == (not is_gan and not generator)
+    assert encodes(method) == (not is_gan and not generator and name not in NO_ENCODER)
     assert isinstance(method, OptimizesItself) == optimizes_itself(method) == (is_gan or generator)
     if is_gan:
         assert set(method.translators()) <= {"AtoB", "BtoA"} and "AtoB" in method.translators()
+    assert segments_episodes(method) == (name in FEWSHOT)
     if generator:  # sample grids (and the public checkpoint) from their own monitor
         assert monitors(method)
         return
     assert monitors(method) == (name in OWN_MONITOR)  # the others use a protocol's
     assert classifies(method) == (name == "adv_finetune")  # the one classifier (attacked directly by eval robust)
     if name not in OWN_MONITOR:
-        expected = protocol("translation" if is_gan else "knn").monitor
+        expected = protocol("translation" if is_gan else "fewshot" if name in FEWSHOT else "knn").monitor
         assert monitor_for(method) is expected
 
 
@@ -99,11 +106,12 @@ def test_the_checks_hold_under_static_attribute_lookup(name, monkeypatch):
     ``eval knn`` refused every run as "image translation" (seen on the GPU machine's Python 3.12).
     Here typing's attribute test is made static as in 3.12; the contract's checks must not change."""
     method = _build(name)
-    before = (encodes(method), translates(method), monitors(method), optimizes_itself(method))
+    before = (encodes(method), translates(method), monitors(method), optimizes_itself(method), segments_episodes(method))
     monkeypatch.setattr(typing, "hasattr", _static_hasattr, raising=False)  # 3.11's check calls hasattr
     if "encoder" in method._modules:  # a submodule (LooC's encoder is a property, which static lookup sees)
         assert not isinstance(method, Encodes)  # what 3.12 does (and why the checks are functions)
-    assert (encodes(method), translates(method), monitors(method), optimizes_itself(method)) == before
+    assert (encodes(method), translates(method), monitors(method), optimizes_itself(method),
+            segments_episodes(method)) == before
 
 
 def test_a_method_with_its_own_monitor_gets_it():

@@ -28,6 +28,10 @@ DATASETS = {
     "voc": "contrastlab.data.voc:voc_datasets",
     "digit_domains": "contrastlab.data.unpaired:digit_domains_datasets",
     "unpaired": "contrastlab.data.unpaired:folder_datasets",
+    "organs": "contrastlab.data.episodes:organ_datasets",
+    "pascal5i": "contrastlab.data.fewshot_sets:pascal5i_datasets",
+    "coco20i": "contrastlab.data.fewshot_sets:coco20i_datasets",
+    "slices": "contrastlab.data.fewshot_sets:slices_datasets",
 }
 # sets whose items are pairs of unpaired domains (translation), not labelled images
 DOMAIN_SETS = ("digit_domains", "unpaired")

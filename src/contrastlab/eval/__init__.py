@@ -29,6 +29,7 @@ PROTOCOLS = {
     "translation": "contrastlab.eval.translation",
     "robust": "contrastlab.eval.robust",
     "masks": "contrastlab.eval.masks",
+    "fewshot": "contrastlab.eval.fewshot",
 }
 
 

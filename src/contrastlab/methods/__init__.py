@@ -30,6 +30,10 @@ REGISTRY = {
     "adv_jigsaw": "contrastlab.methods.adv_pretext:AdvPretext",
     "adv_ensemble": "contrastlab.methods.adv_pretext:AdvPretext",
     "adv_finetune": "contrastlab.methods.adv_pretext:AdvFinetune",
+    "protoseg": "contrastlab.methods.protoseg:ProtoSeg",
+    "cwt_stage1": "contrastlab.methods.cwt:CWTStage1",
+    "cwt": "contrastlab.methods.cwt:CWT",
+    "rpnet": "contrastlab.methods.rpnet:RPNet",
 }
 
 

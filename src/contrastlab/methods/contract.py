@@ -33,9 +33,12 @@ Optional parts, each a Protocol of its own:
     :class:`Classifies`: ``classify(x) -> logits (B, C)`` for float images in [0, 1] (the
     normalisation inside), a method that is itself a classifier (adversarial fine-tuning);
     ``contrastlab eval robust`` attacks it directly instead of fitting a linear probe.
+    :class:`SegmentsEpisodes`: ``segment_episode(support_images, support_masks, query_image) ->
+    logits (B, 2, H, W)``, a few-shot segmenter of 1-way K-shot episodes (``eval fewshot``).
 
 Check a method with :func:`encodes`, :func:`translates`, :func:`monitors`,
-:func:`optimizes_itself`, :func:`shows_positives`, :func:`has_spaces` and :func:`classifies`, not with
+:func:`optimizes_itself`, :func:`shows_positives`, :func:`has_spaces`, :func:`classifies` and
+:func:`segments_episodes`, not with
 ``isinstance(method, Encodes)``: from Python 3.12 on, a runtime Protocol looks attributes up
 statically (``inspect.getattr_static``), which does not see an ``nn.Module``'s submodules (they
 live in ``_modules`` and are found by ``__getattr__``), so ``isinstance(method, Encodes)`` is False
@@ -137,3 +140,21 @@ def has_spaces(method) -> bool:
 def classifies(method) -> bool:
     """Whether a method is itself a classifier of images in [0, 1] (:class:`Classifies`)."""
     return callable(getattr(method, "classify", None))
+
+
+@runtime_checkable
+class SegmentsEpisodes(Protocol):
+    """A few-shot segmenter (``contrastlab eval fewshot``): ``segment_episode(support_images,
+    support_masks, query_image) -> logits (B, 2, H, W)`` for the batch layout of
+    :mod:`contrastlab.data.episodes`: support_images float (B, K, 3, H, W) in [0, 1], support_masks
+    long (B, K, H, W) with 1 = the episode's class, 0 = other, 255 = ignore, query_image float
+    (B, 3, H, W) in [0, 1], all on the method's device; channel 0 of the logits is background,
+    channel 1 the episode's class, at the query's size (H, W). Called in eval mode under
+    ``torch.no_grad``; the prediction is the argmax over the two channels."""
+
+    def segment_episode(self, support_images, support_masks, query_image) -> torch.Tensor: ...
+
+
+def segments_episodes(method) -> bool:
+    """Whether a method segments few-shot episodes (:class:`SegmentsEpisodes`)."""
+    return callable(getattr(method, "segment_episode", None))

@@ -184,5 +184,45 @@ def adversarial_picture(clean, adv, eps: float, row_names: Sequence[str] | None 
             img = (t.detach().cpu().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
             x0 = pad + c * (cw + pad)
             canvas[y0 : y0 + ch, x0 : x0 + cw] = img.repeat(scale, 0).repeat(scale, 1)
+def overlay(image, mask, colour=(255, 40, 40), alpha: float = 0.55, dim: float = 0.35) -> np.ndarray:
+    """An (H, W, 3) uint8 picture of ``image`` (uint8 (3, H, W) or float in [0, 1]) with the pixels
+    where ``mask == 1`` tinted by ``colour`` (``alpha`` of it), the others dimmed to ``dim`` of their
+    brightness (so that the mask's shape shows on colourful images) and those where ``mask == 255``
+    (ignored) greyed."""
+    img = as_tensor(image).detach().cpu()
+    img = img if img.dtype == torch.uint8 else (img.float().clamp(0, 1) * 255).round().to(torch.uint8)
+    out = img.permute(1, 2, 0).numpy().astype(np.float32)
+    m = as_tensor(mask).cpu().long().numpy()
+    out[m == 1] = (1 - alpha) * out[m == 1] + alpha * np.asarray(colour, dtype=np.float32)
+    out[m == 0] = dim * out[m == 0]
+    out[m == 255] = 0.5 * out[m == 255] + 0.5 * 160
+    return out.round().clip(0, 255).astype(np.uint8)
+
+
+def episode_picture(support_images, support_masks, query_images, query_masks, preds,
+                    row_names: Sequence[str] | None = None) -> dict:  # fmt: skip
+    """Few-shot episodes, one row each: the K support images with their masks (red; the rest dimmed), the
+    query with its true mask (green) and with the predicted mask (red); small images enlarged without smoothing to
+    about 64 pixels. ``support_images`` (E, K, 3, H, W), ``support_masks`` (E, K, H, W), ``query_images``
+    (E, 3, H, W), ``query_masks`` / ``preds`` (E, H, W). Returns the dict of :func:`save_picture`."""
+    n = len(query_images)
+    if not n or len(support_images) != n or len(query_masks) != n or len(preds) != n:
+        raise ValueError(f"episode_picture: {len(support_images)} supports, {len(query_images)} queries, "
+                         f"{len(query_masks)} truths, {len(preds)} predictions")  # fmt: skip
+    k = int(support_images.shape[1])
+    h, w = int(query_images.shape[-2]), int(query_images.shape[-1])
+    scale = max(1, math.ceil(64 / max(h, w)))
+    ch, cw, pad, gap = h * scale, w * scale, 4, 12  # a wider gap between the supports and the query
+    width = (k + 2) * (cw + pad) + pad + gap
+    canvas = np.full((n * (ch + pad) + pad, width, 3), 255, dtype=np.uint8)
+    tops = []
+    for r in range(n):
+        tiles = [overlay(support_images[r, j], support_masks[r, j]) for j in range(k)]
+        tiles += [overlay(query_images[r], query_masks[r], colour=(40, 200, 40)), overlay(query_images[r], preds[r])]
+        y0 = pad + r * (ch + pad)
+        tops.append(y0)
+        for c, tile in enumerate(tiles):
+            x0 = pad + c * (cw + pad) + (gap if c >= k else 0)
+            canvas[y0 : y0 + ch, x0 : x0 + cw] = tile.repeat(scale, 0).repeat(scale, 1)
     names = list(row_names) if row_names is not None else [f"#{r}" for r in range(n)]
     return {"grid": canvas, "row_centres": [t + ch // 2 for t in tops], "row_names": names}

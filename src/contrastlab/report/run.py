@@ -52,6 +52,9 @@ def build_run_report(run_dir: Path, device=None, n_embed: int = 2000, embedding_
     if seg is not None:
         figures.append(seg)
     figures.extend(robust_figures(run_dir, evals, run_dir / "report"))
+    fewshot = fewshot_figure(run_dir, evals, run_dir / "report")
+    if fewshot is not None:
+        figures.append(fewshot)
     metrics = read_metrics_csv(run_dir / "metrics.csv") if (run_dir / "metrics.csv").exists() else []
     title = f"contrastlab: {cfg.method['name']} on {cfg.data.name} (step {ckpt['step']})"
     return write_report(run_dir, metrics, embeddings={"feats": fte, "labels": yte, "class_names": names},
@@ -212,6 +215,41 @@ def robust_figures(run_dir: Path, evals: dict, img_dir: Path, n_shown: int = 8) 
                     f"({r.get('n_test')} test images; eps 0 is the clean accuracy): clean {_pct(r.get('top1'))}, PGD at "
                     f"the first eps {_pct(r.get('pgd_top1'))}."))  # fmt: skip
     return out
+def fewshot_figure(run_dir: Path, evals: dict, img_dir: Path, n_shown: int = 6) -> tuple[str, str, str] | None:
+    """The "Few-shot segmentation" section: for the first ``fewshot`` result of ``eval.json`` whose
+    episodes file is there (``contrastlab eval fewshot RUN``), its first ``n_shown`` episodes: the
+    supports with their masks, the query with its true and its predicted mask, written to
+    ``img_dir/fewshot_episodes.png``. None when there is no such result (nothing is recomputed)."""
+    from .pictures import episode_picture, save_picture
+
+    for key, r in evals.items():
+        path = run_dir / str(r.get("examples")) if key.startswith("fewshot/") and isinstance(r, dict) and r.get("examples") else None
+        if path is not None and path.is_file():
+            break
+    else:
+        return None
+    title = "Few-shot segmentation: episodes"
+    try:
+        ex = torch.load(path, weights_only=True)
+        sl = slice(0, n_shown)
+        truth, pred = ex["query_mask"][sl].long(), ex["pred"][sl].long()
+        picture_args = (ex["support_images"][sl], ex["support_masks"][sl], ex["query_image"][sl], truth, pred)
+    except Exception as e:  # an unreadable or older file: say so rather than fail the report
+        return (title, "", f"{path.name} could not be read ({type(e).__name__}); rerun contrastlab eval fewshot {run_dir}.")
+    names = []
+    for i in range(len(pred)):
+        keep = truth[i] != 255
+        inter = int(((pred[i] == 1) & (truth[i] == 1) & keep).sum())
+        union = int((((pred[i] == 1) | (truth[i] == 1)) & keep).sum())
+        names.append(f"{ex['class_names'][i]}: IoU {_pct(inter / union if union else float('nan'))}")
+    img_dir.mkdir(parents=True, exist_ok=True)
+    save_picture(episode_picture(*picture_args, row_names=names), img_dir / "fewshot_episodes.png")
+    caption = (f"{r.get('shots')}-shot episodes of the novel classes of fold {r.get('fold')} ({key}: mIoU "
+               f"{_pct(r.get('miou'))}, FB-IoU {_pct(r.get('fb_iou'))} over {r.get('episodes')} episodes, "
+               f"{r.get('segmenter')}): each row the support images with their masks (red, the rest dimmed), the query "
+               "with its true mask (green) and with the predicted mask (red); ignored pixels grey. The row's IoU is the "
+               "episode's own.")  # fmt: skip
+    return (title, "fewshot_episodes.png", caption)
 
 
 def _pct(v) -> str:

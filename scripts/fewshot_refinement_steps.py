@@ -1,0 +1,41 @@
+"""RP-Net's refinement steps at test: ``eval fewshot`` of one trained RP-Net run with ``method.t_test`` = each T
+(the same weights: T at test changes nothing in training), 1000 1-shot episodes of the run's novel fold.
+
+    python scripts/fewshot_refinement_steps.py RUN [--steps 1 2 4 10] [--out results/fewshot_refinement_steps.json]
+
+The command line's ``eval fewshot`` takes ``data.*`` overrides only, so T goes through
+``contrastlab.eval.fewshot.run``'s overrides here. Writes the JSON with the commit and the command."""
+from __future__ import annotations
+
+import argparse
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("run")
+    ap.add_argument("--steps", type=int, nargs="*", default=[1, 2, 4, 10])
+    ap.add_argument("--episodes", type=int, default=1000)
+    ap.add_argument("--out", default=str(ROOT / "results" / "fewshot_refinement_steps.json"))
+    a = ap.parse_args(argv)
+    from contrastlab.eval.fewshot import FewShotOptions, run
+
+    commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    res = {"run": a.run, "commit": commit, "episodes": a.episodes,
+           "command": "python scripts/fewshot_refinement_steps.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+           "results": {}}  # fmt: skip
+    for t in a.steps:
+        r = run(a.run, FewShotOptions(shots=1, episodes=a.episodes, n_examples=0), [f"method.t_test={t}"])
+        res["results"][f"T={t}"] = {k: r.get(k) for k in ("miou", "fb_iou", "dice", "data", "fold", "novel_classes", "step")}
+        print(f"T={t}: {json.dumps(res['results'][f'T={t}'])}", flush=True)
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
+    Path(a.out).write_text(json.dumps(res, indent=1) + "\n")
+
+
+if __name__ == "__main__":
+    main()
