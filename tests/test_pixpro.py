@@ -231,6 +231,33 @@ def test_pixcontrast_matches_a_loop_over_the_formula(seed, t, with_neg):
     assert math.isclose(float(got), _info_nce_loop(q, k, pos, neg, t), rel_tol=1e-5, abs_tol=1e-6)
 
 
+def test_the_pixpro_loss_never_compares_two_images():
+    """Why PixPro cannot tell the digits apart on one-digit scenes (issue 16, docs/pixpro.md): with the PPM's
+    transform the identity, the loss sees the features only through cosines between pixels of the same image
+    (its two views). Rotating each image's features by its own orthogonal matrix (online and momentum alike)
+    leaves the loss unchanged, so nothing in it rewards features that differ between images, such as which
+    digit a scene shows. The check: per-image rotations change every cross-image cosine but not the loss,
+    which is recomputed here from the float64 loops of the PPM and the consistency loss."""
+    g = torch.Generator().manual_seed(7)
+    b, c, h, w = 3, 5, 3, 3
+    p = torch.randn(b, c, h, w, generator=g, dtype=torch.float64)
+    k = torch.randn(b, c, h, w, generator=g, dtype=torch.float64)
+    mask = torch.rand(b, h * w, h * w, generator=g) < 0.4
+    rot = torch.linalg.qr(torch.randn(b, c, c, generator=g, dtype=torch.float64)).Q  # one rotation per image
+    p2, k2 = torch.einsum("bdc,bchw->bdhw", rot, p), torch.einsum("bdc,bchw->bdhw", rot, k)
+    ppm = PixelPropagation(c, 0, 2.0, True).double()
+
+    def loss(p, k):
+        want = _consistency_loop(_ppm_loop(p, F.normalize(p, dim=1), 2.0), k, mask)
+        got = float(pixel_consistency_loss(ppm(p), k, mask))
+        assert math.isclose(got, want, rel_tol=1e-6, abs_tol=1e-9)
+        return got
+
+    assert math.isclose(loss(p, k), loss(p2, k2), rel_tol=1e-6, abs_tol=1e-7)  # float32 inside the loss
+    pooled, pooled2 = F.normalize(p.mean(dim=(2, 3)), dim=1), F.normalize(p2.mean(dim=(2, 3)), dim=1)
+    assert (pooled @ pooled.T - pooled2 @ pooled2.T).abs().max() > 0.1  # the images' relations did change
+
+
 def test_pixcontrast_without_any_positive_is_zero_with_a_gradient():
     q, k, _ = _maps_and_mask(0)
     q.requires_grad_(True)
