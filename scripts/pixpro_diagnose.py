@@ -35,9 +35,10 @@ from contrastlab.losses import pixel_consistency_loss, positive_pixel_mask  # no
 from contrastlab.nn import PixelPropagation  # noqa: E402
 
 
-def oracle(size: int, crop: tuple[float, float], n: int = 2000, seed: int = 0) -> dict:
-    cfg = load_config("pixpro", [])
+def oracle(size: int, crop: tuple[float, float], n: int = 2000, seed: int = 0, overrides=()) -> dict:
+    cfg = load_config("pixpro", list(overrides))
     train = build_datasets(cfg.data)[0]
+    n = min(n, len(train))
     fg = (train.masks[:n] > 0).float()[:, None]
     digit = train.labels["digit"][:n]
     side = fg.shape[-1]

@@ -449,3 +449,20 @@ def test_recipe_trains_end_to_end_and_its_features_evaluate(recipe, tiny, tmp_pa
     lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
     r = json.loads(lines[-1])
     assert 0 <= r["top1"] <= 1 and r["n_train"] == 256 and r["n_test"] == 128
+
+
+def test_foreground_background_features_solve_the_loss_without_the_digit(tiny):
+    """scripts/pixpro_diagnose.py oracle (issue 16): hand-made pixel features that only say foreground or
+    background reach a low PixPro loss on the preset's views of digit scenes, and adding the digit's identity
+    to them leaves the loss exactly as it is."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "scripts" / "pixpro_diagnose.py"
+    spec = importlib.util.spec_from_file_location("pixpro_diagnose", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    r = mod.oracle(48, (0.5, 1.0), n=256, overrides=tiny)
+    assert r["pos_pixels"] > 0.8
+    assert -2.0 <= r["fg_bg"] < -1.8
+    assert r["fg_bg_digit"] == pytest.approx(r["fg_bg"], abs=1e-6)
