@@ -451,18 +451,38 @@ def test_recipe_trains_end_to_end_and_its_features_evaluate(recipe, tiny, tmp_pa
     assert 0 <= r["top1"] <= 1 and r["n_train"] == 256 and r["n_test"] == 128
 
 
-def test_foreground_background_features_solve_the_loss_without_the_digit(tiny):
-    """scripts/pixpro_diagnose.py oracle (issue 16): hand-made pixel features that only say foreground or
-    background reach a low PixPro loss on the preset's views of digit scenes, and adding the digit's identity
-    to them leaves the loss exactly as it is."""
+
+def test_the_diagnostic_script_against_loops(tiny, tmp_path, capsys):
+    """scripts/pixpro_diagnose.py (issue 16) on a tiny run: its within-scene and between-scene cosines of the
+    projector's pixels and the between-scene cosine of the pooled features against float64 loops."""
     import importlib.util
     from pathlib import Path
 
+    from contrastlab.data import build_datasets
+    from contrastlab.eval.run import load_run
+
+    out = tmp_path / "run"
+    assert main(["train", "pixpro", *tiny, "views.size=32", "trainer.max_steps=2", "trainer.threads=1",
+                 f"trainer.out_dir={out}"]) == 0, capsys.readouterr().err[-2000:]  # fmt: skip
     path = Path(__file__).resolve().parents[1] / "scripts" / "pixpro_diagnose.py"
     spec = importlib.util.spec_from_file_location("pixpro_diagnose", path)
     mod = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(mod)
-    r = mod.oracle(48, (0.5, 1.0), n=256, overrides=tiny)
-    assert r["pos_pixels"] > 0.8
-    assert -2.0 <= r["fg_bg"] < -1.8
-    assert r["fg_bg_digit"] == pytest.approx(r["fg_bg"], abs=1e-6)
+    n = 6
+    r = mod.features(str(out), n=n)
+    cfg, method, _ = load_run(str(out), [])
+    method.eval()
+    x = build_datasets(cfg.data)[1].images[:n].float().div(255)
+    with torch.no_grad():
+        z = method.head(method.encoder.forward_features(x)).double().flatten(2)  # (n, d, pixels)
+        pooled = method.encoder(x).double()
+    px = [[z[b, :, i].tolist() for i in range(z.shape[2])] for b in range(n)]
+    within = [_cos(u, v) for b in range(n) for u in px[b] for v in px[b]]
+    unit = [[[c / math.sqrt(sum(q * q for q in u)) for c in u] for u in px[b]] for b in range(n)]
+    means = [[sum(u[c] for u in unit[b]) / len(unit[b]) for c in range(z.shape[1])] for b in range(n)]
+    between = [_cos(means[a], means[b]) for a in range(n) for b in range(n) if a != b]
+    pooled_between = [_cos(pooled[a].tolist(), pooled[b].tolist()) for a in range(n) for b in range(n) if a != b]
+    assert r["proj_cos_within_scene"] == pytest.approx(sum(within) / len(within), abs=1e-5)
+    assert r["proj_cos_between_scenes"] == pytest.approx(sum(between) / len(between), abs=1e-5)
+    assert r["pooled_cos_between_scenes"] == pytest.approx(sum(pooled_between) / len(pooled_between), abs=1e-5)
+    assert r["map"] == [4, 4] and 0 <= r["pooled_nearest_class_mean_acc"] <= 1
