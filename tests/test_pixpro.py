@@ -409,6 +409,26 @@ def test_a_batch_of_the_digits_preset_has_positive_pairs():
     assert mask.any(dim=2).float().mean() > 0.8
 
 
+
+def test_the_views_cells_lie_where_the_positive_pairs_assume(tiny):
+    """Issue 16: the drawn views and the pixel pairs agree on where each map cell comes from. On scenes whose
+    red and green channels hold each pixel's own x and y (no colour changes), every 8 x 8 block of a 48 px
+    view (a cell of the 6 x 6 map) averages to the centre that the positive pairs assume, flipped or not."""
+    from contrastlab.losses.dense import _pixel_centres
+
+    cfg = load_config("pixpro", [*tiny, "views.channel_perm_p=0", "views.invert_p=0", "views.jitter_p=0",
+                                 "views.grayscale_p=0", "views.flip_p=0.5", "views.crop_scale=[0.2,1.0]"])  # fmt: skip
+    side, n = 32, 64
+    ramp = (torch.arange(side, dtype=torch.float32) + 0.5) / side
+    images = torch.zeros(n, 3, side, side)
+    images[:, 0], images[:, 1] = ramp[None, None, :], ramp[None, :, None]
+    x, boxes, flips = BatchedViews(cfg.views, 48)(images, torch.Generator().manual_seed(0), return_boxes=True)
+    assert flips.any() and not flips.all()
+    cx, cy, _ = _pixel_centres(boxes, flips, 6, 6)
+    cells = F.avg_pool2d(x, 8)  # (n, 3, 6, 6): each cell's mean x and y
+    assert (cells[:, 0].flatten(1) - cx).abs().max() < 0.01
+    assert (cells[:, 1].flatten(1) - cy).abs().max() < 0.01
+
 @pytest.mark.parametrize("override,match", [
     ("views.backend=torchvision", "views.backend=torchvision: pixpro needs each view's crop box"),
     ("views.rotation=10", "views.rotation=10.0: pixpro matches pixels through the crop boxes"),
