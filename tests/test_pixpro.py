@@ -231,6 +231,33 @@ def test_pixcontrast_matches_a_loop_over_the_formula(seed, t, with_neg):
     assert math.isclose(float(got), _info_nce_loop(q, k, pos, neg, t), rel_tol=1e-5, abs_tol=1e-6)
 
 
+def test_the_pixpro_loss_never_compares_two_images():
+    """Why PixPro cannot tell the digits apart on one-digit scenes (issue 16, docs/pixpro.md): with the PPM's
+    transform the identity, the loss sees the features only through cosines between pixels of the same image
+    (its two views). Rotating each image's features by its own orthogonal matrix (online and momentum alike)
+    leaves the loss unchanged, so nothing in it rewards features that differ between images, such as which
+    digit a scene shows. The check: per-image rotations change every cross-image cosine but not the loss,
+    which is recomputed here from the float64 loops of the PPM and the consistency loss."""
+    g = torch.Generator().manual_seed(7)
+    b, c, h, w = 3, 5, 3, 3
+    p = torch.randn(b, c, h, w, generator=g, dtype=torch.float64)
+    k = torch.randn(b, c, h, w, generator=g, dtype=torch.float64)
+    mask = torch.rand(b, h * w, h * w, generator=g) < 0.4
+    rot = torch.linalg.qr(torch.randn(b, c, c, generator=g, dtype=torch.float64)).Q  # one rotation per image
+    p2, k2 = torch.einsum("bdc,bchw->bdhw", rot, p), torch.einsum("bdc,bchw->bdhw", rot, k)
+    ppm = PixelPropagation(c, 0, 2.0, True).double()
+
+    def loss(p, k):
+        want = _consistency_loop(_ppm_loop(p, F.normalize(p, dim=1), 2.0), k, mask)
+        got = float(pixel_consistency_loss(ppm(p), k, mask))
+        assert math.isclose(got, want, rel_tol=1e-6, abs_tol=1e-9)
+        return got
+
+    assert math.isclose(loss(p, k), loss(p2, k2), rel_tol=1e-6, abs_tol=1e-7)  # float32 inside the loss
+    pooled, pooled2 = F.normalize(p.mean(dim=(2, 3)), dim=1), F.normalize(p2.mean(dim=(2, 3)), dim=1)
+    assert (pooled @ pooled.T - pooled2 @ pooled2.T).abs().max() > 0.1  # the images' relations did change
+
+
 def test_pixcontrast_without_any_positive_is_zero_with_a_gradient():
     q, k, _ = _maps_and_mask(0)
     q.requires_grad_(True)
@@ -382,6 +409,26 @@ def test_a_batch_of_the_digits_preset_has_positive_pairs():
     assert mask.any(dim=2).float().mean() > 0.8
 
 
+
+def test_the_views_cells_lie_where_the_positive_pairs_assume(tiny):
+    """Issue 16: the drawn views and the pixel pairs agree on where each map cell comes from. On scenes whose
+    red and green channels hold each pixel's own x and y (no colour changes), every 8 x 8 block of a 48 px
+    view (a cell of the 6 x 6 map) averages to the centre that the positive pairs assume, flipped or not."""
+    from contrastlab.losses.dense import _pixel_centres
+
+    cfg = load_config("pixpro", [*tiny, "views.channel_perm_p=0", "views.invert_p=0", "views.jitter_p=0",
+                                 "views.grayscale_p=0", "views.flip_p=0.5", "views.crop_scale=[0.2,1.0]"])  # fmt: skip
+    side, n = 32, 64
+    ramp = (torch.arange(side, dtype=torch.float32) + 0.5) / side
+    images = torch.zeros(n, 3, side, side)
+    images[:, 0], images[:, 1] = ramp[None, None, :], ramp[None, :, None]
+    x, boxes, flips = BatchedViews(cfg.views, 48)(images, torch.Generator().manual_seed(0), return_boxes=True)
+    assert flips.any() and not flips.all()
+    cx, cy, _ = _pixel_centres(boxes, flips, 6, 6)
+    cells = F.avg_pool2d(x, 8)  # (n, 3, 6, 6): each cell's mean x and y
+    assert (cells[:, 0].flatten(1) - cx).abs().max() < 0.01
+    assert (cells[:, 1].flatten(1) - cy).abs().max() < 0.01
+
 @pytest.mark.parametrize("override,match", [
     ("views.backend=torchvision", "views.backend=torchvision: pixpro needs each view's crop box"),
     ("views.rotation=10", "views.rotation=10.0: pixpro matches pixels through the crop boxes"),
@@ -422,3 +469,40 @@ def test_recipe_trains_end_to_end_and_its_features_evaluate(recipe, tiny, tmp_pa
     lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
     r = json.loads(lines[-1])
     assert 0 <= r["top1"] <= 1 and r["n_train"] == 256 and r["n_test"] == 128
+
+
+
+def test_the_diagnostic_script_against_loops(tiny, tmp_path, capsys):
+    """scripts/pixpro_diagnose.py (issue 16) on a tiny run: its within-scene and between-scene cosines of the
+    projector's pixels and the between-scene cosine of the pooled features against float64 loops."""
+    import importlib.util
+    from pathlib import Path
+
+    from contrastlab.data import build_datasets
+    from contrastlab.eval.run import load_run
+
+    out = tmp_path / "run"
+    assert main(["train", "pixpro", *tiny, "views.size=32", "trainer.max_steps=2", "trainer.threads=1",
+                 f"trainer.out_dir={out}"]) == 0, capsys.readouterr().err[-2000:]  # fmt: skip
+    path = Path(__file__).resolve().parents[1] / "scripts" / "pixpro_diagnose.py"
+    spec = importlib.util.spec_from_file_location("pixpro_diagnose", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    n = 6
+    r = mod.features(str(out), n=n)
+    cfg, method, _ = load_run(str(out), [])
+    method.eval()
+    x = build_datasets(cfg.data)[1].images[:n].float().div(255)
+    with torch.no_grad():
+        z = method.head(method.encoder.forward_features(x)).double().flatten(2)  # (n, d, pixels)
+        pooled = method.encoder(x).double()
+    px = [[z[b, :, i].tolist() for i in range(z.shape[2])] for b in range(n)]
+    within = [_cos(u, v) for b in range(n) for u in px[b] for v in px[b]]
+    unit = [[[c / math.sqrt(sum(q * q for q in u)) for c in u] for u in px[b]] for b in range(n)]
+    means = [[sum(u[c] for u in unit[b]) / len(unit[b]) for c in range(z.shape[1])] for b in range(n)]
+    between = [_cos(means[a], means[b]) for a in range(n) for b in range(n) if a != b]
+    pooled_between = [_cos(pooled[a].tolist(), pooled[b].tolist()) for a in range(n) for b in range(n) if a != b]
+    assert r["proj_cos_within_scene"] == pytest.approx(sum(within) / len(within), abs=1e-5)
+    assert r["proj_cos_between_scenes"] == pytest.approx(sum(between) / len(between), abs=1e-5)
+    assert r["pooled_cos_between_scenes"] == pytest.approx(sum(pooled_between) / len(pooled_between), abs=1e-5)
+    assert r["map"] == [4, 4] and 0 <= r["pooled_nearest_class_mean_acc"] <= 1
