@@ -140,6 +140,8 @@ def test_resume_safe_fields_are_the_ones_that_do_not_change_training():
         "trainer.progress", "trainer.threads", "trainer.compile", "trainer.channels_last", "trainer.accelerator",
         "data.root", "data.download", "data.in_memory", "data.num_workers", "data.pin_memory", "data.persistent_workers",
         "method.monitor_images", "method.grid_images",
+        "method.threshold",  # labels4free: the mask threshold at test time
+        "method.truncation_samples",  # stylegan2: z drawn for the exported latent_avg (not used in training)
     }  # fmt: skip
 
 
