@@ -4,7 +4,8 @@
     python scripts/fewshot_refinement_steps.py RUN [--steps 1 2 4 10] [--out results/fewshot_refinement_steps.json]
 
 The command line's ``eval fewshot`` takes ``data.*`` overrides only, so T goes through
-``contrastlab.eval.fewshot.run``'s overrides here. Writes the JSON with the commit and the command."""
+``contrastlab.eval.fewshot.run``'s overrides here. Writes the JSON with the commit, the command, torch, the threads and the seeds (the run's training
+seed and the episodes')."""
 from __future__ import annotations
 
 import argparse
@@ -21,16 +22,24 @@ def main(argv=None):
     ap.add_argument("run")
     ap.add_argument("--steps", type=int, nargs="*", default=[1, 2, 4, 10])
     ap.add_argument("--episodes", type=int, default=1000)
+    ap.add_argument("--seed", type=int, default=0, help="the episodes' seed (episode i is a function of (seed, i))")
+    ap.add_argument("--threads", type=int, default=1)
     ap.add_argument("--out", default=str(ROOT / "results" / "fewshot_refinement_steps.json"))
     a = ap.parse_args(argv)
-    from contrastlab.eval.fewshot import FewShotOptions, run
+    import torch
 
+    from contrastlab.eval.fewshot import FewShotOptions, run
+    from contrastlab.eval.run import load_run
+
+    torch.set_num_threads(a.threads)
     commit = subprocess.run(["git", "rev-parse", "HEAD"], capture_output=True, text=True, cwd=ROOT).stdout.strip()
+    train_seed = int(load_run(a.run, [])[0].seed)
     res = {"run": a.run, "commit": commit, "episodes": a.episodes,
            "command": "python scripts/fewshot_refinement_steps.py " + " ".join(argv if argv is not None else sys.argv[1:]),
+           "torch": torch.__version__, "threads": a.threads, "seeds": {"training": [train_seed], "episodes": a.seed},
            "results": {}}  # fmt: skip
     for t in a.steps:
-        r = run(a.run, FewShotOptions(shots=1, episodes=a.episodes, n_examples=0), [f"method.t_test={t}"])
+        r = run(a.run, FewShotOptions(shots=1, episodes=a.episodes, n_examples=0, seed=a.seed), [f"method.t_test={t}"])
         res["results"][f"T={t}"] = {k: r.get(k) for k in ("miou", "fb_iou", "dice", "data", "fold", "novel_classes", "step")}
         print(f"T={t}: {json.dumps(res['results'][f'T={t}'])}", flush=True)
     Path(a.out).parent.mkdir(parents=True, exist_ok=True)
