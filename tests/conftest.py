@@ -5,7 +5,9 @@ import torch
 
 # Keep the generated digit scenes out of the user's cache and shared by the whole session.
 os.environ.setdefault("CONTRASTLAB_CACHE", os.path.join(os.path.dirname(__file__), "..", ".cache", "test-data"))
-torch.set_num_threads(max(1, min(2, os.cpu_count() or 1)))
+# One thread: the suite's steps are small, and on a 2-core machine shared with other work two threads made
+# them up to ~100x slower (each thread waiting for the other's core). Tests that need more set it themselves.
+torch.set_num_threads(1)
 
 TINY = [
     "data.n_train=256",

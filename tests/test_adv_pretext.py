@@ -21,14 +21,6 @@ from contrastlab.losses.adversarial import clean_adversarial_ce, gradient_divers
 from contrastlab.methods import build_method
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 QUICK = ["optim.warmup_steps=0", "method.attack_steps=2"]
 
 

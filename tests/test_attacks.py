@@ -12,14 +12,6 @@ from contrastlab.attacks import attacking, fgsm, pgd
 from contrastlab.errors import ConfigError, UserError
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _images(b=3, shape=(2, 3, 4), seed=0, dtype=torch.float64, lo=0.0, hi=1.0):
     g = torch.Generator().manual_seed(seed)
     return lo + (hi - lo) * torch.rand(b, *shape, generator=g, dtype=dtype)

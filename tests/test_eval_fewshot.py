@@ -20,14 +20,6 @@ from contrastlab.methods.contract import segments_episodes
 from contrastlab.nn import PrototypeSegmenter, cosine_logits, episode_prototypes, masked_average_pool
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # ----------------------------------------------------------------------------- the math against loops
 def _pool_loop(f, m, eps=1e-5):
     """f (C, H, W), m (H, W) float64 -> list of C: sum f m / (sum m + eps), pixel by pixel."""

@@ -16,14 +16,6 @@ from contrastlab.eval.linear import LinearClassifier
 from contrastlab.eval.robust import ProbeClassifier, ProbeHead, attacked_accuracy, robust_linear_probe
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 def _linear_two_class(seed=0, n=40, shape=(3, 2, 2)):
     g = torch.Generator().manual_seed(seed)
     d = math.prod(shape)

@@ -17,14 +17,6 @@ from contrastlab.nn import AlphaNetwork
 from contrastlab.nn.stylegan2 import StyleGAN2Discriminator, StyleGAN2Generator, save_stylegan2
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # ----------------------------------------------------------------------------- losses
 
 

@@ -19,15 +19,6 @@ from contrastlab.methods import build_method
 from contrastlab.nn import PixelPropagation, cosine_momentum
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """One thread for these small steps: with both cores busy, two threads made each step ~100x slower here."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # ----------------------------------------------------------------------------- positive pixel pairs
 def _centre(box, flip, r, c, h, w):
     x0, y0, x1, y1 = box
@@ -409,7 +400,6 @@ def test_a_batch_of_the_digits_preset_has_positive_pairs():
     assert mask.any(dim=2).float().mean() > 0.8
 
 
-
 def test_the_views_cells_lie_where_the_positive_pairs_assume(tiny):
     """Issue 16: the drawn views and the pixel pairs agree on where each map cell comes from. On scenes whose
     red and green channels hold each pixel's own x and y (no colour changes), every 8 x 8 block of a 48 px
@@ -469,7 +459,6 @@ def test_recipe_trains_end_to_end_and_its_features_evaluate(recipe, tiny, tmp_pa
     lines = [line for line in capsys.readouterr().out.splitlines() if line.strip()]
     r = json.loads(lines[-1])
     assert 0 <= r["top1"] <= 1 and r["n_train"] == 256 and r["n_test"] == 128
-
 
 
 def test_the_diagnostic_script_against_loops(tiny, tmp_path, capsys):

@@ -19,14 +19,6 @@ from contrastlab.losses import multi_view_nt_xent, nt_xent
 from contrastlab.methods import build_method
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # ----------------------------------------------------------------------------- the three-view loss
 def _multi_view_loop(views, t):
     """(1 / V B) sum over anchors (v, i) and their positives (w != v, i) of

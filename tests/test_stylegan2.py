@@ -16,14 +16,6 @@ from contrastlab.nn.stylegan2 import (ModulatedConv2d, StyleGAN2Discriminator, S
                                       load_stylegan2, modulated_conv2d, save_stylegan2, upfirdn2d)  # fmt: skip
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
-
 # ----------------------------------------------------------------------------- modulated convolution
 
 
