@@ -28,6 +28,9 @@ def _cifar_lt(n_max: int, classes: int, ratio: float) -> int:
 SIZES = {
     "cifar10": 50_000, "cifar100": 50_000,  # torchvision's train splits
     "stl10": 105_000,  # train (5,000) + unlabeled (100,000)
+    "pascal5i": 10_582,  # VOC 2012 train with SBD's masks (trainaug; a fold trains on its base-class share of it)
+    "coco20i": 82_081,  # COCO 2014 train images with annotations (a fold trains on its base-class share of it)
+    "organs": 20 * 16,  # the synthetic organ set: 20 training volumes of 16 slices
 }
 FOLDERS = {  # image folders, by recipe: the data set the recipe is written for
     "simclr/imagefolder": 1_281_167, "moco/imagefolder": 1_281_167,  # ImageNet-1K train
@@ -42,6 +45,10 @@ FOLDERS = {  # image folders, by recipe: the data set the recipe is written for
     # LSUN object classes (about; only the epoch length depends on it)
     "labels4free/lsun_car": 5_520_756, "labels4free/lsun_cat": 1_657_266, "labels4free/lsun_horse": 2_000_340,
 }
+SLICES = {  # 2-D slices of medical volumes, by recipe (about; only the epoch length depends on it)
+    "rpnet/abdominal_ct": 3_779,  # Synapse multi-organ CT: 30 volumes, 3,779 axial slices
+    "rpnet/abdominal_mri": 623,  # CHAOS T2-SPIR MRI: 20 volumes
+}
 PAIRS = {"horse2zebra": 1_334}  # an unpaired epoch is max(|A|, |B|) = max(1,067 horses, 1,334 zebras)
 
 
@@ -54,6 +61,8 @@ def train_size(recipe: str, cfg) -> int:
         return n
     if d.name == "imagefolder":
         return FOLDERS[recipe]
+    if d.name == "slices":
+        return SLICES[recipe]
     if d.name == "unpaired":
         return PAIRS[recipe.split("/")[1]]
     n = SIZES[d.name]

@@ -184,6 +184,10 @@ def adversarial_picture(clean, adv, eps: float, row_names: Sequence[str] | None 
             img = (t.detach().cpu().clamp(0, 1) * 255).round().to(torch.uint8).permute(1, 2, 0).numpy()
             x0 = pad + c * (cw + pad)
             canvas[y0 : y0 + ch, x0 : x0 + cw] = img.repeat(scale, 0).repeat(scale, 1)
+    names = list(row_names) if row_names is not None else [f"#{r}" for r in range(n)]
+    return {"grid": canvas, "row_centres": [t + ch // 2 for t in tops], "row_names": names}
+
+
 def overlay(image, mask, colour=(255, 40, 40), alpha: float = 0.55, dim: float = 0.35) -> np.ndarray:
     """An (H, W, 3) uint8 picture of ``image`` (uint8 (3, H, W) or float in [0, 1]) with the pixels
     where ``mask == 1`` tinted by ``colour`` (``alpha`` of it), the others dimmed to ``dim`` of their

@@ -215,6 +215,8 @@ def robust_figures(run_dir: Path, evals: dict, img_dir: Path, n_shown: int = 8) 
                     f"({r.get('n_test')} test images; eps 0 is the clean accuracy): clean {_pct(r.get('top1'))}, PGD at "
                     f"the first eps {_pct(r.get('pgd_top1'))}."))  # fmt: skip
     return out
+
+
 def fewshot_figure(run_dir: Path, evals: dict, img_dir: Path, n_shown: int = 6) -> tuple[str, str, str] | None:
     """The "Few-shot segmentation" section: for the first ``fewshot`` result of ``eval.json`` whose
     episodes file is there (``contrastlab eval fewshot RUN``), its first ``n_shown`` episodes: the
