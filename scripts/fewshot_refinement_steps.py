@@ -3,9 +3,9 @@
 
     python scripts/fewshot_refinement_steps.py RUN [--steps 1 2 4 10] [--out results/fewshot_refinement_steps.json]
 
-The command line's ``eval fewshot`` takes ``data.*`` overrides only, so T goes through
-``contrastlab.eval.fewshot.run``'s overrides here. Writes the JSON with the commit, the command, torch, the threads and the seeds (the run's training
-seed and the episodes')."""
+One T is ``contrastlab eval fewshot RUN method.t_test=T`` on the command line (t_test does not change training,
+so evaluation may set it); this script runs several in one process through ``contrastlab.eval.fewshot.run``. Writes
+the JSON with the commit, the command, torch, the threads and the seeds (the run's training seed and the episodes')."""
 from __future__ import annotations
 
 import argparse

@@ -141,6 +141,7 @@ def test_resume_safe_fields_are_the_ones_that_do_not_change_training():
         "data.root", "data.download", "data.in_memory", "data.num_workers", "data.pin_memory", "data.persistent_workers",
         "method.monitor_images", "method.grid_images",
         "method.threshold",  # labels4free: the mask threshold at test time
+        "method.t_test",  # rpnet: the refinement steps at evaluation
         "method.truncation_samples",  # stylegan2: z drawn for the exported latent_avg (not used in training)
     }  # fmt: skip
 

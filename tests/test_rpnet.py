@@ -222,6 +222,18 @@ def test_trains_via_the_trainer_and_evaluates_with_eval_fewshot(recipe, extra, t
     assert r["segmenter"] == "rpnet" and 0 <= r["miou"] <= 1
     if recipe == "rpnet/organs":
         assert 0 <= r["dice"] <= 1 and r["novel_classes"] == ["liver"]
+        return
+    # T at test from the command line (an option that does not change training), the same as through the API
+    from contrastlab.eval.fewshot import FewShotOptions, run
+
+    assert main(["eval", "fewshot", str(out), "episodes=4", "batch_size=2", "n_examples=0", "method.t_test=1"]) == 0
+    cli = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    api = run(str(out), FewShotOptions(episodes=4, batch_size=2, n_examples=0), ["method.t_test=1"])
+    assert cli["miou"] == api["miou"] and (cli["miou"], cli["fb_iou"]) != (r["miou"], r["fb_iou"])
+    # an option that changes training is refused in one line, naming the ones that may be set
+    assert main(["eval", "fewshot", str(out), "episodes=4", "method.t_train=5"]) != 0
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "method.t_train" in err[0] and "method.t_test" in err[0]
 
 
 def test_align_loss_matches_an_episode_by_episode_recomputation():

@@ -12,8 +12,8 @@ from .errors import ConfigError, Interrupted, UserError
 
 def _parse_kv(items, cls, what: str):
     """Split ``key=value`` items into an instance of the options dataclass ``cls`` (typed and
-    range-checked by config.build_dataclass, defaults filled in) and the run overrides: data.* and
-    method.name (see eval.run.load_run)."""
+    range-checked by config.build_dataclass, defaults filled in) and the run overrides: data.*,
+    method.name and the method's options that do not change training (see eval.run.load_run)."""
     import dataclasses
     import typing
 
@@ -25,11 +25,12 @@ def _parse_kv(items, cls, what: str):
         if "=" not in item:
             raise ConfigError(f"{what}: argument {item!r} is not of the form key=value")
         key, text = item.split("=", 1)
-        if key.startswith("data.") or key == "method.name":  # where the data is; what evaluation sees (load_run)
+        if key.startswith(("data.", "method.")):  # where the data is; what evaluation sees (load_run checks them)
             data_overrides.append(item)
             continue
         if key not in names:
-            raise ConfigError(f"{what}: unknown option {key!r}; valid options: {', '.join(names)}, data.<key>, method.name")
+            raise ConfigError(f"{what}: unknown option {key!r}; valid options: {', '.join(names)}, data.<key>, method.name, "
+                              "method.<key> (an option that does not change training)")
         values[key] = parse_option(text, hints[key])
     try:
         return build_dataclass(cls, values), data_overrides
@@ -128,7 +129,8 @@ def build_parser() -> argparse.ArgumentParser:
     e = sub.add_parser("eval", help="evaluate a checkpoint with a protocol: " + ", ".join(sorted(PROTOCOLS)),
                        description="Evaluate a run with one of the protocols below; the result is the JSON of the "
                        "last line and is kept in the run folder's eval.json. Options: key=value (see each protocol's "
-                       "options in its error message or docs), data.key=value to read the data elsewhere.",
+                       "options in its error message or docs), data.key=value to read the data elsewhere, method.key=value "
+                       "for a method option that does not change training (e.g. method.t_test of RP-Net).",
                        epilog="protocols (options: key=default, a|b a choice):\n" + "\n".join(
                            f"  {n:<12} {describe(n)}\n" + textwrap.fill(option_summary(n), 110, initial_indent=" " * 15,
                                                            subsequent_indent=" " * 15, break_on_hyphens=False)

@@ -19,10 +19,16 @@ def load_run(checkpoint: str, data_overrides: list[str]):
     """(cfg, method with weights, checkpoint dict) from a checkpoint path or run folder;
     ``data_overrides`` (``data.key=value``) change where and how the data is read, and
     ``method.name=NAME`` what evaluation sees, where NAME is another name of the run's own method
-    (``looc`` evaluates the backbone, ``looc_pp`` the concatenated spaces of the same weights)."""
+    (``looc`` evaluates the backbone, ``looc_pp`` the concatenated spaces of the same weights), and
+    ``method.KEY=VALUE`` an option of the method that does not change training (one marked
+    resume-safe: RP-Net's ``t_test``, Labels4Free's mask ``threshold``); any other is refused, since
+    the weights were trained with the run's value."""
+    import dataclasses
+
     from ..config import apply_overrides, from_dict
     from ..checkpoint import load_checkpoint, load_weights
-    from ..methods import REGISTRY, build_method
+    from ..fields import is_resume_safe
+    from ..methods import REGISTRY, build_method, method_class
 
     ckpt = load_checkpoint(checkpoint)
     trained = ckpt["config"].get("method", {}).get("name")
@@ -32,6 +38,13 @@ def load_run(checkpoint: str, data_overrides: list[str]):
             same = sorted(n for n, c in REGISTRY.items() if c == REGISTRY.get(trained) and n != trained)
             raise UserError(f"method.name={name}: {checkpoint} is a {trained} run; evaluation can only name the same "
                             f"method another way ({', '.join(same) or 'it has no other name'})")  # fmt: skip
+        if key.startswith("method.") and key != "method.name":
+            fields = {f.name: f for f in dataclasses.fields(method_class(trained).Config)} if trained in REGISTRY else {}
+            safe = sorted(n for n, f in fields.items() if is_resume_safe(f))
+            if key[len("method."):] not in safe:
+                raise UserError(f"{key}: evaluation can set only the {trained} options that do not change training "
+                                f"({', '.join('method.' + n for n in safe) or 'it has none'}); the weights were trained "
+                                "with the run's value")  # fmt: skip
     tree = apply_overrides(ckpt["config"], data_overrides)
     cfg = from_dict(tree)  # defaults for keys newer than the checkpoint
     method = build_method(cfg)

@@ -53,7 +53,7 @@ class RPNetConfig:
     radius: int = option(5, ge=0, doc="the CRE's correlation window radius (5: 11 x 11)")
     cre_channels: int = option(64, ge=1, doc="channels of the CRE's output")
     t_train: int = option(4, ge=1, doc="refinement steps while training")
-    t_test: int = option(10, ge=1, doc="refinement steps at evaluation (segment_episode)")
+    t_test: int = option(10, ge=1, resume_safe=True, doc="refinement steps at evaluation (segment_episode)")
     scale: float = option(20.0, gt=0, doc="the cosine logits' scale")
     init_mask: Literal["prototype", "support"] = "prototype"
     align_weight: float = option(1.0, ge=0, doc="weight of the prototype alignment loss (0: off)")
