@@ -282,8 +282,8 @@ def test_two_processes_hold_the_same_weights_and_every_levels_queues_take_both_r
     import subprocess
     import sys
 
-    script = os.path.join(os.path.dirname(__file__), "dist_scripts", "detco_step.py")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", script,
+    script = os.path.join(os.path.dirname(__file__), "dist_scripts", "queue_steps.py")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", script, "detco",
            str(tmp_path)]  # fmt: skip
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert p.returncode == 0, p.stderr[-3000:]
@@ -296,10 +296,11 @@ def test_two_processes_hold_the_same_weights_and_every_levels_queues_take_both_r
             if "running_" not in name and "num_batches" not in name:  # BN statistics are per process
                 assert torch.equal(v, s1["state"][name]), (t, name)
         assert s0["ptrs"] == s1["ptrs"]
-        levels = s0["global_keys"].shape[1]
-        assert levels == 4 and s0["global_keys"].shape[0] == 8
-        for kind, off in (("global", 0), ("local", levels)):
-            k0, k1 = s0[f"{kind}_keys"], s1[f"{kind}_keys"]  # (B, L, d) of each rank
+        assert len(s0["calls"]) == 2  # the global keys, then the local ones
+        levels = s0["calls"][0].shape[1]
+        assert levels == 4 and s0["calls"][0].shape[0] == 8
+        for i, (kind, off) in enumerate((("global", 0), ("local", levels))):
+            k0, k1 = s0["calls"][i], s1["calls"][i]  # (B, L, d) of each rank
             assert not torch.allclose(k0, k1)
             for lv in range(levels):
                 rows = (torch.arange(2 * k0.shape[0]) + s0["ptrs"][off + lv]) % 64

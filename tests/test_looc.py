@@ -245,8 +245,8 @@ def test_two_processes_hold_the_same_weights_and_queues_with_both_ranks_keys(tmp
     import subprocess
     import sys
 
-    script = os.path.join(os.path.dirname(__file__), "dist_scripts", "looc_step.py")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", script,
+    script = os.path.join(os.path.dirname(__file__), "dist_scripts", "queue_steps.py")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", script, "looc",
            str(tmp_path)]  # fmt: skip
     p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert p.returncode == 0, p.stderr[-3000:]
@@ -257,7 +257,7 @@ def test_two_processes_hold_the_same_weights_and_queues_with_both_ranks_keys(tmp
         for name, v in s0["state"].items():
             if "running_" not in name and "num_batches" not in name:  # BN statistics are per process
                 assert torch.equal(v, s1["state"][name]), (t, name)
-        k0, k1 = s0["keys"], s1["keys"]  # (S spaces, S keys, B, d) of each rank
+        (k0,), (k1,) = s0["calls"], s1["calls"]  # (S spaces, S keys, B, d) of each rank
         assert k0.shape[:2] == (4, 4) and s0["ptrs"] == s1["ptrs"]
         for s in range(4):
             rows = (torch.arange(2 * k0.shape[2]) + s0["ptrs"][s]) % 64
