@@ -212,3 +212,183 @@ def test_eval_masks_refuses_a_run_without_masks_in_one_line(tmp_path, capsys):
     assert main(["eval", "masks", str(out), "n_generated=4", "steps=1"]) != 0
     err = capsys.readouterr().err.strip()
     assert "makes no masks" in err and "\n" not in err
+
+
+# ----------------------------------------------------------------------------- the official release's files
+
+
+def _official_forward(state: dict, prefix_convs: list, merges: list, out: str, feats: list) -> torch.Tensor:
+    """bg_extractor(_repro).forward of RameenAbdal/Labels4Free model_new.py written over the official
+    key names: conv pairs per level, a merge per middle level, upsampling to fixed sizes, conv_n."""
+    F = torch.nn.functional
+
+    def conv(name, x):
+        return F.conv2d(x, state[f"{name}.weight"], state[f"{name}.bias"])
+
+    def level(i):
+        a, b = prefix_convs[i]
+        return torch.cat([conv(a, feats[2 * i]), conv(b, feats[2 * i + 1])], 1)
+
+    def up(x):
+        s = 2 * x.shape[-1]
+        return F.interpolate(x, size=(s, s), mode="bicubic", align_corners=True)
+
+    o = up(level(0))
+    for i, m in enumerate(merges, start=1):
+        o = up(F.leaky_relu(conv(m, torch.cat([level(i), o], 1)), 0.2))
+    return torch.sigmoid(conv(out, level(len(prefix_convs) - 1) + o))
+
+
+def _official_state(layout, chans, seed=0):
+    g = torch.Generator().manual_seed(seed)
+    levels = len(chans) // 2
+    if layout == "repro":
+        pairs = [(f"conv{2 * i + 1}", f"conv{2 * i + 2}") for i in range(levels)]
+        merges = ["conv_next"] + [f"conv_next{j}" for j in range(2, levels - 1)]
+    else:
+        pairs = [(f"conv_fns0.{i}", f"conv_fns1.{i}") for i in range(levels)]
+        merges = [f"conv_merge_fns.{j}" for j in range(levels - 2)]
+    state = {}
+    for i, (a, b) in enumerate(pairs):
+        for name, c in ((a, chans[2 * i]), (b, chans[2 * i + 1])):
+            state[f"{name}.weight"] = torch.randn(3, c, 1, 1, generator=g, dtype=torch.float64) * 0.3
+            state[f"{name}.bias"] = torch.randn(3, generator=g, dtype=torch.float64) * 0.1
+    for m in merges:
+        state[f"{m}.weight"] = torch.randn(6, 12, 1, 1, generator=g, dtype=torch.float64) * 0.3
+        state[f"{m}.bias"] = torch.randn(6, generator=g, dtype=torch.float64) * 0.1
+    state["conv_n.weight"] = torch.randn(1, 6, 1, 1, generator=g, dtype=torch.float64)
+    state["conv_n.bias"] = torch.randn(1, generator=g, dtype=torch.float64)
+    return state, pairs, merges
+
+
+@pytest.mark.parametrize("layout", ["repro", "lists"])
+def test_an_official_alpha_network_file_loads_and_computes_the_official_forward(layout, tmp_path):
+    from contrastlab.nn.alpha_network import load_alpha_network
+
+    chans = [8, 8, 8, 8, 8, 8, 6, 6, 4, 4, 4, 4] if layout == "repro" else [8, 8, 6, 6, 4, 4, 4, 4]
+    state, pairs, merges = _official_state(layout, chans)
+    path = tmp_path / "alpha.pt"
+    torch.save({"bg_extractor_ema": state, "bg_extractor": {}}, path)
+    net = AlphaNetwork(chans).double()
+    assert load_alpha_network(path, net) == layout
+    torch.manual_seed(1)
+    feats = [torch.randn(2, c, 2 * 2 ** (i // 2), 2 * 2 ** (i // 2), dtype=torch.float64) for i, c in enumerate(chans)]
+    with torch.no_grad():
+        torch.testing.assert_close(net(feats), _official_forward(state, pairs, merges, "conv_n", feats))
+
+
+def test_a_wrong_official_alpha_file_fails_in_one_line_naming_the_key(tmp_path):
+    from contrastlab.errors import UserError
+    from contrastlab.nn.alpha_network import load_alpha_network
+
+    chans = [8, 8, 8, 8, 8, 8, 6, 6, 4, 4, 4, 4]
+    state, _, _ = _official_state("repro", chans)
+    net = AlphaNetwork(chans).double()
+    bad = dict(state, **{"conv9.weight": torch.zeros(3, 7, 1, 1, dtype=torch.float64)})
+    torch.save({"bg_extractor_ema": bad}, tmp_path / "shape.pt")
+    with pytest.raises(UserError, match=r"key 'conv9.weight' has shape \(3, 7, 1, 1\) where the configured alpha "
+                                        r"network has \(3, 4, 1, 1\)") as e:  # fmt: skip
+        load_alpha_network(tmp_path / "shape.pt", net)
+    assert "\n" not in str(e.value)
+    missing = {k: v for k, v in state.items() if not k.startswith("conv_next3")}
+    torch.save({"bg_extractor_ema": missing}, tmp_path / "missing.pt")
+    with pytest.raises(UserError, match=r"2 missing key\(s\) \['conv_next3.weight', 'conv_next3.bias'\]"):
+        load_alpha_network(tmp_path / "missing.pt", net)
+    torch.save({"g_ema": {}}, tmp_path / "entry.pt")
+    with pytest.raises(UserError, match="no 'bg_extractor_ema' state dict"):
+        load_alpha_network(tmp_path / "entry.pt", net)
+    with pytest.raises(UserError, match="has 6 levels"):
+        load_alpha_network(tmp_path / "missing.pt", AlphaNetwork([8, 8, 6, 6, 4, 4]).double())
+
+
+def test_labels4free_starts_its_alpha_network_from_an_official_file(public_generator, tmp_path):
+    from contrastlab.config import load_config
+    from contrastlab.methods import build_method
+
+    base = build_method(load_config("labels4free", [*TINY_L4F, f"method.generator_checkpoint={public_generator}"]))
+    chans = [base.A.reduce0[i].in_channels if j == 0 else base.A.reduce1[i].in_channels
+             for i in range(len(base.A.reduce0)) for j in (0, 1)]  # fmt: skip
+    state, _, _ = _official_state("lists", chans, seed=5)
+    torch.save({"bg_extractor_ema": {k: v.float() for k, v in state.items()}}, tmp_path / "a.pt")
+    m = build_method(load_config("labels4free", [*TINY_L4F, f"method.generator_checkpoint={public_generator}",
+                                                 f"method.alpha_checkpoint={tmp_path / 'a.pt'}"]))  # fmt: skip
+    for net in (m.A, m.A_ema):
+        torch.testing.assert_close(net.reduce1[1].weight, state["conv_fns1.1.weight"].float())
+        torch.testing.assert_close(net.out.bias, state["conv_n.bias"].float())
+
+
+def _table_by_loops(truth, pred, eps=1e-4):
+    t, p = truth.reshape(-1).tolist(), pred.reshape(-1).tolist()
+    rows = {}
+    for c in (0, 1):
+        tp = sum(1 for a, b in zip(t, p) if a == c and b == c)
+        fp = sum(1 for a, b in zip(t, p) if a != c and b == c)
+        fn = sum(1 for a, b in zip(t, p) if a == c and b != c)
+        prec, rec = tp / (eps + tp + fp), tp / (eps + tp + fn)
+        rows[str(c)] = {"iou": tp / (eps + tp + fp + fn), "precision": prec, "recall": rec,
+                        "f1": 2 * prec * rec / (eps + prec + rec), "accuracy": (len(t) - fp - fn) / len(t)}  # fmt: skip
+    return rows
+
+
+@pytest.mark.parametrize("seed", [0, 1])
+def test_the_official_mask_table_matches_loops_over_pixels(seed):
+    from contrastlab.eval.masks import official_table
+
+    g = torch.Generator().manual_seed(seed)
+    truth = torch.rand(3, 5, 6, generator=g) < 0.3
+    pred = torch.rand(3, 5, 6, generator=g) < 0.4
+    got, want = official_table(truth, pred), _table_by_loops(truth.long(), pred.long())
+    for c in ("0", "1"):
+        for k, v in want[c].items():
+            assert got[c][k] == pytest.approx(v, abs=1e-12), (c, k)
+    assert got["total"]["iou"] == pytest.approx((want["0"]["iou"] + want["1"]["iou"]) / 2)
+    empty = official_table(torch.zeros(2, 3, 3, dtype=torch.bool), torch.zeros(2, 3, 3, dtype=torch.bool))
+    assert empty["1"]["iou"] == 0.0 and empty["0"]["iou"] == pytest.approx(18 / (18 + 1e-4))
+
+
+def _png(path, array, mode):
+    from PIL import Image
+
+    Image.fromarray(array, mode=mode).save(path)
+
+
+def test_mask_folders_are_read_and_paired_as_the_official_test_does(tmp_path, capsys):
+    import numpy as np
+
+    from contrastlab.errors import UserError
+    from contrastlab.eval.masks import official_table, score_mask_folders
+
+    gt, pred = tmp_path / "Mask_car_gt", tmp_path / "Mask_car_pred"
+    gt.mkdir(), pred.mkdir()
+    rng = np.random.default_rng(0)
+    truths, preds = [], []
+    for i in (1, 2, 10):  # natural order 1, 2, 10 (a plain sort would put 10 second)
+        t = (rng.random((6, 7)) < 0.4).astype(np.uint8) * 255
+        t[0, 0] = 173  # a grey pixel: luminance below 255, so not the object (as the official int(x / 255))
+        p = (rng.random((6, 7)) < 0.4).astype(np.uint8) * 255
+        rgba = np.stack([t, t, t, np.full_like(t, 255)], -1)  # the released truths are RGBA, the predictions RGB
+        _png(gt / f"Car{i}.png", rgba, "RGBA")
+        _png(pred / f"{i}.png", np.stack([p, p, p], -1), "RGB")
+        truths.append(t == 255), preds.append(p == 255)
+    r = score_mask_folders(gt, pred)
+    assert r["pairs"] == [["Car1.png", "1.png"], ["Car2.png", "2.png"], ["Car10.png", "10.png"]]
+    want = _table_by_loops(torch.from_numpy(np.stack(truths)).long(), torch.from_numpy(np.stack(preds)).long())
+    assert r["official_table"]["1"]["iou"] == pytest.approx(want["1"]["iou"], abs=1e-12)
+    assert r["official_table"] == official_table(torch.from_numpy(np.stack(truths)), torch.from_numpy(np.stack(preds)))
+    _png(pred / "11.png", np.zeros((6, 7, 3), np.uint8), "RGB")
+    with pytest.raises(UserError, match="holds 3 masks and .* 4; the official test pairs them one to one"):
+        score_mask_folders(gt, pred)
+    (pred / "11.png").unlink()
+    _png(pred / "10.png", np.zeros((6, 8, 3), np.uint8), "RGB")
+    with pytest.raises(UserError, match=r"10.png: a 8 x 6 mask where 1.png is 7 x 6"):
+        score_mask_folders(gt, pred)
+    # the script over a checkout's custom_dataset/ layout, JSON with provenance
+    import importlib.util
+    import pathlib
+
+    spec = importlib.util.spec_from_file_location("l4f_official", pathlib.Path(__file__).parents[1] / "scripts" / "labels4f"
+                                                  "ree_official_masks.py")  # fmt: skip
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    with pytest.raises(SystemExit, match="no custom_dataset/ folder"):
+        mod.main(["--official", str(tmp_path), "--out", str(tmp_path / "o.json")])

@@ -42,7 +42,8 @@ from torch import Tensor
 from ..errors import UserError
 from ..fields import option
 
-__all__ = ["MasksOptions", "Options", "run", "mask_ious", "centred_box", "MaskSegmenter", "train_segmenter",
+__all__ = ["MasksOptions", "Options", "run", "mask_ious", "official_table", "read_mask_folder", "score_mask_folders",
+           "centred_box", "MaskSegmenter", "train_segmenter",
            "predict", "overlay"]  # fmt: skip
 
 
@@ -78,6 +79,89 @@ def mask_ious(pred: Tensor, truth: Tensor) -> dict:
 
     fg, bg = iou(pred, truth), iou(~pred, ~truth)
     return {"fg_iou": fg, "bg_iou": bg, "miou": (fg + bg) / 2}
+
+
+def official_table(truth: Tensor, pred: Tensor, eps: float = 1e-4) -> dict:
+    """The table of the official Labels4Free mask test (RameenAbdal/Labels4Free test_customdata.py,
+    ``Metrics.get_table``) for boolean masks (N, H, W): one 2 x 2 confusion matrix over all pixels
+    (rows truth, columns prediction; class 0 = False, 1 = True), then per class c
+
+        IoU = tp / (eps + (tp + fp) + (tp + fn) - tp),  P = tp / (eps + tp + fp),  R = tp / (eps + tp + fn),
+        F1 = 2 P R / (eps + P + R),  Acc = (total - (fp + fn)) / total
+
+    with eps = 1e-4, and ``total``: the mean of each column over the two classes. The official table
+    names class 0 'fg' and class 1 'bg'; here they are named by the mask value they count (in the
+    released masks white, 1, is the object), so ``"1"`` is the foreground row."""
+    truth, pred = truth.bool(), pred.bool()
+    if truth.shape != pred.shape:
+        raise ValueError(f"true masks {tuple(truth.shape)} and predicted masks {tuple(pred.shape)} differ in shape")
+    t, p = truth.reshape(-1).long(), pred.reshape(-1).long()
+    cm = torch.bincount(2 * t + p, minlength=4).reshape(2, 2).double()
+    total = cm.sum()
+    tp, col, row = cm.diagonal(), cm.sum(0), cm.sum(1)
+    rows = {}
+    for c in (0, 1):
+        iou = tp[c] / (eps + col[c] + row[c] - tp[c])
+        prec, rec = tp[c] / (eps + col[c]), tp[c] / (eps + row[c])
+        f1 = 2 * prec * rec / (eps + prec + rec)
+        acc = (total - (col[c] + row[c] - 2 * tp[c])) / total
+        rows[str(c)] = {"iou": float(iou), "f1": float(f1), "precision": float(prec), "recall": float(rec),
+                        "accuracy": float(acc)}  # fmt: skip
+    rows["total"] = {k: (rows["0"][k] + rows["1"][k]) / 2 for k in rows["0"]}
+    return rows
+
+
+def _natural_key(name: str):
+    import re
+
+    return [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", name)]
+
+
+def read_mask_folder(folder) -> tuple[list[str], Tensor]:
+    """The ``*.png`` masks of ``folder`` in natural order (``natsorted``, as the official test pairs
+    them), read as the official test reads them: the luminance of ``convert('LA')``, divided by 255
+    and truncated to an integer, so a pixel is True only where its luminance is 255. (names, (N, H, W) bool)."""
+    import numpy as np
+    from PIL import Image
+
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise UserError(f"mask folder {folder} does not exist")
+    files = sorted(folder.glob("*.png"), key=lambda f: _natural_key(f.name))
+    if not files:
+        raise UserError(f"mask folder {folder} holds no .png file")
+    masks = []
+    for f in files:
+        try:
+            lum = np.asarray(Image.open(f).convert("LA"))[..., 0]
+        except OSError as e:
+            raise UserError(f"{f}: not a readable image ({e})") from None
+        if masks and lum.shape != masks[0].shape:
+            raise UserError(f"{f}: a {lum.shape[1]} x {lum.shape[0]} mask where {files[0].name} is "
+                            f"{masks[0].shape[1]} x {masks[0].shape[0]}; the masks of one folder share a size")  # fmt: skip
+        masks.append(lum == 255)
+    return [f.name for f in files], torch.from_numpy(np.stack(masks))
+
+
+def score_mask_folders(truth_dir, pred_dir, box_fraction: float = 0.5) -> dict:
+    """The official test of predicted mask files against true ones (test_customdata.py): the i-th
+    file of each folder in natural order are a pair; :func:`official_table` over all of them, with
+    :func:`mask_ious` of the same masks and of two trivial predictions (every pixel foreground; a
+    centred box of side ``box_fraction``) for scale."""
+    t_names, truth = read_mask_folder(truth_dir)
+    p_names, pred = read_mask_folder(pred_dir)
+    if len(t_names) != len(p_names):
+        raise UserError(f"{truth_dir} holds {len(t_names)} masks and {pred_dir} {len(p_names)}; the official test "
+                        "pairs them one to one")  # fmt: skip
+    if truth.shape != pred.shape:
+        raise UserError(f"{pred_dir}/{p_names[0]}: masks of {tuple(pred.shape[1:])} where {truth_dir}/{t_names[0]} "
+                        f"is {tuple(truth.shape[1:])}")  # fmt: skip
+    n, h, w = truth.shape
+    return {"pairs": [[a, b] for a, b in zip(t_names, p_names)], "size": [h, w],
+            "truth_coverage": float(truth.float().mean()), "pred_coverage": float(pred.float().mean()),
+            "official_table": official_table(truth, pred), "ious": mask_ious(pred, truth),
+            "all_foreground": mask_ious(torch.ones_like(truth), truth),
+            "centred_box": mask_ious(centred_box(n, h, w, box_fraction), truth), "box_fraction": box_fraction}  # fmt: skip
 
 
 def centred_box(n: int, h: int, w: int, fraction: float) -> Tensor:

@@ -32,7 +32,7 @@ from ..errors import ConfigError
 from ..fields import option
 from ..losses.gan import gan_loss, r1_penalty
 from ..losses.masks import background_coverage_loss, binarization_loss, min_coverage_loss
-from ..nn.alpha_network import AlphaNetwork
+from ..nn.alpha_network import AlphaNetwork, load_alpha_network
 from ..nn.generators import to_signed, to_unit
 from ..nn.momentum import frozen_copy, momentum_update, set_requires_grad
 from ..nn.stylegan2 import load_stylegan2
@@ -46,6 +46,9 @@ class Labels4FreeConfig(GeneratorOptions):
     # g_ema, d, latent_avg), e.g. RUN/stylegan2.pt of `contrastlab train stylegan2`; required
     generator_checkpoint: Optional[str] = None
     use_pretrained_d: bool = False  # start D from the checkpoint's d (official --use_disc)
+    # an official alpha network (RameenAbdal/Labels4Free's released "Alpha Network" weights, or a file its train.py
+    # saved): the network and its EMA start from the file's bg_extractor_ema (nn.alpha_network.load_alpha_network)
+    alpha_checkpoint: Optional[str] = None
     truncation: float = option(1.0, gt=0, le=1)  # psi of the foreground pass (official --trunc)
     truncation_samples: int = option(4096, ge=1)  # z drawn for the truncation centre (mean_latent(4096))
     background: Literal["first_layer", "input"] = "first_layer"  # what the background branch zeroes
@@ -94,6 +97,8 @@ class Labels4Free(nn.Module):
         self.register_buffer("latent_avg", self.G.mean_latent(m.truncation_samples, generator=gen))
         self.n_feats = 2 * m.alpha_levels
         self.A = AlphaNetwork(self.G.feature_channels()[-self.n_feats :])
+        if m.alpha_checkpoint:
+            load_alpha_network(m.alpha_checkpoint, self.A)
         self.A_ema = frozen_copy(self.A)
 
     def train(self, mode: bool = True):
