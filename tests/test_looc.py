@@ -158,25 +158,11 @@ def test_a_step_is_the_per_space_loss_and_each_space_enqueues_its_k0_keys(tiny):
         assert torch.equal(qu.keys[16:], queues_before[s, 16:])
 
 
-def test_the_key_branch_is_a_momentum_copy_and_every_online_weight_gets_a_gradient(tiny):
+def test_the_key_branch_is_a_momentum_copy_and_every_online_weight_gets_a_gradient(tiny, momentum_step_check):
     m = _method(tiny)
-    with torch.no_grad():
-        for p in m.parameters():
-            if p.requires_grad:
-                p.add_(0.1)  # the online branch moves away from its copy
     online = [*m.backbone.parameters(), *m.heads.parameters()]
     key = [*m.key_backbone.parameters(), *m.key_heads.parameters()]
-    key_before = [p.clone() for p in key]
-    out = m(_batch())
-    out["loss"].backward()
-    assert len(key) == len(online) > 0
-    for kb, k, o in zip(key_before, key, online):
-        assert torch.allclose(k, 0.5 * kb + 0.5 * o)
-    for name, p in m.named_parameters():
-        if p.requires_grad:
-            assert p.grad is not None and p.grad.abs().sum() > 0, name
-        else:
-            assert name.startswith("key_") and p.grad is None, name
+    momentum_step_check(m, online, key, _batch())
 
 
 def test_looc_evaluates_the_backbone_and_looc_pp_the_concatenated_spaces(tiny):
@@ -238,25 +224,12 @@ def test_recipe_trains_end_to_end_and_its_features_evaluate(recipe, dim, tiny, t
 
 
 @pytest.mark.distributed
-def test_two_processes_hold_the_same_weights_and_queues_with_both_ranks_keys(tmp_path):
+def test_two_processes_hold_the_same_weights_and_queues_with_both_ranks_keys(tmp_path, queue_steps):
     """Two LooC steps on two gloo processes (torchrun): every rank holds the same weights, key branch and
     queues after each step, and each space's queue takes the k_0 keys of rank 0 then rank 1 in that space."""
-    import os
-    import subprocess
-    import sys
-
-    script = os.path.join(os.path.dirname(__file__), "dist_scripts", "queue_steps.py")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2", script, "looc",
-           str(tmp_path)]  # fmt: skip
-    p = subprocess.run(cmd, capture_output=True, text=True, timeout=300, env={**os.environ, "OMP_NUM_THREADS": "1"})
-    assert p.returncode == 0, p.stderr[-3000:]
-    r = [torch.load(tmp_path / f"rank{i}.pt", weights_only=True) for i in range(2)]
+    r = queue_steps("looc", tmp_path)
     for t in range(2):
         s0, s1 = r[0]["steps"][t], r[1]["steps"][t]
-        assert math.isfinite(s0["loss"]) and math.isfinite(s1["loss"])
-        for name, v in s0["state"].items():
-            if "running_" not in name and "num_batches" not in name:  # BN statistics are per process
-                assert torch.equal(v, s1["state"][name]), (t, name)
         (k0,), (k1,) = s0["calls"], s1["calls"]  # (S spaces, S keys, B, d) of each rank
         assert k0.shape[:2] == (4, 4) and s0["ptrs"] == s1["ptrs"]
         for s in range(4):

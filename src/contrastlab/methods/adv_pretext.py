@@ -44,7 +44,7 @@ from ..errors import ConfigError, UserError
 from ..fields import option
 from ..losses.adversarial import clean_adversarial_ce, gradient_diversity
 from ..nn import MLPHead
-from .common import build_encoder, build_views
+from .common import build_encoder, build_views, require_batched_views
 
 TASKS = {"adv_rotation": ("rotation",), "adv_jigsaw": ("jigsaw",), "adv_ensemble": ("rotation", "jigsaw")}
 
@@ -80,9 +80,7 @@ class AdvPretextConfig(AttackOptions):
             if size // m["jigsaw_grid"] < 2:
                 raise ConfigError(f"method.jigsaw_grid={m['jigsaw_grid']}: patches under 2 px at {size} px views; "
                                   "lower jigsaw_grid")  # fmt: skip
-        if cfg.views.backend != "batched":
-            raise ConfigError(f"views.backend={cfg.views.backend}: {m['name']} makes its pretext inputs from batched "
-                              "images; set views.backend=batched")  # fmt: skip
+        require_batched_views(cfg, f"{m['name']} makes its pretext inputs from batched images")
 
 
 def task_head(in_dim: int, n_classes: int, hidden: int) -> nn.Module:

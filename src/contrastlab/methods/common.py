@@ -81,6 +81,13 @@ def mochi_active(method: nn.Module, batch: dict) -> bool:
     return batch.get("epoch", 0) >= epochs
 
 
+def require_batched_views(cfg, why: str) -> None:
+    """A one-line ConfigError unless ``views.backend`` is batched: ``why`` says what the method makes
+    from whole batches on the device (e.g. "detco cuts its jigsaw views from batched images")."""
+    if cfg.views.backend != "batched":
+        raise ConfigError(f"views.backend={cfg.views.backend}: {why}; set views.backend=batched")
+
+
 def batch_criterion(c) -> Callable[..., torch.Tensor]:
     """The loss over a two-view batch, chosen once from the config: ``criterion(z1, z2,
     extra_negatives=None)`` is NT-Xent (SimCLR), or the debiased / hard NT-Xent when

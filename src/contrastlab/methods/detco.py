@@ -31,7 +31,7 @@ from ..fields import option
 from ..losses import info_nce
 from ..nn.momentum import frozen_copy, momentum_update
 from ..nn.queue import Queue
-from .common import build_encoder, build_projector
+from .common import build_encoder, build_projector, require_batched_views
 from .moco import shuffled_keys
 
 # METHODS.md section 5: w increasing with depth, e.g. 0.1, 0.4, 0.7, 1.0 for res2..res5 (unverified)
@@ -65,9 +65,7 @@ class DetCoConfig:
     def check(cls, cfg) -> None:
         """The views are drawn from whole batches on the device; one weight per level."""
         m = cfg.method
-        if cfg.views.backend != "batched":
-            raise ConfigError(f"views.backend={cfg.views.backend}: detco cuts its jigsaw views from batched images; "
-                              "set views.backend=batched")  # fmt: skip
+        require_batched_views(cfg, "detco cuts its jigsaw views from batched images")
         if m["level_weights"] is not None and len(m["level_weights"]) != m["n_levels"]:
             raise ConfigError(f"method.level_weights={list(m['level_weights'])}: {len(m['level_weights'])} weights for "
                               f"method.n_levels={m['n_levels']} levels; give one weight per level")  # fmt: skip

@@ -28,7 +28,7 @@ from ..fields import option
 from ..losses import leave_one_out_info_nce
 from ..nn.momentum import frozen_copy, momentum_update
 from ..nn.queue import Queue
-from .common import build_encoder, build_projector
+from .common import build_encoder, build_projector, require_batched_views
 from .moco import shuffled_keys
 
 
@@ -48,9 +48,7 @@ class LooCConfig:
     @classmethod
     def check(cls, cfg) -> None:
         """Leave-one-out views are made on the device from whole batches; a blur space needs blur."""
-        if cfg.views.backend != "batched":
-            raise ConfigError(f"views.backend={cfg.views.backend}: {cfg.method['name']} draws its leave-one-out "
-                              "views from batched images; set views.backend=batched")  # fmt: skip
+        require_batched_views(cfg, f"{cfg.method['name']} draws its leave-one-out views from batched images")
         if "blur" in cfg.method["augmentations"] and cfg.views.blur_p == 0:
             raise ConfigError("method.augmentations has blur but views.blur_p=0: the blur space would see no "
                               "blur; set views.blur_p > 0 or drop blur")  # fmt: skip
