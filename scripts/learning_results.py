@@ -420,10 +420,11 @@ def merge(table: str, files: list[Path], out_path: Path, argv) -> None:
             runs[k] = r
     first = parts[0]
     seeds = sorted({r["seed"] for r in runs.values()})
-    res = {"table": table, "what": first["what"], "commit": sorted({p["commit"] for p in parts}),
+    flat = lambda k: sorted({v for p in parts for v in (p.get(k) if isinstance(p.get(k), list) else [p.get(k)])})  # noqa: E731  (a part may be a merged file)
+    res = {"table": table, "what": first["what"], "commit": flat("commit"),
            "command": "python scripts/learning_results.py " + " ".join(argv if argv is not None else sys.argv[1:]),
            "parts": [{"file": f.name, "command": p.get("command"), "commit": p.get("commit")} for f, p in zip(files, parts)],
-           "torch": sorted({p.get("torch") for p in parts}), "threads": sorted({p.get("threads") for p in parts}),
+           "torch": flat("torch"), "threads": flat("threads"),
            "seeds": seeds, "machine": first.get("machine"), "overrides_all": first.get("overrides_all", []),
            "runs": dict(sorted(runs.items())), "summary": {}}  # fmt: skip
     _write(res, rows, evals, out_path)

@@ -18,9 +18,15 @@ encoder of the run's architecture (the floor). Prediction: the argmax of the two
 
 Metrics (:mod:`contrastlab.eval.fewshot_metrics`): per-class IoU with intersection and union
 accumulated over each novel class's episodes, their mean (mIoU), FB-IoU (foreground and background
-IoU accumulated over all episodes, averaged), and, on sets of volume slices (organs, slices), Dice
-per volume and its mean over volumes and classes. The first ``n_examples`` episodes are kept next
-to the run (``fewshot_examples_*.pt``) for ``contrastlab report``'s pictures.
+IoU accumulated over all episodes, averaged). On sets of volume slices (organs, slices) ``dice`` is the
+whole-volume Dice of the medical protocol (:mod:`contrastlab.eval.fewshot_volumes`: SSL-ALPNet's, which
+RP-Net reports): the last volume of the split is the support (``support=``, ``rotate_support=true``:
+each in turn), each other volume's organ extent is cut into ``n_part=3`` chunks segmented with the
+support slice at the centre of the support's matching chunk, and Dice = 2 |P n G| / (|P| + |G|) of the
+whole 3-D prediction, averaged over the query volumes, then over classes (``per_volume_dice``,
+``per_class_dice``). ``protocol=volume`` computes only that (no random episodes), ``protocol=episodes``
+only the episodes. The first ``n_examples`` episodes are kept next to the run
+(``fewshot_examples_*.pt``) for ``contrastlab report``'s pictures.
 """
 from __future__ import annotations
 
@@ -55,6 +61,13 @@ class FewShotOptions:
     batch_size: int = option(50, ge=1, doc="episodes per forward pass")
     device: str = "auto"
     n_examples: int = option(6, ge=0, doc="episodes kept for the report's pictures")
+    # auto: the random episodes (mIoU, FB-IoU) and, on a set of volume slices, the whole-volume Dice; volume: only the
+    # whole-volume Dice; episodes: only the random episodes
+    protocol: Literal["auto", "volume", "episodes"] = "auto"
+    n_part: int = option(3, ge=1, le=64, doc="chunks of the organ extent, each with one support slice (SSL-ALPNet: 3)")
+    support: int = option(-1, ge=-1, doc="the support volume's position among the split's volumes (-1: the last, as SSL-ALPNet)")
+    rotate_support: bool = False  # each volume the support in turn, the Dice averaged over all (support, query) pairs
+    z_margin: int = option(0, ge=0, le=1000, doc="slices scored beyond each end of the query's organ extent (SSL-ALPNet: 0)")
 
 
 Options = FewShotOptions
@@ -142,23 +155,36 @@ def run(checkpoint: str, opts: FewShotOptions, data_overrides=()) -> dict:
     dev = device(opts.device)
     segmenter, kind = episode_segmenter(cfg, method, opts, dev, checkpoint)
     source, fold, sampler = _sampler(cfg, opts, checkpoint)
-    start = time.perf_counter()
-    scores, examples = evaluate_episodes(segmenter, sampler, opts.episodes, opts.batch_size, dev, keep=opts.n_examples)
-    seconds = time.perf_counter() - start
     names = dict(enumerate(source.class_names))
-    r = scores.result(sampler.classes, names)
+    volumes = opts.protocol == "volume" or (opts.protocol == "auto" and source.volumes is not None)
     variant = f"{opts.shots}shot/fold{fold}" + ("" if opts.data == "run" else f"/{opts.data}") + (
-        "" if opts.method == "auto" else f"/{opts.method}") + ("" if opts.stage < 0 else f"/stage{opts.stage}")  # fmt: skip
+        "" if opts.method == "auto" else f"/{opts.method}") + ("" if opts.stage < 0 else f"/stage{opts.stage}") + (
+        "" if opts.protocol == "auto" else f"/{opts.protocol}") + (
+        "" if not volumes or (opts.n_part, opts.support, opts.rotate_support, opts.z_margin) == (3, -1, False, 0)
+        else f"/npart{opts.n_part}-support{'all' if opts.rotate_support else opts.support}-margin{opts.z_margin}")  # fmt: skip
     result = {"protocol": "fewshot", "checkpoint": str(checkpoint), "step": int(ckpt["step"]), "label": "mask",
               "features": opts.features, "variant": variant, "segmenter": kind, "data": cfg.data.name,
               "split": opts.split, "shots": opts.shots, "fold": fold, "folds": source.n_folds,
-              "novel_classes": [names[c] for c in sampler.classes], "episodes": opts.episodes, "seed": opts.seed,
-              "miou": r["miou"], "fb_iou": r["fb_iou"], "fg_iou": r["fg_iou"], "bg_iou": r["bg_iou"],
-              "per_class_iou": _round(r["per_class_iou"]), "episodes_per_class": r["episodes_per_class"]}  # fmt: skip
-    if "dice" in r:
-        result.update({"dice": r["dice"], "per_class_dice": _round(r["per_class_dice"]),
-                       "per_volume_dice": _round(r["per_volume_dice"])})  # fmt: skip
-    result["seconds"] = round(seconds, 2)
+              "novel_classes": [names[c] for c in sampler.classes]}  # fmt: skip
+    start = time.perf_counter()
+    examples = None
+    if opts.protocol != "volume":
+        scores, examples = evaluate_episodes(segmenter, sampler, opts.episodes, opts.batch_size, dev, keep=opts.n_examples)
+        r = scores.result(sampler.classes, names)
+        result.update({"episodes": opts.episodes, "seed": opts.seed, "miou": r["miou"], "fb_iou": r["fb_iou"],
+                       "fg_iou": r["fg_iou"], "bg_iou": r["bg_iou"], "per_class_iou": _round(r["per_class_iou"]),
+                       "episodes_per_class": r["episodes_per_class"]})  # fmt: skip
+    if volumes:
+        from .fewshot_volumes import evaluate_volumes
+
+        v = evaluate_volumes(segmenter, source, sampler.classes, opts.shots, opts.n_part, opts.support,
+                             opts.rotate_support, opts.z_margin, opts.batch_size, dev)  # fmt: skip
+        result.update({"dice_protocol": "volume", "n_part": opts.n_part, "z_margin": opts.z_margin,
+                       "dice": v["dice"], "per_class_dice": _round(v["per_class_dice"]),
+                       "per_volume_dice": _round(v["per_volume_dice"]), "volume_pairs": v["volume_pairs"],
+                       "support_volumes": v["support_volumes"], "scored_slices": v["scored_slices"],
+                       "skipped_volumes": v["skipped"]})  # fmt: skip
+    result["seconds"] = round(time.perf_counter() - start, 2)
     if examples is not None:
         result["examples"] = _keep_examples(checkpoint, variant, opts.features, examples, names)
     return result

@@ -12,10 +12,15 @@ An episode's prediction and truth are binary masks of its query (1 = the episode
 - **FB-IoU** = (IoU of the foreground + IoU of the background) / 2, each accumulated over all
   episodes whatever their class: foreground IoU = sum |P=1 n G=1| / sum |P=1 u G=1|, background
   the same for the pixels valued 0.
-- **Dice per volume** (the medical setting, slices of volumes): for a volume v and a class c,
-  Dice = 2 sum |P n G| / (sum |P| + sum |G|) over the episodes of class c whose query is a slice
-  of v; the class's Dice is the mean over its volumes, and the mean Dice the mean over classes.
-  A (volume, class) pair with no foreground in truth and prediction (0 / 0) is left out.
+- **Dice of the episodes' slices of a volume** (:class:`FewShotScores`): for a volume v and a class c,
+  2 sum |P n G| / (sum |P| + sum |G|) over the random episodes of class c whose query is a slice of v;
+  the class's value is the mean over its volumes. A (volume, class) pair with no foreground in truth
+  and prediction (0 / 0) is left out. It covers only the slices the episodes happened to draw:
+  ``eval fewshot`` reports the whole-volume Dice below instead.
+- **Whole-volume Dice** (:class:`VolumeDice`, :func:`volume_dice`; the medical protocol of
+  :mod:`contrastlab.eval.fewshot_volumes`): for a query volume v, a class c and a support run r,
+  Dice = 2 |P n G| / (|P| + |G|) with P, G the 3-D prediction and truth over all the scored slices
+  of v; the class's Dice is the mean over its (run, volume) pairs, the mean Dice the mean over classes.
 """
 from __future__ import annotations
 
@@ -27,7 +32,7 @@ from torch import Tensor
 
 IGNORE = 255
 
-__all__ = ["IGNORE", "episode_counts", "FewShotScores"]
+__all__ = ["IGNORE", "episode_counts", "FewShotScores", "volume_dice", "VolumeDice"]
 
 
 def episode_counts(pred: Tensor, truth: Tensor, ignore_index: int = IGNORE) -> dict:
@@ -107,3 +112,44 @@ class FewShotScores:
             out["per_volume_dice"] = per_volume
             out["dice"] = sum(per_class_dice.values()) / len(per_class_dice) if per_class_dice else math.nan
         return out
+
+
+def volume_dice(pred: Tensor, truth: Tensor, ignore_index: int = IGNORE) -> float | None:
+    """The Dice of a 3-D binary prediction ``pred`` and truth ``truth`` (D, H, W): 2 |P n G| / (|P| + |G|)
+    summed over all D slices (truth pixels valued ``ignore_index`` count nowhere); None when both are
+    empty (0 / 0)."""
+    c = episode_counts(pred, truth, ignore_index)
+    den = int(c["pred_fg"].sum()) + int(c["true_fg"].sum())
+    return 2 * int(c["inter"].sum()) / den if den else None
+
+
+class VolumeDice:
+    """Whole-volume Dice (module docstring): slices of each (run, volume, class) accumulated by
+    :meth:`add` (in any number of calls), scored by :meth:`result`."""
+
+    def __init__(self):
+        self.counts: dict = {}  # (run, volume, class) -> [2 |P n G|, |P| + |G|]
+
+    def add(self, volume: int, class_id: int, pred: Tensor, truth: Tensor, run=0) -> None:
+        """Slices (S, H, W) of the prediction and truth of ``volume`` for class ``class_id``, segmented
+        in support run ``run`` (any hashable: e.g. the support volumes)."""
+        c = episode_counts(pred, truth)
+        d = self.counts.setdefault((run, int(volume), int(class_id)), [0, 0])
+        d[0] += 2 * int(c["inter"].sum())
+        d[1] += int(c["pred_fg"].sum()) + int(c["true_fg"].sum())
+
+    def result(self, names: dict | None = None) -> dict:
+        """``dice`` (mean over classes), ``per_class_dice`` ({name: mean over its (run, volume) pairs}),
+        ``per_volume_dice`` ({"volume/class": mean over its runs}), ``volume_pairs`` (the pairs scored);
+        a pair whose prediction and truth are both empty is left out."""
+        name = (lambda k: str(names.get(k, k))) if names else str
+        by_class, by_volume = defaultdict(list), defaultdict(list)
+        for (run, v, k), (num, den) in sorted(self.counts.items(), key=lambda kv: (kv[0][2], kv[0][1], str(kv[0][0]))):
+            if den == 0:
+                continue
+            by_class[k].append(num / den)
+            by_volume[(v, k)].append(num / den)
+        per_class = {name(k): sum(d) / len(d) for k, d in sorted(by_class.items())}
+        return {"dice": sum(per_class.values()) / len(per_class) if per_class else math.nan, "per_class_dice": per_class,
+                "per_volume_dice": {f"{v}/{name(k)}": sum(d) / len(d) for (v, k), d in sorted(by_volume.items())},
+                "volume_pairs": sum(len(d) for d in by_class.values())}  # fmt: skip
