@@ -45,7 +45,8 @@ from .common import build_encoder
 from .episodic import episode_batch
 
 
-NET_KEYS = ("backbone", "width", "depth", "cifar_stem", "norm")  # the model keys that shape the stage-1 network
+NET_KEYS = ("backbone", "width", "depth", "cifar_stem", "norm", "output_stride", "deep_stem")  # the model keys that shape the stage-1 network
+NET_KEY_DEFAULTS = {"output_stride": None, "deep_stem": False}  # for runs written before those keys existed
 
 
 def _bins_ok(v):
@@ -174,7 +175,7 @@ class CWT(nn.Module):
         if trained != "cwt_stage1":
             raise UserError(f"method.stage1={self.cfg.stage1} is a {trained} run, not a cwt_stage1 run; "
                             "name the folder of `contrastlab train cwt_stage1`")  # fmt: skip
-        theirs = {k: ckpt["config"].get("model", {}).get(k) for k in NET_KEYS}
+        theirs = {k: ckpt["config"].get("model", {}).get(k, NET_KEY_DEFAULTS.get(k)) for k in NET_KEYS}
         differ = [f"model.{k}={theirs[k]} there, {v} here" for k, v in self.model_keys.items() if theirs[k] != v]
         if differ:
             raise UserError(f"method.stage1={self.cfg.stage1} built another network ({'; '.join(differ)}); "
