@@ -2,8 +2,12 @@
 Few-shot Semantic Segmentation with Classifier Weight Transformer"), two stages, two recipes.
 
 Stage 1 (``cwt_stage1``): a PSPNet-style network (``model.backbone`` -> pyramid pooling -> bottleneck ->
-1x1 classifier, :class:`contrastlab.nn.PSPNet`) trained with cross-entropy on the base classes of a fold
-(the data set's base-class view: masks 0 = background, 1 .. C = base classes, 255 = ignore).
+1x1 classifier, :class:`contrastlab.nn.PSPNet`) trained with cross-entropy (label-smoothed with
+``method.label_smoothing``, as RePRI's) on the base classes of a fold (the data set's base-class view:
+masks 0 = background, 1 .. C = base classes, 255 = ignore), its images and masks augmented together by
+``data.seg_aug`` (:mod:`contrastlab.data.pair_transforms`). The official network (RePRI's / CWT's
+src/model/pspnet.py) is ``model.backbone=resnet50 model.deep_stem=true model.output_stride=8`` with
+``model.weights`` the ImageNet file.
 
 Stage 2 (``cwt``; ``method.stage1`` names the stage-1 run): the stage-1 network without its classifier
 is loaded and frozen (eval mode: BatchNorm statistics and dropout fixed, no gradients); per episode
@@ -37,7 +41,7 @@ from ..checkpoint import load_checkpoint, load_weights
 from ..data.episodes import IGNORE, source_of
 from ..errors import ConfigError, UserError
 from ..fields import option
-from ..losses.segmentation import episode_weighted_ce
+from ..losses.segmentation import episode_weighted_ce, smoothed_cross_entropy
 from ..nn.prototypes import cosine_logits, episode_prototypes
 from ..nn.segmentation import PSPNet
 from ..nn.weight_transformer import ClassifierWeightTransformer
@@ -70,6 +74,9 @@ class SegNetConfig:
 class CWTStage1Config(SegNetConfig):
     name: Literal["cwt_stage1"] = "cwt_stage1"
     num_classes: int = option(6, ge=2, doc="background + the fold's base classes (the data's mask classes)")
+    # RePRI's stage-1 label smoothing (src/train.py:207-209: eps 0.1 when smoothing: True): the pixel's class gets
+    # 1 - eps, each other class eps / (num_classes - 1) (contrastlab.losses.smoothed_cross_entropy); 0: plain CE
+    label_smoothing: float = option(0.0, ge=0, lt=1, doc="eps of the label-smoothed cross-entropy")
 
 
 @dataclass
@@ -137,7 +144,11 @@ class CWTStage1(nn.Module):
             images, masks = self.draw(int(batch.get("step", 0)), batch["images"].shape[0])
         dev = batch["images"].device
         logits = self.net(_images(images.to(dev)))
-        loss = F.cross_entropy(logits, masks.to(dev).long(), ignore_index=IGNORE)
+        masks = masks.to(dev).long()
+        if self.cfg.label_smoothing:
+            loss = smoothed_cross_entropy(logits, masks, self.cfg.label_smoothing, ignore_index=IGNORE)
+        else:
+            loss = F.cross_entropy(logits, masks, ignore_index=IGNORE)
         return {"loss": loss}
 
 
