@@ -90,15 +90,161 @@ def test_stage1_uses_the_smoothed_loss_when_asked():
     cfg = load_config("cwt_stage1", ["model.width=4", "method.bottleneck_dim=8", "method.label_smoothing=0.1"])
     m = build_method(cfg).eval()
     g = torch.Generator().manual_seed(0)
-    with torch.no_grad():  # confident logits, so that smoothing changes the loss
-        m.net.classifier.weight.copy_(torch.randn(m.net.classifier.weight.shape, generator=g) * 50)
+    logits = torch.randn(2, 6, 32, 32, generator=g) * 4  # confident logits, so that smoothing changes the loss
+
+    class Fixed(torch.nn.Module):
+        def forward(self, x):
+            assert x.shape == (2, 3, 32, 32) and x.dtype == torch.float32 and float(x.max()) <= 1
+            return logits
+
+    m.net = Fixed()
     images = torch.randint(0, 256, (2, 3, 32, 32), generator=g, dtype=torch.uint8)
     masks = torch.randint(0, 6, (2, 32, 32), generator=g)
     masks[:, :4] = 255
     with torch.no_grad():
         got = m({"images": images, "masks": masks})["loss"]
-        logits = m.net(images.float() / 255)
     torch.testing.assert_close(got, smoothed_cross_entropy(logits, masks, 0.1))
     assert not torch.allclose(got, torch.nn.functional.cross_entropy(logits, masks, ignore_index=255))
     with pytest.raises(ConfigError, match="method.label_smoothing"):
         load_config("cwt_stage1", ["method.label_smoothing=1.0"])
+
+
+# ----------------------------------------------------------------------------- data.seg_aug: image + mask together
+def _blocks(b=4, size=32, cell=8, seed=0):
+    """Masks of cell x cell blocks of labels 0..4 and uint8 images whose three channels encode the label
+    as 40 (label + 1): a pixel's label can be read back from the image."""
+    g = torch.Generator().manual_seed(seed)
+    cells = torch.randint(0, 5, (b, size // cell, size // cell), generator=g)
+    masks = cells.repeat_interleave(cell, 1).repeat_interleave(cell, 2)
+    images = (40 * (masks + 1)).to(torch.uint8)[:, None].repeat(1, 3, 1, 1)
+    return images, masks
+
+
+def test_the_augmented_mask_stays_aligned_with_its_image_and_padding_is_ignore():
+    from contrastlab.data.pair_transforms import SegAugConfig, augment_pairs
+
+    c = SegAugConfig(scale=(0.5, 2.0), rotate=(-10.0, 10.0), rotate_p=1.0, hflip=0.5, vflip=0.5)
+    images, masks = _blocks(8)
+    checked = padded = 0
+    for seed in range(6):
+        img, msk = augment_pairs(images, masks, c, torch.Generator().manual_seed(seed))
+        assert img.shape == images.shape and img.dtype == torch.uint8 and msk.shape == masks.shape
+        assert set(msk.unique().tolist()) <= {0, 1, 2, 3, 4, 255}
+        # interior pixels (a 5 x 5 neighbourhood of one label in the mask): the image says the same label (within
+        # a quarter of a label step: bilinear images and nearest masks meet a few grey levels apart at block edges)
+        win = msk.float().unfold(1, 5, 1).unfold(2, 5, 1)  # (B, H-4, W-4, 5, 5)
+        centre = msk[:, 2:-2, 2:-2]
+        uniform = (win == centre[..., None, None].float()).all(-1).all(-1)
+        label_px = uniform & (centre != 255)
+        read = img[:, 0, 2:-2, 2:-2].float() / 40 - 1
+        assert torch.allclose(read[label_px], centre[label_px].float(), atol=0.25)
+        checked += int(label_px.sum())
+        # ignored interior pixels are padding or rotated-in corners: the image is 0 there (the official padding)
+        pad_px = uniform & (centre == 255)
+        assert torch.all(img[:, :, 2:-2, 2:-2].permute(1, 0, 2, 3)[:, pad_px] == 0)
+        padded += int(pad_px.sum())
+    assert checked > 0.3 * 6 * 8 * 28 * 28 and padded > 100  # the check saw most pixels, and padding
+
+
+def test_seg_aug_scale_half_is_the_2x2_mean_and_the_even_pixel_padded_with_ignore():
+    from contrastlab.data.pair_transforms import SegAugConfig, augment_pairs
+
+    g = torch.Generator().manual_seed(3)
+    images = torch.rand(2, 3, 16, 16, generator=g, dtype=torch.float64)
+    masks = torch.randint(0, 4, (2, 16, 16), generator=g)
+    img, msk = augment_pairs(images, masks, SegAugConfig(scale=(0.5, 0.5)), torch.Generator().manual_seed(0))
+    for b in range(2):
+        for y in range(16):
+            for x in range(16):
+                inside = 4 <= y < 12 and 4 <= x < 12  # 8 x 8 padded by 4 on each side (half before, half after)
+                if not inside:
+                    assert int(msk[b, y, x]) == 255 and all(float(img[b, k, y, x]) == 0 for k in range(3))
+                    continue
+                i, j = y - 4, x - 4
+                assert int(msk[b, y, x]) == int(masks[b, 2 * i, 2 * j])
+                for k in range(3):
+                    want = sum(float(images[b, k, 2 * i + u, 2 * j + v]) for u in (0, 1) for v in (0, 1)) / 4
+                    assert float(img[b, k, y, x]) == pytest.approx(want, abs=1e-12)
+
+
+def test_seg_aug_rotation_matches_a_loop_over_output_pixels():
+    """angle a about (w / 2, h / 2) (OpenCV's getRotationMatrix2D): the source of output (x, y) is
+    (cos a dx - sin a dy + cx, sin a dx + cos a dy + cy); mask: its nearest pixel or 255 outside, image:
+    bilinear with 0 outside."""
+    from contrastlab.data.pair_transforms import SegAugConfig, augment_pairs
+
+    g = torch.Generator().manual_seed(5)
+    h, w = 9, 12
+    images = torch.rand(1, 2, h, w, generator=g, dtype=torch.float64)
+    masks = torch.randint(0, 4, (1, h, w), generator=g)
+    c = SegAugConfig(rotate=(-30.0, 30.0), rotate_p=1.0)
+    gen = torch.Generator().manual_seed(11)
+    u = torch.rand(1, 7, generator=torch.Generator().manual_seed(11), dtype=torch.float64)[0].tolist()
+    angle = -30.0 + 60.0 * u[2]
+    img, msk = augment_pairs(images, masks, c, gen)
+    a = math.radians(angle)
+    cx, cy = w / 2, h / 2
+    for y in range(h):
+        for x in range(w):
+            sx = math.cos(a) * (x - cx) - math.sin(a) * (y - cy) + cx
+            sy = math.sin(a) * (x - cx) + math.cos(a) * (y - cy) + cy
+            if min(abs(sx % 1 - 0.5), abs(sy % 1 - 0.5)) > 1e-6:  # no rounding tie
+                rx, ry = round(sx), round(sy)
+                want = int(masks[0, ry, rx]) if 0 <= rx < w and 0 <= ry < h else 255
+                assert int(msk[0, y, x]) == want
+            x0, y0 = math.floor(sx), math.floor(sy)
+            for k in range(2):
+                v = 0.0
+                for yy, wy in ((y0, 1 - (sy - y0)), (y0 + 1, sy - y0)):
+                    for xx, wx in ((x0, 1 - (sx - x0)), (x0 + 1, sx - x0)):
+                        if 0 <= yy < h and 0 <= xx < w:
+                            v += wy * wx * float(images[0, k, yy, xx])
+                assert float(img[0, k, y, x]) == pytest.approx(v, abs=1e-9)
+
+
+def test_seg_aug_flips_are_exact_and_draws_are_seeded():
+    from contrastlab.data.pair_transforms import SegAugConfig, augment_pairs
+
+    images, masks = _blocks(3, seed=1)
+    img, msk = augment_pairs(images, masks, SegAugConfig(hflip=1.0, vflip=1.0), torch.Generator().manual_seed(0))
+    assert torch.equal(img, images.flip(-1).flip(-2)) and torch.equal(msk, masks.flip(-1).flip(-2))
+    off = SegAugConfig()
+    same = augment_pairs(images, masks, off, torch.Generator().manual_seed(0))
+    assert same[0] is images and same[1] is masks  # off: untouched, nothing drawn
+    c = SegAugConfig(scale=(0.5, 2.0), rotate=(-10.0, 10.0), hflip=0.5, vflip=0.5)
+    a = augment_pairs(images, masks, c, torch.Generator().manual_seed(7))
+    b = augment_pairs(images, masks, c, torch.Generator().manual_seed(7))
+    d = augment_pairs(images, masks, c, torch.Generator().manual_seed(8))
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1])
+    assert not torch.equal(a[1], d[1])
+
+
+def test_stage1_draws_augmented_pairs_as_a_function_of_the_step_and_trains(tmp_path, capsys):
+    import csv
+
+    from contrastlab.cli import main
+    from contrastlab.data import build_datasets
+    from contrastlab.methods import build_method
+
+    aug = ["data.seg_aug.scale=[0.5,2.0]", "data.seg_aug.rotate=[-10,10]", "data.seg_aug.hflip=0.5",
+           "data.seg_aug.vflip=0.5"]  # fmt: skip
+    tiny = ["data.n_train=200", "data.n_test=100", "model.width=4", "method.bottleneck_dim=8", "optim.batch_size=8",
+            "trainer.threads=1", "trainer.log_every=1", "trainer.knn_every=0"]  # fmt: skip
+    cfg = load_config("cwt_stage1", tiny + aug)
+    train, _ = build_datasets(cfg.data)
+    m = build_method(cfg)
+    m.setup_data(train)
+    plain = build_method(load_config("cwt_stage1", tiny))
+    plain.setup_data(train)
+    a, b, c = m.draw(3, 8), m.draw(3, 8), m.draw(4, 8)
+    assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and not torch.equal(a[1], c[1])
+    raw = plain.draw(3, 8)
+    assert not torch.equal(a[1], raw[1]) and a[0].shape == raw[0].shape  # the same images, augmented
+    assert (a[1] == 255).any()
+    with pytest.raises(ConfigError, match=r"data.seg_aug.scale=\[2.0, 0.5\]"):
+        load_config("cwt_stage1", ["data.seg_aug.scale=[2.0,0.5]"])
+    out = tmp_path / "run"
+    assert main(["train", "cwt_stage1", *tiny, *aug, "method.label_smoothing=0.1", "trainer.max_steps=3",
+                 f"trainer.out_dir={out}"]) == 0, capsys.readouterr().err[-2000:]  # fmt: skip
+    rows = [r for r in csv.DictReader((out / "metrics.csv").open()) if r.get("loss")]
+    assert len(rows) == 3 and all(math.isfinite(float(r["loss"])) for r in rows)

@@ -16,6 +16,7 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
+from .data.pair_transforms import SegAugConfig
 from .data.views import ViewConfig
 from .errors import ConfigError, UserError  # noqa: F401  (re-exported)
 from .fields import check_bounds, is_resume_safe, option
@@ -69,6 +70,9 @@ class DataConfig:
     # imagefolder: sub-folders for train/test (test optional)
     train_dir: str = "train"
     test_dir: Optional[str] = "auto"  # auto: val/ or else test/; null: none
+    # segmentation training (cwt_stage1's base-class images and masks): random scale / rotation / flips applied to
+    # image and mask together, padded with 0 / 255 (ignore) and cropped back (contrastlab.data.pair_transforms)
+    seg_aug: SegAugConfig = field(default_factory=SegAugConfig)
 
 
 @dataclass
@@ -461,6 +465,10 @@ def check_config(cfg: Config) -> None:
     if t.max_steps is None and t.max_epochs is None:
         raise ConfigError("trainer.max_steps=null and trainer.max_epochs=null: set trainer.max_steps or "
                           "trainer.max_epochs (the length of the run)")
+    for name in ("scale", "rotate"):
+        lo, hi = getattr(d.seg_aug, name)
+        if lo > hi:
+            raise ConfigError(f"data.seg_aug.{name}={[lo, hi]}: must be [min, max] with min <= max")
     for name in ("crop_scale", "crop_ratio", "blur_sigma"):
         lo, hi = getattr(v, name)
         if lo > hi:

@@ -39,6 +39,7 @@ import torch.nn.functional as F
 
 from ..checkpoint import load_checkpoint, load_weights
 from ..data.episodes import IGNORE, source_of
+from ..data.pair_transforms import augment_pairs
 from ..errors import ConfigError, UserError
 from ..fields import option
 from ..losses.segmentation import episode_weighted_ce, smoothed_cross_entropy
@@ -105,6 +106,7 @@ class CWTStage1(nn.Module):
         super().__init__()
         self.cfg = c = self.Config(**cfg.method)
         self.net = PSPNet(build_encoder(cfg.model), c.num_classes, c.bins, c.bottleneck_dim, c.decoder_dropout)
+        self.seg_aug = cfg.data.seg_aug  # the joint image + mask augmentation of the drawn images (off by default)
         self.base = None
 
     def setup_data(self, train_set) -> None:
@@ -127,13 +129,15 @@ class CWTStage1(nn.Module):
 
     def draw(self, step: int, b: int):
         """The images and masks of a step: epoch e of the base view is a permutation seeded by
-        (episode_seed, e), step s takes its s-th slice of b (a function of the step alone)."""
+        (episode_seed, e), step s takes its s-th slice of b (a function of the step alone), augmented
+        together by ``data.seg_aug`` with a generator seeded by (episode_seed, step)."""
         n = len(self.base)
         per_epoch = max(n // b, 1)
         epoch, i = divmod(step, per_epoch)
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.cfg.episode_seed * 7_777 + epoch))
         idx = perm[i * b:(i + 1) * b]
-        return self.base.images[idx], self.base.masks[idx].long()
+        g = torch.Generator().manual_seed((self.cfg.episode_seed * 1_000_003 + step) * 2 + 1)
+        return augment_pairs(self.base.images[idx], self.base.masks[idx].long(), self.seg_aug, g)
 
     def forward(self, batch: dict) -> dict:
         if "masks" in batch:
