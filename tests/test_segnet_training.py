@@ -248,3 +248,37 @@ def test_stage1_draws_augmented_pairs_as_a_function_of_the_step_and_trains(tmp_p
                  f"trainer.out_dir={out}"]) == 0, capsys.readouterr().err[-2000:]  # fmt: skip
     rows = [r for r in csv.DictReader((out / "metrics.csv").open()) if r.get("loss")]
     assert len(rows) == 3 and all(math.isfinite(float(r["loss"])) for r in rows)
+
+
+def test_stage2_augments_every_episode_image_with_its_mask():
+    from contrastlab.data import build_datasets
+    from contrastlab.methods import build_method
+    from contrastlab.methods.episodic import episode_batch
+
+    tiny = ["data.n_train=200", "data.n_test=100", "model.width=4", "method.bottleneck_dim=8", "method.adapt_steps=1",
+            "optim.batch_size=2", "method.stage1="]  # fmt: skip
+    cfg = load_config("cwt", tiny + ["data.seg_aug.hflip=1.0", "method.shots=2"])
+    train, _ = build_datasets(cfg.data)
+    m = build_method(cfg)
+    m.setup_data(train)
+    batch = {"images": torch.zeros(2, 3, 32, 32), "step": 5}
+    raw = episode_batch(m.episodes, batch, "cwt")
+    seen = {}
+
+    def spy(support_images, support_masks, query_image, generator=None):
+        seen.update(s=support_images, sm=support_masks, q=query_image)
+        return torch.zeros(2, 2, 32, 32, requires_grad=True)
+
+    m.query_logits = spy
+    m(batch)
+    assert seen["s"].shape == raw["support_images"].shape == (2, 2, 3, 32, 32)
+    assert torch.equal(seen["s"], raw["support_images"].flip(-1)) and torch.equal(seen["sm"], raw["support_masks"].flip(-1))
+    assert torch.equal(seen["q"], raw["query_image"].flip(-1))
+    # random draws: each image its own (some flipped, some not), a function of the step
+    m.seg_aug = load_config("cwt", tiny + ["data.seg_aug.hflip=0.5"]).data.seg_aug
+    a, b = m.augment_episodes(raw, 5), m.augment_episodes(raw, 5)
+    assert torch.equal(a["support_masks"], b["support_masks"]) and torch.equal(a["query_image"], b["query_image"])
+    flipped = [bool(torch.equal(x, y.flip(-1))) and not torch.equal(x, y)
+               for x, y in zip(torch.cat([a["support_images"].flatten(0, 1), a["query_image"]]),
+                               torch.cat([raw["support_images"].flatten(0, 1), raw["query_image"]]))]  # fmt: skip
+    assert 0 < sum(flipped) < len(flipped)

@@ -39,7 +39,7 @@ import torch.nn.functional as F
 
 from ..checkpoint import load_checkpoint, load_weights
 from ..data.episodes import IGNORE, source_of
-from ..data.pair_transforms import augment_pairs
+from ..data.pair_transforms import augment_pairs, seg_aug_active
 from ..errors import ConfigError, UserError
 from ..fields import option
 from ..losses.segmentation import episode_weighted_ce, smoothed_cross_entropy
@@ -170,6 +170,7 @@ class CWT(nn.Module):
         self.net.requires_grad_(False)
         self.transformer = ClassifierWeightTransformer(c.bottleneck_dim, c.heads, c.dropout, c.attn_dropout)
         self.net.eval()
+        self.seg_aug = cfg.data.seg_aug  # applied to each image of the sampler's episodes (CWT src/dataset/dataset.py:211-214)
         self.episodes = None  # the base-class episode sampler, from setup_data
 
     def train(self, mode: bool = True):
@@ -236,10 +237,23 @@ class CWT(nn.Module):
     def segment_episode(self, support_images, support_masks, query_image) -> torch.Tensor:
         return self.query_logits(support_images, support_masks, query_image)
 
+    def augment_episodes(self, ep: dict, step: int) -> dict:
+        """``data.seg_aug`` on every support and query image of a step's episodes, each image with its own
+        draws (the official transform is called per image), from a generator seeded by (episode_seed, step)."""
+        e, k = ep["support_images"].shape[:2]
+        images = torch.cat([ep["support_images"].flatten(0, 1), ep["query_image"]])
+        masks = torch.cat([ep["support_masks"].flatten(0, 1), ep["query_mask"]])
+        g = torch.Generator().manual_seed((self.cfg.episode_seed * 1_000_003 + step) * 2 + 1)
+        images, masks = augment_pairs(images, masks, self.seg_aug, g)
+        return {**ep, "support_images": images[: e * k].unflatten(0, (e, k)), "query_image": images[e * k:],
+                "support_masks": masks[: e * k].unflatten(0, (e, k)), "query_mask": masks[e * k:]}  # fmt: skip
+
     def forward(self, batch: dict) -> dict:
         """One meta-training step on ``optim.batch_size`` base-class episodes (episode ``step * B + b``
         of the sampler), or on the episodes of ``batch`` when it holds them."""
         ep = episode_batch(self.episodes, batch, "cwt")
+        if "support_images" not in batch and seg_aug_active(self.seg_aug):
+            ep = self.augment_episodes(ep, int(batch.get("step", 0)))
         logits = self.query_logits(ep["support_images"], ep["support_masks"], ep["query_image"], batch.get("generator"))
         loss = episode_weighted_ce(logits.unsqueeze(1), ep["query_mask"].long().unsqueeze(1), reduction="mean")
         return {"loss": loss}
