@@ -282,3 +282,49 @@ def test_stage2_augments_every_episode_image_with_its_mask():
                for x, y in zip(torch.cat([a["support_images"].flatten(0, 1), a["query_image"]]),
                                torch.cat([raw["support_images"].flatten(0, 1), raw["query_image"]]))]  # fmt: skip
     assert 0 < sum(flipped) < len(flipped)
+
+
+# ----------------------------------------------------------------------------- data.resize=pad (the official letterbox)
+def test_letterbox_size_is_the_official_resize():
+    from contrastlab.data.fewshot_sets import letterbox_size
+
+    # by hand from RePRI src/dataset/transform.py:88-106: the longer side to the size, the other int(side * ratio),
+    # each cut to a multiple of 8
+    assert letterbox_size(20, 40, 17) == (8, 16)  # int(20 * 17 / 40) = 8; 17 -> 16
+    assert letterbox_size(500, 375, 417) == (416, 312)  # int(312.75) = 312
+    assert letterbox_size(375, 500, 473) == (352, 472)  # int(354.75) = 354 -> 352
+    assert letterbox_size(64, 64, 64) == (64, 64)
+
+
+def test_pad_resize_letterboxes_pascal_pairs_with_ignore(tmp_path):
+    import numpy as np
+    from PIL import Image
+
+    from contrastlab.data import build_datasets
+
+    root = tmp_path / "pascal"
+    lines = []
+    for j, c in enumerate((1, 6, 11, 16, 1, 6)):
+        m = np.zeros((20, 40), dtype=np.uint8)
+        m[:, :20] = c  # the left half
+        name = f"2008_{j:04d}"
+        (root / "JPEGImages").mkdir(parents=True, exist_ok=True)
+        (root / "SegmentationClassAug").mkdir(parents=True, exist_ok=True)
+        Image.fromarray(np.full((20, 40, 3), 200, dtype=np.uint8)).save(root / "JPEGImages" / f"{name}.jpg", quality=95)
+        Image.fromarray(m, mode="L").save(root / "SegmentationClassAug" / f"{name}.png")
+        lines.append(f"JPEGImages/{name}.jpg SegmentationClassAug/{name}.png")
+    (root / "lists").mkdir()
+    (root / "lists" / "trainaug.txt").write_text("\n".join(lines) + "\n")  # the recipe's data.train_dir
+    (root / "lists" / "val.txt").write_text("\n".join(lines) + "\n")
+    cfg = load_config("cwt_stage1/pascal5i", [f"data.root={root}", "data.image_size=17", "data.resize=pad"])
+    train, _ = build_datasets(cfg.data)
+    assert train.images.shape == (6, 3, 17, 17) and train.masks.shape == (6, 17, 17)
+    assert torch.all(train.masks[:, 8:] == 255) and torch.all(train.masks[:, :, 16:] == 255)  # padding: ignore
+    assert torch.all(train.images[:, :, 8:] == 0) and torch.all(train.images[:, :, :, 16:] == 0)  # padding: 0
+    assert torch.all((train.images[:, :, :8, :16].int() - 200).abs() <= 3)  # the content, aspect ratio kept
+    for j, c in enumerate((1, 6, 11, 16, 1, 6)):
+        assert torch.all(train.masks[j, :8, :8] == c) and torch.all(train.masks[j, :8, 8:16] == 0)
+    stretched, _ = build_datasets(load_config("cwt_stage1/pascal5i", [f"data.root={root}", "data.image_size=17"]).data)
+    assert not (stretched.masks == 255).any()
+    with pytest.raises(ConfigError, match="data.resize=pad applies to data.name=pascal5i or coco20i"):
+        load_config("cwt_stage1", ["data.resize=pad"])

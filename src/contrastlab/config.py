@@ -70,6 +70,10 @@ class DataConfig:
     # imagefolder: sub-folders for train/test (test optional)
     train_dir: str = "train"
     test_dir: Optional[str] = "auto"  # auto: val/ or else test/; null: none
+    # pascal5i / coco20i: stretch the images to image_size squared, or pad: keep the aspect ratio, the longer side to
+    # image_size (cut to a multiple of 8), at the top-left, the rest 0 / 255 (ignore), the official Resize of
+    # PFENet / RePRI / CWT (contrastlab.data.fewshot_sets.letterbox_size)
+    resize: Literal["stretch", "pad"] = "stretch"
     # segmentation training (cwt_stage1's base-class images and masks): random scale / rotation / flips applied to
     # image and mask together, padded with 0 / 255 (ignore) and cropped back (contrastlab.data.pair_transforms)
     seg_aug: SegAugConfig = field(default_factory=SegAugConfig)
@@ -465,6 +469,9 @@ def check_config(cfg: Config) -> None:
     if t.max_steps is None and t.max_epochs is None:
         raise ConfigError("trainer.max_steps=null and trainer.max_epochs=null: set trainer.max_steps or "
                           "trainer.max_epochs (the length of the run)")
+    if d.resize != "stretch" and d.name not in ("pascal5i", "coco20i"):
+        raise ConfigError(f"data.resize={d.resize} applies to data.name=pascal5i or coco20i (the official letterbox), "
+                          f"not to {d.name}; remove it")  # fmt: skip
     for name in ("scale", "rotate"):
         lo, hi = getattr(d.seg_aug, name)
         if lo > hi:
