@@ -316,7 +316,7 @@ def test_pad_resize_letterboxes_pascal_pairs_with_ignore(tmp_path):
     (root / "lists").mkdir()
     (root / "lists" / "trainaug.txt").write_text("\n".join(lines) + "\n")  # the recipe's data.train_dir
     (root / "lists" / "val.txt").write_text("\n".join(lines) + "\n")
-    cfg = load_config("cwt_stage1/pascal5i", [f"data.root={root}", "data.image_size=17", "data.resize=pad"])
+    cfg = load_config("cwt_stage1/pascal5i", [f"data.root={root}", "data.image_size=17"])  # the recipe: resize pad
     train, _ = build_datasets(cfg.data)
     assert train.images.shape == (6, 3, 17, 17) and train.masks.shape == (6, 17, 17)
     assert torch.all(train.masks[:, 8:] == 255) and torch.all(train.masks[:, :, 16:] == 255)  # padding: ignore
@@ -324,7 +324,8 @@ def test_pad_resize_letterboxes_pascal_pairs_with_ignore(tmp_path):
     assert torch.all((train.images[:, :, :8, :16].int() - 200).abs() <= 3)  # the content, aspect ratio kept
     for j, c in enumerate((1, 6, 11, 16, 1, 6)):
         assert torch.all(train.masks[j, :8, :8] == c) and torch.all(train.masks[j, :8, 8:16] == 0)
-    stretched, _ = build_datasets(load_config("cwt_stage1/pascal5i", [f"data.root={root}", "data.image_size=17"]).data)
+    stretched, _ = build_datasets(load_config("cwt_stage1/pascal5i", [f"data.root={root}", "data.image_size=17",
+                                                                  "data.resize=stretch"]).data)
     assert not (stretched.masks == 255).any()
     with pytest.raises(ConfigError, match="data.resize=pad applies to data.name=pascal5i or coco20i"):
         load_config("cwt_stage1", ["data.resize=pad"])
