@@ -253,3 +253,20 @@ def test_a_plain_stem_file_does_not_load_into_the_deep_stem():
     plain = build_backbone("resnet18", output_stride=8)
     load_backbone_weights(plain, tv, "model.weights=x")  # torchvision's own file loads into the dilated network
     assert all(torch.equal(plain.net.state_dict()[k], v) for k, v in tv.items() if not k.startswith("fc."))
+
+
+def test_stage2_runs_on_a_deep_stem_dilated_stage1_and_refuses_another_stem_with_one_line(tmp_path, capsys):
+    from contrastlab.checkpoint import load_checkpoint
+    from contrastlab.cli import main
+
+    s1 = tmp_path / "s1"
+    assert main(["train", "cwt_stage1", *TINY, *DEEP, "trainer.max_steps=1", f"trainer.out_dir={s1}"]) == 0
+    common = [*TINY, "method.adapt_steps=1", "optim.batch_size=2", "trainer.max_steps=1", f"method.stage1={s1}"]
+    capsys.readouterr()
+    assert main(["train", "cwt", *common, "model.backbone=resnet18", "model.output_stride=8",
+                 f"trainer.out_dir={tmp_path / 'a'}"]) != 0  # fmt: skip
+    err = capsys.readouterr().err.strip().splitlines()
+    assert "model.deep_stem=True there, False here" in err[-1] and "Traceback" not in "".join(err)
+    assert main(["train", "cwt", *common, *DEEP, f"trainer.out_dir={tmp_path / 'b'}"]) == 0, capsys.readouterr().err[-2000:]
+    one, two = load_checkpoint(s1)["model"], load_checkpoint(tmp_path / "b")["model"]
+    assert torch.equal(one["net.encoder.backbone.net.conv3.weight"], two["net.encoder.backbone.net.conv3.weight"])
