@@ -202,6 +202,26 @@ def test_seg_aug_rotation_matches_a_loop_over_output_pixels():
                 assert float(img[0, k, y, x]) == pytest.approx(v, abs=1e-9)
 
 
+def test_seg_aug_upscale_then_random_crop_matches_a_loop():
+    """scale 2 (nearest mask: pixel (i, j) of the 2x image is (i // 2, j // 2)), then the crop back to 16 at offsets
+    floor(u * 17) of the image's sixth and seventh uniforms."""
+    from contrastlab.data.pair_transforms import SegAugConfig, augment_pairs
+
+    g = torch.Generator().manual_seed(4)
+    masks = torch.randint(0, 5, (6, 16, 16), generator=g)
+    images = masks[:, None].repeat(1, 3, 1, 1).to(torch.uint8)
+    u = torch.rand(6, 7, generator=torch.Generator().manual_seed(9), dtype=torch.float64).tolist()
+    _, msk = augment_pairs(images, masks, SegAugConfig(scale=(2.0, 2.0)), torch.Generator().manual_seed(9))
+    offsets = set()
+    for b in range(6):
+        y0, x0 = int(u[b][5] * 17), int(u[b][6] * 17)
+        offsets.add((y0, x0))
+        for y in range(16):
+            for x in range(16):
+                assert int(msk[b, y, x]) == int(masks[b, (y0 + y) // 2, (x0 + x) // 2])
+    assert len(offsets) > 1
+
+
 def test_seg_aug_flips_are_exact_and_draws_are_seeded():
     from contrastlab.data.pair_transforms import SegAugConfig, augment_pairs
 
@@ -240,6 +260,11 @@ def test_stage1_draws_augmented_pairs_as_a_function_of_the_step_and_trains(tmp_p
     assert torch.equal(a[0], b[0]) and torch.equal(a[1], b[1]) and not torch.equal(a[1], c[1])
     raw = plain.draw(3, 8)
     assert not torch.equal(a[1], raw[1]) and a[0].shape == raw[0].shape  # the same images, augmented
+    from contrastlab.data.pair_transforms import augment_pairs
+
+    g = torch.Generator().manual_seed((0 * 1_000_003 + 3) * 2 + 1)  # the documented seed: (episode_seed, step)
+    want = augment_pairs(raw[0], raw[1], cfg.data.seg_aug, g)
+    assert torch.equal(a[0], want[0]) and torch.equal(a[1], want[1])
     assert (a[1] == 255).any()
     with pytest.raises(ConfigError, match=r"data.seg_aug.scale=\[2.0, 0.5\]"):
         load_config("cwt_stage1", ["data.seg_aug.scale=[2.0,0.5]"])
@@ -282,6 +307,12 @@ def test_stage2_augments_every_episode_image_with_its_mask():
                for x, y in zip(torch.cat([a["support_images"].flatten(0, 1), a["query_image"]]),
                                torch.cat([raw["support_images"].flatten(0, 1), raw["query_image"]]))]  # fmt: skip
     assert 0 < sum(flipped) < len(flipped)
+    from contrastlab.data.pair_transforms import augment_pairs
+
+    g = torch.Generator().manual_seed((0 * 1_000_003 + 5) * 2 + 1)  # the documented seed: (episode_seed, step)
+    want, _ = augment_pairs(torch.cat([raw["support_images"].flatten(0, 1), raw["query_image"]]),
+                            torch.cat([raw["support_masks"].flatten(0, 1), raw["query_mask"]]), m.seg_aug, g)  # fmt: skip
+    assert torch.equal(a["query_image"], want[4:]) and torch.equal(a["support_images"].flatten(0, 1), want[:4])
 
 
 # ----------------------------------------------------------------------------- data.resize=pad (the official letterbox)
