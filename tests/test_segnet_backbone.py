@@ -270,3 +270,30 @@ def test_stage2_runs_on_a_deep_stem_dilated_stage1_and_refuses_another_stem_with
     assert main(["train", "cwt", *common, *DEEP, f"trainer.out_dir={tmp_path / 'b'}"]) == 0, capsys.readouterr().err[-2000:]
     one, two = load_checkpoint(s1)["model"], load_checkpoint(tmp_path / "b")["model"]
     assert torch.equal(one["net.encoder.backbone.net.conv3.weight"], two["net.encoder.backbone.net.conv3.weight"])
+
+
+def test_a_deep_stem_export_says_so_and_loads_back_through_model_weights(tmp_path, capsys):
+    """contrastlab export of a deep-stem dilated ResNet run writes the official deep-base names, which
+    model.weights reads back tensor for tensor (fc zeros skipped)."""
+    import json
+
+    from contrastlab.checkpoint import load_checkpoint
+    from contrastlab.cli import main
+    from contrastlab.engine.setup import build_setup, make_fabric
+
+    sim = ["data.n_train=64", "data.n_test=32", "optim.batch_size=16", "trainer.max_steps=1", "trainer.threads=1",
+           "trainer.knn_every=0", "model.proj_hidden=16", "model.proj_dim=8", "optim.warmup_steps=0", *DEEP]  # fmt: skip
+    run = tmp_path / "sim"
+    assert main(["train", "simclr", *sim, f"trainer.out_dir={run}"]) == 0, capsys.readouterr().err[-2000:]
+    capsys.readouterr()
+    assert main(["export", str(run), str(tmp_path / "b.pth")]) == 0
+    info = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert info["deep_stem"] is True and info["output_stride"] == 8 and "deep stem" in info["note"]
+    sd = torch.load(tmp_path / "b.pth", weights_only=True)
+    assert {"conv1.weight", "conv2.weight", "conv3.weight", "bn3.running_var", "fc.weight"} <= set(sd)
+    cfg = load_config("cwt_stage1", TINY + DEEP + [f"model.weights={tmp_path / 'b.pth'}"])
+    s = build_setup(cfg, make_fabric(cfg))
+    own = s.method.net.encoder.backbone.net.state_dict()
+    assert all(torch.equal(own[k], v) for k, v in sd.items() if not k.startswith("fc."))
+    trained = load_checkpoint(run)["model"]
+    assert torch.equal(own["conv2.weight"], trained["encoder.backbone.net.conv2.weight"])
