@@ -143,6 +143,7 @@ def test_resume_safe_fields_are_the_ones_that_do_not_change_training():
         "method.threshold",  # labels4free: the mask threshold at test time
         "method.t_test",  # rpnet: the refinement steps at evaluation
         "method.truncation_samples",  # stylegan2: z drawn for the exported latent_avg (not used in training)
+        "model.weights",  # read when a run starts; a resumed run's weights are its checkpoint's
     }  # fmt: skip
 
 

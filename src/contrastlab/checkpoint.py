@@ -27,15 +27,36 @@ def load_checkpoint(path: str | Path, map_location="cpu") -> dict:
         path = path / "last.ckpt"
     if not path.exists():
         raise UserError(f"checkpoint {path} does not exist")
-    try:
-        ckpt = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # truncated, not a torch file, or unsafe content
-        first = " ".join(str(e).split(". ")[0].split()) if str(e).strip() else type(e).__name__
-        raise UserError(f"checkpoint {path} is truncated, corrupt or not a checkpoint ({first}); "
-                        "use another checkpoint or train again") from None  # fmt: skip
+    ckpt = _torch_load(path, map_location, f"checkpoint {path}", "use another checkpoint or train again")
     if not isinstance(ckpt, dict) or "model" not in ckpt or "config" not in ckpt:
         raise UserError(f"{path} is not a contrastlab checkpoint (no model/config entries)")
     return ckpt
+
+
+def _torch_load(path: Path, map_location, what: str, fix: str):
+    try:
+        return torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # truncated, not a torch file, or unsafe content
+        first = " ".join(str(e).split(". ")[0].split()) if str(e).strip() else type(e).__name__
+        raise UserError(f"{what} is truncated, corrupt or not a checkpoint ({first}); {fix}") from None
+
+
+def read_state_dict(path: str | Path, where: str) -> dict:
+    """A weights file (``torch.save`` of a state dict: name -> tensor), read with ``weights_only=True``.
+    A file that holds the state dict under ``"state_dict"`` (semseg / PFENet training checkpoints)
+    gives that entry. ``where`` names the option (e.g.
+    ``model.weights=PATH``) in the one-line errors."""
+    path = Path(path)
+    if not path.is_file():
+        raise UserError(f"{where}: the file does not exist; give the path of a weights file (a saved state dict)")
+    obj = _torch_load(path, "cpu", where, "give a state dict saved with torch.save")
+    if isinstance(obj, dict):
+        if isinstance(obj.get("state_dict"), dict):
+            obj = obj["state_dict"]
+    if not isinstance(obj, dict) or not obj or not all(isinstance(k, str) for k in obj):
+        raise UserError(f"{where}: not a state dict (a mapping of weight names to tensors); give a file saved with "
+                        "torch.save(model.state_dict(), PATH)")  # fmt: skip
+    return obj
 
 
 def load_weights(module: torch.nn.Module, state: dict, where: str | Path) -> None:

@@ -16,6 +16,7 @@ from typing import Any, Literal, Optional, Union
 
 import yaml
 
+from .data.pair_transforms import SegAugConfig
 from .data.views import ViewConfig
 from .errors import ConfigError, UserError  # noqa: F401  (re-exported)
 from .fields import check_bounds, is_resume_safe, option
@@ -69,6 +70,13 @@ class DataConfig:
     # imagefolder: sub-folders for train/test (test optional)
     train_dir: str = "train"
     test_dir: Optional[str] = "auto"  # auto: val/ or else test/; null: none
+    # pascal5i / coco20i: stretch the images to image_size squared, or pad: keep the aspect ratio, the longer side to
+    # image_size (cut to a multiple of 8), at the top-left, the rest 0 / 255 (ignore), the official Resize of
+    # PFENet / RePRI / CWT (contrastlab.data.fewshot_sets.letterbox_size)
+    resize: Literal["stretch", "pad"] = "stretch"
+    # segmentation training (cwt_stage1's base-class images and masks): random scale / rotation / flips applied to
+    # image and mask together, padded with 0 / 255 (ignore) and cropped back (contrastlab.data.pair_transforms)
+    seg_aug: SegAugConfig = field(default_factory=SegAugConfig)
 
 
 @dataclass
@@ -110,6 +118,15 @@ class ModelConfig:
     width: int = option(32, ge=1)  # small_cnn only: channels of the first stage (x1, x2, x4, x4)
     depth: int = option(1, ge=1)  # small_cnn only: conv layers per stage
     cifar_stem: bool = False
+    # torchvision ResNets only: the dilated ResNet of segmentation networks (PSPNet, DeepLab): output stride 8 or
+    # 16 instead of 32 (layer3 / layer4 at stride 1, their 3x3 convs dilated; same weights' shapes)
+    output_stride: Optional[int] = option(None, check=lambda v: None if v in (None, 8, 16, 32) else "8, 16, 32 or null")
+    # torchvision ResNets only: PSPNet's deep stem (three 3x3 convs, 64-64-128 channels, then max-pool)
+    deep_stem: bool = False
+    # a backbone weights file loaded when a run starts (not on resume, not at evaluation: the run's checkpoint holds
+    # them): torchvision's resnet key names, the official PSPNet / RePRI deep-stem names with deep_stem, a small_cnn's
+    # own (see contrastlab.nn.backbones.load_backbone_weights); nothing downloads
+    weights: Optional[str] = option(None, resume_safe=True)
     norm: Literal["per_image", "imagenet", "cifar", "none"] = "per_image"
     proj_hidden: int = option(512, ge=1)
     proj_dim: int = option(128, ge=1)
@@ -131,6 +148,7 @@ class OptimConfig:
     batch_size: int = option(256, ge=1, doc="images per step over all processes")
     weight_decay: float = option(1e-6, ge=0)
     momentum: float = option(0.9, ge=0, lt=1)  # sgd and lars
+    nesterov: bool = False  # sgd only: Nesterov momentum (torch.optim.SGD nesterov=True; needs momentum > 0)
     betas: tuple[float, float] = option((0.9, 0.999), ge=0, lt=1)  # adam and adamw
     lars_eta: float = option(0.02, gt=0)
     exclude_bias_bn: bool = True  # no weight decay / LARS adaptation for biases and norms
@@ -451,6 +469,13 @@ def check_config(cfg: Config) -> None:
     if t.max_steps is None and t.max_epochs is None:
         raise ConfigError("trainer.max_steps=null and trainer.max_epochs=null: set trainer.max_steps or "
                           "trainer.max_epochs (the length of the run)")
+    if d.resize != "stretch" and d.name not in ("pascal5i", "coco20i"):
+        raise ConfigError(f"data.resize={d.resize} applies to data.name=pascal5i or coco20i (the official letterbox), "
+                          f"not to {d.name}; remove it")  # fmt: skip
+    for name in ("scale", "rotate"):
+        lo, hi = getattr(d.seg_aug, name)
+        if lo > hi:
+            raise ConfigError(f"data.seg_aug.{name}={[lo, hi]}: must be [min, max] with min <= max")
     for name in ("crop_scale", "crop_ratio", "blur_sigma"):
         lo, hi = getattr(v, name)
         if lo > hi:
@@ -458,6 +483,11 @@ def check_config(cfg: Config) -> None:
     if cfg.optim.warmup_steps and cfg.optim.warmup_epochs is not None:
         raise ConfigError(f"optim.warmup_steps={cfg.optim.warmup_steps} and optim.warmup_epochs={cfg.optim.warmup_epochs}: "
                           "give the warm-up once, in steps or in epochs")  # fmt: skip
+    if cfg.optim.nesterov and (cfg.optim.name != "sgd" or cfg.optim.momentum == 0):
+        raise ConfigError(f"optim.nesterov=true needs optim.name=sgd with optim.momentum > 0 (got optim.name="
+                          f"{cfg.optim.name}, optim.momentum={cfg.optim.momentum}); set optim.nesterov=false or use SGD "
+                          "with momentum")  # fmt: skip
+    _check_resnet_options(cfg.model)
     if cfg.model.timm_kwargs and not cfg.model.backbone.startswith("timm:"):
         raise ConfigError(f"model.timm_kwargs applies to timm:NAME backbones, not to model.backbone="
                           f"{cfg.model.backbone}; remove it or choose a timm backbone")  # fmt: skip
@@ -476,6 +506,17 @@ def check_config(cfg: Config) -> None:
     mcls = method_config_class(cfg.method["name"])
     if hasattr(mcls, "check"):
         mcls.check(cfg)
+
+
+def _check_resnet_options(m: ModelConfig) -> None:
+    """The torchvision ResNets' own options (output stride, deep stem) with another backbone or the CIFAR stem
+    are one-line errors at load (the same checks as contrastlab.nn.build_backbone's)."""
+    from .nn.backbones import resnet_options_problem
+
+    problem = resnet_options_problem(m.backbone, cifar_stem=m.cifar_stem, output_stride=m.output_stride,
+                                     deep_stem=m.deep_stem)  # fmt: skip
+    if problem:
+        raise ConfigError(problem)
 
 
 def _check_data_splits(d: DataConfig) -> None:

@@ -1,5 +1,8 @@
 """Few-shot segmentation data in the public layouts: PASCAL-5i, COCO-20i and 2-D slices of medical volumes.
 
+PASCAL-5i and COCO-20i images are stretched to ``data.image_size`` squared, or with ``data.resize=pad``
+letterboxed as the official code of PFENet / RePRI / CWT does (:func:`letterbox_size`).
+
 Each reader returns (train, test) :class:`TensorImageSet` with ``masks`` (class ids, 255 ignore),
 ``mask_classes``, ``files`` (the image file of each item, for errors), and the fold scheme that
 :func:`contrastlab.data.episodes.source_of` reads (``fold_scheme``, ``default_folds``). Images are
@@ -68,7 +71,7 @@ COCO_CLASSES = ["background", "person", "bicycle", "car", "motorcycle", "airplan
                 "clock", "vase", "scissors", "teddy bear", "hair drier", "toothbrush"]  # fmt: skip
 ALPNET_ORGANS = ["background", "liver", "right_kidney", "left_kidney", "spleen"]
 
-__all__ = ["COCO_CLASSES", "ALPNET_ORGANS", "read_label_png", "read_pairs", "pascal5i_datasets", "coco20i_datasets",
+__all__ = ["COCO_CLASSES", "ALPNET_ORGANS", "read_label_png", "letterbox_size", "read_pairs", "pascal5i_datasets", "coco20i_datasets",
            "read_volume", "read_nifti", "slice_volumes", "slices_datasets"]  # fmt: skip
 
 
@@ -113,9 +116,22 @@ def _list_items(root: Path, list_file: Path, image_dir: str, mask_dir: str) -> l
     return items
 
 
+def letterbox_size(h: int, w: int, size: int) -> tuple[int, int]:
+    """The (height, width) of the official ``Resize`` of PFENet / RePRI / CWT (RePRI src/dataset/transform.py:88-106):
+    the longer side to ``size``, the other scaled alike (truncated), then each side not a multiple of 8 cut
+    down to one (417 -> 416)."""
+    if h >= w:
+        nh, nw = size, int(w * (size / h))
+    else:
+        nh, nw = int(h * (size / w)), size
+    return (nh // 8) * 8 if nh % 8 else nh, (nw // 8) * 8 if nw % 8 else nw
+
+
 def read_pairs(items: list[tuple[str, str]], class_names: list[str], image_size: int, name: str,
-               where: str) -> TensorImageSet:  # fmt: skip
-    """(image file, mask file) pairs decoded into an in-memory set with masks (see the module docstring)."""
+               where: str, resize: str = "stretch") -> TensorImageSet:  # fmt: skip
+    """(image file, mask file) pairs decoded into an in-memory set with masks (see the module docstring).
+    ``resize``: ``stretch`` to image_size squared, or ``pad``: the official letterbox (:func:`letterbox_size`,
+    at the top-left corner; the rest 0 in the image and 255 (ignore) in the mask: transform.py:116-133)."""
     n = len(items)
     images = torch.empty(n, 3, image_size, image_size, dtype=torch.uint8)
     masks = torch.empty(n, image_size, image_size, dtype=torch.uint8)
@@ -127,10 +143,13 @@ def read_pairs(items: list[tuple[str, str]], class_names: list[str], image_size:
         if mask.shape != (im.height, im.width):
             raise UserError(f"mask {mask_path} is {mask.shape[1]}x{mask.shape[0]} but its image {img_path} is "
                             f"{im.width}x{im.height}; a mask must match its image")  # fmt: skip
-        im = im.resize((image_size, image_size), Image.Resampling.BILINEAR)
-        m = Image.fromarray(mask).resize((image_size, image_size), Image.Resampling.NEAREST)
-        images[i] = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)
-        masks[i] = torch.from_numpy(np.asarray(m, dtype=np.uint8).copy())
+        nh, nw = (image_size, image_size) if resize == "stretch" else letterbox_size(im.height, im.width, image_size)
+        im = im.resize((nw, nh), Image.Resampling.BILINEAR)
+        m = Image.fromarray(mask).resize((nw, nh), Image.Resampling.NEAREST)
+        if resize != "stretch":
+            images[i], masks[i] = 0, IGNORE
+        images[i, :, :nh, :nw] = torch.from_numpy(np.asarray(im, dtype=np.uint8).copy()).permute(2, 0, 1)
+        masks[i, :nh, :nw] = torch.from_numpy(np.asarray(m, dtype=np.uint8).copy())
     out = _with_label(images, masks, class_names, name)
     out.files, out.where = [p for p, _ in items], where
     return out
@@ -157,7 +176,7 @@ def _pair_datasets(dcfg, class_names, image_dir, mask_dir, scheme, name):
             continue
         list_file = root / "lists" / f"{split}.txt"
         s = read_pairs(_list_items(root, list_file, image_dir, mask_dir), class_names, dcfg.image_size,
-                       f"{name}-{split}", str(list_file))  # fmt: skip
+                       f"{name}-{split}", str(list_file), getattr(dcfg, "resize", "stretch"))  # fmt: skip
         s.fold_scheme, s.default_folds = scheme, 4
         out.append(s)
     return out[0], out[1]

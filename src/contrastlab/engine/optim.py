@@ -69,7 +69,7 @@ def build_optimizer(module: nn.Module, ocfg, global_batch: int) -> torch.optim.O
     for g in groups:
         g.pop("lars")
     if ocfg.name == "sgd":
-        return torch.optim.SGD(groups, lr=lr, momentum=ocfg.momentum)
+        return torch.optim.SGD(groups, lr=lr, momentum=ocfg.momentum, nesterov=getattr(ocfg, "nesterov", False))
     if ocfg.name == "adam":
         return torch.optim.Adam(groups, lr=lr, betas=ocfg.betas)
     if ocfg.name == "adamw":

@@ -10,7 +10,7 @@ from typing import Any, NamedTuple
 
 import torch
 
-from ..checkpoint import load_weights
+from ..checkpoint import load_weights, read_state_dict
 from ..config import Config, UserError
 from ..data import build_datasets
 from ..methods import build_method, method_class
@@ -116,6 +116,8 @@ def build_setup(cfg: Config, fabric, run_dir: Path | None = None, datasets: tupl
     is_main = fabric.is_global_zero
     source = resume_source(cfg, run_dir) if run_dir is not None else None
     ckpt = load_resume(cfg, source, run_dir) if source is not None else None
+    weights = read_state_dict(cfg.model.weights, f"model.weights={cfg.model.weights}") if (
+        cfg.model.weights and ckpt is None) else None  # read before the data: a bad file fails at once  # fmt: skip
 
     train_set, test_set = datasets if datasets is not None else build_datasets(cfg.data)
     if train_set is None and t.max_steps is None:  # no data: the caller brings its own batches (benchmarks)
@@ -134,6 +136,9 @@ def build_setup(cfg: Config, fabric, run_dir: Path | None = None, datasets: tupl
 
     torch.manual_seed(cfg.seed)  # the same initial weights on every process
     method = build_method(cfg)
+    if weights is not None:  # a fresh run: the backbone's initial weights (a resumed one has its checkpoint's)
+        load_encoder_weights(method, weights, f"model.weights={cfg.model.weights}")
+        del weights
     if train_set is not None and uses_training_set(method):  # e.g. a memory bank of one row per image
         method.setup_data(train_set)
     if cfg.model.sync_bn and world > 1:
@@ -176,6 +181,23 @@ def build_setup(cfg: Config, fabric, run_dir: Path | None = None, datasets: tupl
         model, optimizer = fabric.setup(model, optimizer)
     return TrainingSetup(cfg, fabric, method, model, optimizer, scheduler, train_set, test_set, step, total, per_epoch,
                          global_batch, source, per_process, warmup)  # fmt: skip
+
+
+def load_encoder_weights(method: torch.nn.Module, state: dict, where: str) -> list[str]:
+    """``model.weights``: the file's backbone weights into every :class:`~contrastlab.nn.Encoder` of the
+    method (its encoder and any momentum copy of it), before ``setup_data`` (so a stage that loads a
+    previous run's network there keeps that one). Returns the encoders' names; a method without an
+    encoder is a one-line error."""
+    from ..nn import Encoder
+    from ..nn.backbones import load_backbone_weights
+
+    names = [name for name, m in method.named_modules() if isinstance(m, Encoder)]
+    if not names:
+        raise UserError(f"{where}: method {type(method).__name__} has no backbone encoder (model.backbone) to load "
+                        "backbone weights into; remove model.weights")  # fmt: skip
+    for name in names:
+        load_backbone_weights(method.get_submodule(name), state, where)
+    return names
 
 
 def compile_networks(method: torch.nn.Module) -> list[str]:

@@ -52,9 +52,14 @@ def export_torchvision(checkpoint: str, out: str, fc: str = "zeros") -> dict:
     atomic_save(out_path, lambda tmp: torch.save(sd, tmp))
     result = {"export": str(out_path), "checkpoint": str(checkpoint), "step": int(ckpt["step"]),
               "backbone": cfg.model.backbone, "keys": len(sd), "input_norm": cfg.model.norm,
-              "cifar_stem": bool(cfg.model.cifar_stem),
+              "cifar_stem": bool(cfg.model.cifar_stem), "deep_stem": bool(cfg.model.deep_stem),
+              "output_stride": cfg.model.output_stride or 32,
               "fc": "zeros: untrained, replace it" if fc == "zeros" else "none"}  # fmt: skip
     if cfg.model.cifar_stem:
         result["note"] = ("CIFAR stem: conv1 is 3x3 stride 1 and there is no max-pool; set model.conv1 = "
                           "Conv2d(3, 64, 3, 1, 1, bias=False) and model.maxpool = Identity() before loading")  # fmt: skip
+    if cfg.model.deep_stem:
+        result["note"] = ("deep stem: conv1 / conv2 / conv3 (3x3; 64, 64, 128 channels) with bn1 / bn2 / bn3 and layer1 reading "
+                          "128 channels, the key names of PSPNet's deep-base ResNet (semseg / RePRI / CWT resnet.py); a stock "
+                          "torchvision ResNet does not take them, model.deep_stem=true with model.weights=FILE does")  # fmt: skip
     return result

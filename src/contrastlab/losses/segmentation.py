@@ -10,6 +10,11 @@ and w_1 = n_background / n_foreground (the episode's own counts over its valid p
 taken as 1), sum w_y nll / sum w_y (PyTorch's weighted mean), summed over episodes (so each episode's
 gradient is its own) or averaged (``reduction="mean"``). CWT's dynamic class weights
 (zhiheLu/CWT-for-FSS src/train.py and src/test.py: ``weight=[1.0, len(back_pix) / len(target_pix)]``).
+``smoothed_cross_entropy``: the cross-entropy against label-smoothed targets of RePRI's stage-1 training
+(mboudiaf/RePRI-for-Few-Shot-Segmentation src/train.py:201-209 and 159-182), with C classes and smoothing eps:
+q_c = 1 - eps for the pixel's class, eps / (C - 1) for each other class; loss = mean over the valid pixels
+(target != ignore) of -sum_c q_c log softmax(logits)_c. (PyTorch's ``label_smoothing`` spreads eps over all C
+classes, the true one included: another target, 1 - eps + eps / C.) No valid pixel: 0.
 """
 from __future__ import annotations
 
@@ -45,3 +50,15 @@ def episode_weighted_ce(logits: torch.Tensor, target: torch.Tensor, ignore_index
     nll = -logits.log_softmax(dim=2).gather(2, t.unsqueeze(2)).squeeze(2)
     per_episode = (w * nll).flatten(1).sum(1) / w.flatten(1).sum(1).clamp(min=1e-12)
     return per_episode.sum() if reduction == "sum" else per_episode.mean()
+
+
+def smoothed_cross_entropy(logits: torch.Tensor, target: torch.Tensor, eps: float, ignore_index: int = 255) -> torch.Tensor:
+    """(B, C, H, W) logits and (B, H, W) long targets in [0, C) or ``ignore_index`` -> scalar (see the module
+    docstring); eps = 0 is the plain mean cross-entropy over the valid pixels."""
+    c = logits.shape[1]
+    valid = target != ignore_index
+    t = torch.where(valid, target, 0)
+    one_hot = F.one_hot(t, c).permute(0, 3, 1, 2).to(logits.dtype)
+    q = one_hot * (1 - eps) + (1 - one_hot) * (eps / (c - 1))
+    per_pixel = -(q * logits.log_softmax(dim=1)).sum(1)
+    return (per_pixel * valid).sum() / valid.sum().clamp(min=1)

@@ -127,7 +127,8 @@ def check_negatives_options(m: dict) -> None:
 
 def build_encoder(mcfg) -> Encoder:
     return Encoder(build_backbone(mcfg.backbone, width=mcfg.width, depth=mcfg.depth, cifar_stem=mcfg.cifar_stem,
-                                  timm_kwargs=mcfg.timm_kwargs), norm=mcfg.norm)
+                                  timm_kwargs=mcfg.timm_kwargs, output_stride=mcfg.output_stride,
+                                  deep_stem=mcfg.deep_stem), norm=mcfg.norm)  # fmt: skip
 
 
 def build_projector(in_dim: int, mcfg) -> MLPHead:

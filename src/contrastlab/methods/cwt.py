@@ -2,8 +2,12 @@
 Few-shot Semantic Segmentation with Classifier Weight Transformer"), two stages, two recipes.
 
 Stage 1 (``cwt_stage1``): a PSPNet-style network (``model.backbone`` -> pyramid pooling -> bottleneck ->
-1x1 classifier, :class:`contrastlab.nn.PSPNet`) trained with cross-entropy on the base classes of a fold
-(the data set's base-class view: masks 0 = background, 1 .. C = base classes, 255 = ignore).
+1x1 classifier, :class:`contrastlab.nn.PSPNet`) trained with cross-entropy (label-smoothed with
+``method.label_smoothing``, as RePRI's) on the base classes of a fold (the data set's base-class view:
+masks 0 = background, 1 .. C = base classes, 255 = ignore), its images and masks augmented together by
+``data.seg_aug`` (:mod:`contrastlab.data.pair_transforms`). The official network (RePRI's / CWT's
+src/model/pspnet.py) is ``model.backbone=resnet50 model.deep_stem=true model.output_stride=8`` with
+``model.weights`` the ImageNet file.
 
 Stage 2 (``cwt``; ``method.stage1`` names the stage-1 run): the stage-1 network without its classifier
 is loaded and frozen (eval mode: BatchNorm statistics and dropout fixed, no gradients); per episode
@@ -35,9 +39,10 @@ import torch.nn.functional as F
 
 from ..checkpoint import load_checkpoint, load_weights
 from ..data.episodes import IGNORE, source_of
+from ..data.pair_transforms import augment_pairs, seg_aug_active
 from ..errors import ConfigError, UserError
 from ..fields import option
-from ..losses.segmentation import episode_weighted_ce
+from ..losses.segmentation import episode_weighted_ce, smoothed_cross_entropy
 from ..nn.prototypes import cosine_logits, episode_prototypes
 from ..nn.segmentation import PSPNet
 from ..nn.weight_transformer import ClassifierWeightTransformer
@@ -45,7 +50,8 @@ from .common import build_encoder
 from .episodic import episode_batch
 
 
-NET_KEYS = ("backbone", "width", "depth", "cifar_stem", "norm")  # the model keys that shape the stage-1 network
+NET_KEYS = ("backbone", "width", "depth", "cifar_stem", "norm", "output_stride", "deep_stem")  # the model keys that shape the stage-1 network
+NET_KEY_DEFAULTS = {"output_stride": None, "deep_stem": False}  # for runs written before those keys existed
 
 
 def _bins_ok(v):
@@ -69,6 +75,9 @@ class SegNetConfig:
 class CWTStage1Config(SegNetConfig):
     name: Literal["cwt_stage1"] = "cwt_stage1"
     num_classes: int = option(6, ge=2, doc="background + the fold's base classes (the data's mask classes)")
+    # RePRI's stage-1 label smoothing (src/train.py:207-209: eps 0.1 when smoothing: True): the pixel's class gets
+    # 1 - eps, each other class eps / (num_classes - 1) (contrastlab.losses.smoothed_cross_entropy); 0: plain CE
+    label_smoothing: float = option(0.0, ge=0, lt=1, doc="eps of the label-smoothed cross-entropy")
 
 
 @dataclass
@@ -97,6 +106,7 @@ class CWTStage1(nn.Module):
         super().__init__()
         self.cfg = c = self.Config(**cfg.method)
         self.net = PSPNet(build_encoder(cfg.model), c.num_classes, c.bins, c.bottleneck_dim, c.decoder_dropout)
+        self.seg_aug = cfg.data.seg_aug  # the joint image + mask augmentation of the drawn images (off by default)
         self.base = None
 
     def setup_data(self, train_set) -> None:
@@ -119,13 +129,15 @@ class CWTStage1(nn.Module):
 
     def draw(self, step: int, b: int):
         """The images and masks of a step: epoch e of the base view is a permutation seeded by
-        (episode_seed, e), step s takes its s-th slice of b (a function of the step alone)."""
+        (episode_seed, e), step s takes its s-th slice of b (a function of the step alone), augmented
+        together by ``data.seg_aug`` with a generator seeded by (episode_seed, step)."""
         n = len(self.base)
         per_epoch = max(n // b, 1)
         epoch, i = divmod(step, per_epoch)
         perm = torch.randperm(n, generator=torch.Generator().manual_seed(self.cfg.episode_seed * 7_777 + epoch))
         idx = perm[i * b:(i + 1) * b]
-        return self.base.images[idx], self.base.masks[idx].long()
+        g = torch.Generator().manual_seed((self.cfg.episode_seed * 1_000_003 + step) * 2 + 1)
+        return augment_pairs(self.base.images[idx], self.base.masks[idx].long(), self.seg_aug, g)
 
     def forward(self, batch: dict) -> dict:
         if "masks" in batch:
@@ -136,7 +148,11 @@ class CWTStage1(nn.Module):
             images, masks = self.draw(int(batch.get("step", 0)), batch["images"].shape[0])
         dev = batch["images"].device
         logits = self.net(_images(images.to(dev)))
-        loss = F.cross_entropy(logits, masks.to(dev).long(), ignore_index=IGNORE)
+        masks = masks.to(dev).long()
+        if self.cfg.label_smoothing:
+            loss = smoothed_cross_entropy(logits, masks, self.cfg.label_smoothing, ignore_index=IGNORE)
+        else:
+            loss = F.cross_entropy(logits, masks, ignore_index=IGNORE)
         return {"loss": loss}
 
 
@@ -154,6 +170,7 @@ class CWT(nn.Module):
         self.net.requires_grad_(False)
         self.transformer = ClassifierWeightTransformer(c.bottleneck_dim, c.heads, c.dropout, c.attn_dropout)
         self.net.eval()
+        self.seg_aug = cfg.data.seg_aug  # applied to each image of the sampler's episodes (CWT src/dataset/dataset.py:211-214)
         self.episodes = None  # the base-class episode sampler, from setup_data
 
     def train(self, mode: bool = True):
@@ -174,7 +191,7 @@ class CWT(nn.Module):
         if trained != "cwt_stage1":
             raise UserError(f"method.stage1={self.cfg.stage1} is a {trained} run, not a cwt_stage1 run; "
                             "name the folder of `contrastlab train cwt_stage1`")  # fmt: skip
-        theirs = {k: ckpt["config"].get("model", {}).get(k) for k in NET_KEYS}
+        theirs = {k: ckpt["config"].get("model", {}).get(k, NET_KEY_DEFAULTS.get(k)) for k in NET_KEYS}
         differ = [f"model.{k}={theirs[k]} there, {v} here" for k, v in self.model_keys.items() if theirs[k] != v]
         if differ:
             raise UserError(f"method.stage1={self.cfg.stage1} built another network ({'; '.join(differ)}); "
@@ -220,10 +237,23 @@ class CWT(nn.Module):
     def segment_episode(self, support_images, support_masks, query_image) -> torch.Tensor:
         return self.query_logits(support_images, support_masks, query_image)
 
+    def augment_episodes(self, ep: dict, step: int) -> dict:
+        """``data.seg_aug`` on every support and query image of a step's episodes, each image with its own
+        draws (the official transform is called per image), from a generator seeded by (episode_seed, step)."""
+        e, k = ep["support_images"].shape[:2]
+        images = torch.cat([ep["support_images"].flatten(0, 1), ep["query_image"]])
+        masks = torch.cat([ep["support_masks"].flatten(0, 1), ep["query_mask"]])
+        g = torch.Generator().manual_seed((self.cfg.episode_seed * 1_000_003 + step) * 2 + 1)
+        images, masks = augment_pairs(images, masks, self.seg_aug, g)
+        return {**ep, "support_images": images[: e * k].unflatten(0, (e, k)), "query_image": images[e * k:],
+                "support_masks": masks[: e * k].unflatten(0, (e, k)), "query_mask": masks[e * k:]}  # fmt: skip
+
     def forward(self, batch: dict) -> dict:
         """One meta-training step on ``optim.batch_size`` base-class episodes (episode ``step * B + b``
         of the sampler), or on the episodes of ``batch`` when it holds them."""
         ep = episode_batch(self.episodes, batch, "cwt")
+        if "support_images" not in batch and seg_aug_active(self.seg_aug):
+            ep = self.augment_episodes(ep, int(batch.get("step", 0)))
         logits = self.query_logits(ep["support_images"], ep["support_masks"], ep["query_image"], batch.get("generator"))
         loss = episode_weighted_ce(logits.unsqueeze(1), ep["query_mask"].long().unsqueeze(1), reduction="mean")
         return {"loss": loss}

@@ -152,19 +152,48 @@ class SmallCNN(nn.Module):
 class TorchvisionResNet(nn.Module):
     """torchvision ResNet-18/34/50 without its classifier; ``cifar_stem`` swaps the 7x7/2 conv and
     max-pool for a 3x3/1 conv (the standard for 32 px inputs). Stages: layer1..layer4 (strides
-    4, 8, 16, 32 with the ImageNet stem; 1, 2, 4, 8 with the CIFAR stem)."""
+    4, 8, 16, 32 with the ImageNet stem; 1, 2, 4, 8 with the CIFAR stem).
 
-    def __init__(self, depth: int = 18, cifar_stem: bool = False, zero_init_residual: bool = False):
+    ``deep_stem``: the stem of PSPNet's "deep base" ResNet (ResNet-v1c), as in hszhao/semseg
+    model/resnet.py, which RePRI and CWT copy (mboudiaf/RePRI-for-Few-Shot-Segmentation
+    src/model/resnet.py:105-114): conv3x3(3 -> 64, stride 2), conv3x3(64 -> 64), conv3x3(64 -> 128),
+    each with BatchNorm and ReLU, then max-pool 3x3/2; layer1 takes 128 channels (its first block's
+    1x1 conv and its shortcut conv read 128 channels). Modules ``conv1, bn1, conv2, bn2, conv3, bn3``:
+    the official checkpoint's key names.
+
+    ``output_stride`` 16 or 8 (None or 32: the plain network): the strides of layer4 (16) or of
+    layer3 and layer4 (8) are set to 1 and every 3x3 conv of those stages is dilated 2 (layer3) and
+    4 (layer4, 2 at stride 16), in every block, the first one included, as PSPNet's dilated ResNet
+    (zhiheLu/CWT-for-FSS src/model/pspnet.py:94-103: ``conv2`` dilation = padding = 2 / 4, stride 1, and the
+    shortcut's ``downsample.0`` stride 1). (torchvision's own ``replace_stride_with_dilation`` keeps the
+    previous dilation in each stage's first block, so it is not used.) A BasicBlock (ResNet-18/34)
+    dilates both its 3x3 convs. The weights' shapes are those of the plain network, so ImageNet
+    weights load unchanged."""
+
+    def __init__(self, depth: int = 18, cifar_stem: bool = False, zero_init_residual: bool = False,
+                 output_stride: int | None = None, deep_stem: bool = False):  # fmt: skip
         super().__init__()
         import torchvision.models as tvm
 
         ctor = {18: tvm.resnet18, 34: tvm.resnet34, 50: tvm.resnet50}.get(depth)
         if ctor is None:
             raise ValueError(f"unsupported ResNet depth {depth}; expected 18, 34 or 50")
+        if output_stride not in (None, 8, 16, 32):
+            raise ValueError(f"output_stride={output_stride}: expected 8, 16 or 32 (or None)")
+        if cifar_stem and (deep_stem or output_stride not in (None, 32)):
+            raise ValueError("cifar_stem excludes deep_stem and output_stride 8 / 16 (choose one stem)")
         net = ctor(weights=None, zero_init_residual=zero_init_residual)
         if cifar_stem:
             net.conv1 = nn.Conv2d(3, 64, 3, 1, 1, bias=False)
             net.maxpool = nn.Identity()
+        self.deep_stem = bool(deep_stem)
+        if deep_stem:
+            _make_deep_stem(net)
+        self.output_stride = output_stride or 32
+        if self.output_stride < 32:
+            _dilate(net.layer4, 4 if self.output_stride == 8 else 2)
+            if self.output_stride == 8:
+                _dilate(net.layer3, 2)
         self.out_dim = self.feature_dim = net.fc.in_features
         net.fc = nn.Identity()
         self.net = net
@@ -173,7 +202,10 @@ class TorchvisionResNet(nn.Module):
 
     def _stem(self, x):
         n = self.net
-        return n.maxpool(n.relu(n.bn1(n.conv1(x))))
+        x = n.relu(n.bn1(n.conv1(x)))
+        if self.deep_stem:
+            x = n.relu(n.bn3(n.conv3(n.relu(n.bn2(n.conv2(x))))))
+        return n.maxpool(x)
 
     def _stages(self):
         return (self.net.layer1, self.net.layer2, self.net.layer3, self.net.layer4)
@@ -197,6 +229,37 @@ class TorchvisionResNet(nn.Module):
             if i in take:
                 out.append(x)
         return out
+
+
+def _kaiming(conv: nn.Conv2d) -> nn.Conv2d:
+    nn.init.kaiming_normal_(conv.weight, mode="fan_out", nonlinearity="relu")  # torchvision's (and semseg's) init
+    return conv
+
+
+def _make_deep_stem(net: nn.Module) -> None:
+    """Replaces a torchvision ResNet's 7x7 stem by the deep stem (see :class:`TorchvisionResNet`) and
+    widens layer1's input to 128 channels."""
+    net.conv1, net.bn1 = _kaiming(nn.Conv2d(3, 64, 3, 2, 1, bias=False)), nn.BatchNorm2d(64)
+    net.conv2, net.bn2 = _kaiming(nn.Conv2d(64, 64, 3, 1, 1, bias=False)), nn.BatchNorm2d(64)
+    net.conv3, net.bn3 = _kaiming(nn.Conv2d(64, 128, 3, 1, 1, bias=False)), nn.BatchNorm2d(128)
+    net.maxpool = nn.MaxPool2d(3, 2, 1)
+    block = net.layer1[0]
+    block.conv1 = _kaiming(nn.Conv2d(128, block.conv1.out_channels, block.conv1.kernel_size, block.conv1.stride,
+                                     block.conv1.padding, bias=False))  # fmt: skip
+    out = block.conv3.out_channels if hasattr(block, "conv3") else block.conv2.out_channels
+    # the shortcut reads 128 channels: a 1x1 conv + BN (semseg's _make_layer adds one whenever inplanes differs)
+    block.downsample = nn.Sequential(_kaiming(nn.Conv2d(128, out, 1, 1, bias=False)), nn.BatchNorm2d(out))
+
+
+def _dilate(layer: nn.Sequential, d: int) -> None:
+    """Stride 1 and dilation ``d`` in every block of a ResNet stage (see :class:`TorchvisionResNet`)."""
+    for block in layer:
+        convs = [block.conv2] if hasattr(block, "conv3") else [block.conv1, block.conv2]  # Bottleneck | BasicBlock
+        for conv in convs:
+            conv.stride, conv.dilation, conv.padding = (1, 1), (d, d), (d, d)
+        if block.downsample is not None:
+            block.downsample[0].stride = (1, 1)
+        block.stride = 1
 
 
 def _import_timm():
@@ -299,10 +362,28 @@ class TimmBackbone(nn.Module):
                                               intermediates_only=True)  # fmt: skip
 
 
+def resnet_options_problem(name: str, cifar_stem=False, output_stride=None, deep_stem=False, **_) -> str | None:
+    """None, or the one-line reason why the torchvision ResNets' own options do not fit: the output
+    stride or the deep stem with another backbone, or either with the CIFAR stem."""
+    for key, value, off in (("output_stride", output_stride, (None, 32)), ("deep_stem", deep_stem, (None, False))):
+        if value not in off and str(name).lower() not in ("resnet18", "resnet34", "resnet50"):
+            return (f"model.{key}={value} applies to the torchvision ResNets (resnet18|34|50), not to "
+                    f"model.backbone={name}; remove it or choose a ResNet")
+    if cifar_stem and (deep_stem or output_stride not in (None, 32)):
+        return (f"model.cifar_stem=true excludes model.deep_stem={str(bool(deep_stem)).lower()} and model.output_stride="
+                f"{output_stride} (the CIFAR stem keeps 32 px images at stride 1; the deep stem and the dilated stages "
+                "are the segmentation network's); choose one")
+    return None
+
+
 def build_backbone(name: str, **kw) -> nn.Module:
-    """``small_cnn`` (``width``, ``depth``), ``resnet18|34|50`` (``cifar_stem``) or ``timm:NAME``
-    (``timm_kwargs``: a dict for ``timm.create_model``). Options of the other kinds are ignored,
-    except ``cifar_stem=True`` with a timm model, which is an error."""
+    """``small_cnn`` (``width``, ``depth``), ``resnet18|34|50`` (``cifar_stem``, ``output_stride``,
+    ``deep_stem``) or ``timm:NAME`` (``timm_kwargs``: a dict for ``timm.create_model``). Options of the
+    other kinds are ignored, except the torchvision ResNets' own options set with another backbone,
+    which are an error."""
+    problem = resnet_options_problem(name, **kw)
+    if problem:
+        raise ConfigError(problem)
     if name.lower().startswith(TIMM_PREFIX):
         if kw.get("cifar_stem"):
             raise ConfigError(f"model.cifar_stem applies to the torchvision ResNets, not to {name}; "
@@ -312,7 +393,8 @@ def build_backbone(name: str, **kw) -> nn.Module:
     if name == "small_cnn":
         return SmallCNN(width=kw.get("width", 32), depth=kw.get("depth", 1))
     if name in ("resnet18", "resnet34", "resnet50"):
-        return TorchvisionResNet(int(name[6:]), cifar_stem=kw.get("cifar_stem", False))
+        return TorchvisionResNet(int(name[6:]), cifar_stem=kw.get("cifar_stem", False), output_stride=kw.get("output_stride"),
+                                 deep_stem=bool(kw.get("deep_stem", False)))  # fmt: skip
     raise ValueError(f"unknown backbone {name!r}; expected one of {', '.join(BACKBONES)} or timm:NAME")
 
 
@@ -330,6 +412,71 @@ def torchvision_state_dict(backbone: nn.Module) -> dict[str, torch.Tensor]:
                         "model.backbone=resnet18|resnet34|resnet50 can be exported")  # fmt: skip
     return {k: v.detach().cpu().contiguous().clone() for k, v in backbone.net.state_dict().items()
             if not k.startswith("fc.")}  # fmt: skip
+
+
+# the keys of an ImageNet checkpoint that a backbone without classifier leaves out (RePRI and CWT load
+# resnet50_v2.pth with strict=False for this: RePRI src/model/resnet.py:195-196)
+CLASSIFIER_KEYS = ("fc.weight", "fc.bias")
+
+
+def backbone_weight_keys(backbone: nn.Module) -> dict[str, str]:
+    """The key map of a backbone weights file: {key in the file: key in ``backbone.state_dict()``}.
+
+    - :class:`TorchvisionResNet`: torchvision's ``resnet*`` names (``conv1.weight``, ``bn1.running_mean``,
+      ``layer1.0.conv1.weight``, ...; the model's ``net.`` prefix dropped). With ``deep_stem`` these are the
+      official PSPNet / RePRI / CWT deep-base names (semseg's ``initmodel/resnet50_v2.pth``): ``conv1, bn1,
+      conv2, bn2, conv3, bn3`` for the stem, then ``layer1`` .. ``layer4`` as torchvision's.
+    - :class:`SmallCNN`: its own state-dict names (``features.0.0.weight``, ...).
+    - :class:`TimmBackbone`: timm's names for the model (``net.`` dropped).
+    An :class:`Encoder` maps through its backbone (its input norm has no weights)."""
+    if isinstance(backbone, Encoder):
+        backbone = backbone.backbone
+    own = list(backbone.state_dict())
+    if isinstance(backbone, (TorchvisionResNet, TimmBackbone)):
+        return {k[len("net."):]: k for k in own}
+    return {k: k for k in own}
+
+
+def load_backbone_weights(backbone: nn.Module, state: dict, where: str) -> None:
+    """Loads a weights file's ``state`` into ``backbone`` through :func:`backbone_weight_keys`, strictly:
+    every weight of the backbone from the file, except ``num_batches_tracked`` counters (files saved
+    before PyTorch 0.4.1 have none; the model keeps its own) and the file's ImageNet classifier
+    (``fc.weight``, ``fc.bias``), which is skipped. The first missing key, the first unexpected key,
+    or the first key of another shape (with both shapes) is a one-line :class:`UserError` naming
+    ``where`` (e.g. ``model.weights=PATH``). A file saved from ``nn.DataParallel`` (every key
+    prefixed ``module.``) is read without the prefix."""
+    if state and all(isinstance(k, str) and k.startswith("module.") for k in state):
+        state = {k[len("module."):]: v for k, v in state.items()}
+    target = backbone.backbone if isinstance(backbone, Encoder) else backbone
+    keys = backbone_weight_keys(target)
+    own = target.state_dict()
+    kind = f"timm:{target.name}" if isinstance(target, TimmBackbone) else type(target).__name__
+    if isinstance(target, TorchvisionResNet):
+        kind = f"{kind} ({'deep stem, ' if target.deep_stem else ''}{len(target.net.layer3)} blocks in layer3)"
+    for file_key in state:
+        if file_key not in keys and file_key not in CLASSIFIER_KEYS:
+            raise UserError(f"{where}: unexpected key {file_key!r} (not a weight of the {kind} backbone; it expects keys "
+                            f"such as {next(iter(keys))!r}); give a file of this backbone's weights or change "
+                            "model.backbone / model.deep_stem")  # fmt: skip
+    loaded = {}
+    for file_key, key in keys.items():
+        if file_key not in state:
+            if key.endswith("num_batches_tracked"):
+                continue
+            raise UserError(f"{where}: missing key {file_key!r} ({len([k for k in keys if k not in state])} of the "
+                            f"{kind} backbone's weights are not in the file); give a file of this backbone's weights or "
+                            "change model.backbone / model.deep_stem")  # fmt: skip
+        value = state[file_key]
+        if not isinstance(value, torch.Tensor):
+            raise UserError(f"{where}: {file_key!r} is a {type(value).__name__}, not a tensor; give a state dict of tensors")
+        if tuple(value.shape) != tuple(own[key].shape):
+            raise UserError(f"{where}: {file_key!r} has shape {tuple(value.shape)} in the file but "
+                            f"{tuple(own[key].shape)} in the model; give a file of this backbone's weights or change "
+                            "model.backbone / model.deep_stem")  # fmt: skip
+        loaded[key] = value
+    with torch.no_grad():
+        for key, value in loaded.items():
+            own[key].copy_(value)
 
 
 class Encoder(nn.Module):
