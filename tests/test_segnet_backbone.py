@@ -8,20 +8,12 @@ import torch.nn.functional as F
 
 from contrastlab.config import load_config
 from contrastlab.errors import ConfigError, UserError
+from test_backbones import _trained_like
 from contrastlab.nn.backbones import (TorchvisionResNet, backbone_weight_keys, build_backbone, load_backbone_weights,
                                       torchvision_state_dict)  # fmt: skip
 
 
-def _random_bn(module, seed=0):
-    """Random BatchNorm affine and statistics, so that eval-mode outputs depend on every buffer."""
-    g = torch.Generator().manual_seed(seed)
-    for m in module.modules():
-        if isinstance(m, nn.BatchNorm2d):
-            m.running_mean.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-            m.running_var.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.weight.data.copy_(torch.rand(m.num_features, generator=g) + 0.5)
-            m.bias.data.copy_(torch.randn(m.num_features, generator=g) * 0.1)
-    return module.eval()
+_random_bn = _trained_like  # random BatchNorm affine and statistics (test_backbones)
 
 
 # ----------------------------------------------------------------------------- output stride
