@@ -192,7 +192,10 @@ TABLES["robust"] = (
     "SimCLR vs RoCL on the digit scenes, 300 steps of batch 64 each: eval robust (linear probe clean / PGD-20 / "
     "FGSM accuracy at eps 8/255, and robust linear evaluation)",
     [("SimCLR", "simclr", ["optim.batch_size=64", "trainer.max_steps=300", "trainer.knn_every=100"]),
-     ("RoCL", "rocl", [])],
+     ("RoCL", "rocl", []),
+     # RoCL with the debiased (DCL) three-view loss (issue 17: RoCL combined with the core's plug-ins); tau_plus
+     # 0.1 as the dcl presets
+     ("RoCL + DCL", "rocl", ["method.tau_plus=0.1"])],
     [("robust", ROBUST_EVAL)], [0, 1, 2])
 # Adversarial fine-tuning (issue 17, Chen et al., CVPR 2020) on the digit label: from the adv_rotation preset's
 # encoder vs from random weights, all layers vs the last stage and the classifier (partial). Evaluated by the
