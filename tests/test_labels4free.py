@@ -392,3 +392,17 @@ def test_mask_folders_are_read_and_paired_as_the_official_test_does(tmp_path, ca
     spec.loader.exec_module(mod)
     with pytest.raises(SystemExit, match="no custom_dataset/ folder"):
         mod.main(["--official", str(tmp_path), "--out", str(tmp_path / "o.json")])
+
+
+@pytest.mark.parametrize("recipe", ["stylegan2", "labels4free"])
+@pytest.mark.parametrize("override,needle", [("optim.batch_size=6", "groups of 4 need a batch divisible by 4"),
+                                             ("method.size=24", "sizes are powers of two"),
+                                             ("method.size=32", "but data.image_size=16")])  # fmt: skip
+def test_both_gan_methods_check_size_and_batch_in_one_line(recipe, override, needle, public_generator, capsys, tmp_path):
+    own = ["method.alpha_levels", "method.truncation", "method.bg_coverage", "method.generator_checkpoint"]
+    overrides = [o for o in TINY_L4F if recipe == "labels4free" or not o.startswith(tuple(own))]
+    if recipe == "labels4free":
+        overrides.append(f"method.generator_checkpoint={public_generator}")
+    assert main(["train", recipe, *overrides, override, "trainer.max_steps=1", f"trainer.out_dir={tmp_path / 'run'}"]) != 0
+    err = capsys.readouterr().err.strip()
+    assert needle in err and "\n" not in err

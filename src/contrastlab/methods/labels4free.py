@@ -68,14 +68,11 @@ class Labels4FreeConfig(GeneratorOptions):
     @classmethod
     def check(cls, cfg) -> None:
         m = cfg.method
-        cls.check_size(m, cfg.data.image_size, "method")
+        cls.check_networks(cfg)
         levels = int(m["size"]).bit_length() - 3  # resolutions 8 .. size
         if m["alpha_levels"] > levels:
             raise ConfigError(f"method.alpha_levels={m['alpha_levels']}: a {m['size']} px generator has {levels} "
                               f"resolutions after 4 px (8 .. {m['size']}); set alpha_levels <= {levels}")  # fmt: skip
-        if cfg.optim.batch_size % min(cfg.optim.batch_size, 4):
-            raise ConfigError(f"optim.batch_size={cfg.optim.batch_size}: the discriminator's minibatch-stddev groups "
-                              f"of 4 need a batch divisible by 4")  # fmt: skip
 
 
 class Labels4Free(nn.Module):

@@ -47,12 +47,17 @@ class GeneratorOptions:
     channel_base: int = option(16384, ge=1)
 
     @staticmethod
-    def check_size(m: dict, image_size: int, where: str) -> None:
-        s = m["size"]
+    def check_networks(cfg) -> None:
+        """The checks both GAN methods share: a power-of-two size equal to the data's, and a batch the
+        discriminator's minibatch-stddev groups of 4 divide."""
+        s, image_size = cfg.method["size"], cfg.data.image_size
         if s & (s - 1):
-            raise ConfigError(f"{where}.size={s}: StyleGAN2 sizes are powers of two (32, 64, 256, ...)")
+            raise ConfigError(f"method.size={s}: StyleGAN2 sizes are powers of two (32, 64, 256, ...)")
         if s != image_size:
-            raise ConfigError(f"{where}.size={s} but data.image_size={image_size}: set them equal")
+            raise ConfigError(f"method.size={s} but data.image_size={image_size}: set them equal")
+        if cfg.optim.batch_size % min(cfg.optim.batch_size, 4):
+            raise ConfigError(f"optim.batch_size={cfg.optim.batch_size}: the discriminator's minibatch-stddev groups "
+                              f"of 4 need a batch divisible by 4")  # fmt: skip
 
 
 def build_generator(m) -> StyleGAN2Generator:
@@ -76,10 +81,7 @@ class StyleGAN2Config(GeneratorOptions):
 
     @classmethod
     def check(cls, cfg) -> None:
-        cls.check_size(cfg.method, cfg.data.image_size, "method")
-        if cfg.optim.batch_size % min(cfg.optim.batch_size, 4):
-            raise ConfigError(f"optim.batch_size={cfg.optim.batch_size}: the discriminator's minibatch-stddev groups "
-                              f"of 4 need a batch divisible by 4")  # fmt: skip
+        cls.check_networks(cfg)
 
 
 class StyleGAN2(nn.Module):
